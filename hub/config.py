@@ -1,0 +1,39 @@
+"""Hub configuration: one pydantic model, filled from arguments and `AGENTHUB_*` environment variables."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class HubSettings(BaseSettings):
+    """Everything a hub process can be told. Env: AGENTHUB_<FIELD>, e.g. AGENTHUB_PORT=50051."""
+
+    model_config = SettingsConfigDict(env_prefix="AGENTHUB_", extra="ignore")
+
+    host: str = Field("127.0.0.1", description="interface the gRPC and HTTP servers bind")
+    port: int = Field(50051, ge=0, le=65535, description="gRPC port (A2A, registry, threads); 0 = any free port")
+    http_port: int = Field(8080, ge=0, le=65535, description="HTTP port (agent cards); 0 = any free port")
+    public_host: str | None = Field(None, description="host written into agent cards (default: host)")
+    data_dir: Path = Field(Path(".agenthub"), description="where the embedded log and the SQLite store live")
+    log_backend: Literal["embedded", "kafka"] = Field("embedded", alias="log", description="log backend")
+    bootstrap: str | None = Field(None, description="Kafka bootstrap servers (log=kafka)")
+    topic_prefix: str = Field("agenthub", pattern=r"^[A-Za-z0-9_-]+$", description="prefix of every topic")
+    partitions: int = Field(4, ge=1, description="partitions of each routing topic")
+    instance_id: str = Field(default_factory=lambda: uuid.uuid4().hex[:12], description="this hub instance")
+    fetch_wait_ms: int = Field(20, ge=0, description="longest wait of a consumer fetch with nothing to read")
+    max_message_bytes: int = Field(1_048_576, ge=1024, description="largest A2A request accepted")
+    max_attempts: int = Field(3, ge=1, description="deliveries tried before a request is dead-lettered")
+    retry_backoff_s: float = Field(0.5, ge=0, description="first retry delay; doubles each attempt")
+    agent_call_timeout_s: float = Field(300.0, gt=0, description="longest one agent call may take")
+    max_in_flight: int = Field(64, ge=1, description="requests dispatched concurrently per agent")
+    default_agent: str | None = Field(None, description="agent for requests that name no tenant")
+    health_interval_s: float = Field(5.0, ge=0, description="seconds between agent health checks (0 = off)")
+
+    @property
+    def card_host(self) -> str:
+        return self.public_host or self.host

@@ -1,0 +1,356 @@
+"""The A2A front: a2a-sdk's `RequestHandler`, implemented once, routing every request through the log.
+
+`tenant` names the agent. A send becomes a REQUEST envelope on the agent's inbox; the answer comes
+back as EVENT envelopes on this instance's reply topic; reads (GetTask, ListTasks) come from the
+thread store, which the recorder keeps in step with the log. gRPC, and later JSON-RPC and REST,
+only adapt this class. It never calls an agent itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncGenerator
+
+from a2a.server.context import ServerCallContext
+from a2a.server.events.event_queue import Event
+from a2a.server.request_handlers import RequestHandler
+from a2a.types import (
+    AgentCard,
+    CancelTaskRequest,
+    DeleteTaskPushNotificationConfigRequest,
+    GetExtendedAgentCardRequest,
+    GetTaskPushNotificationConfigRequest,
+    GetTaskRequest,
+    ListTaskPushNotificationConfigsRequest,
+    ListTaskPushNotificationConfigsResponse,
+    ListTasksRequest,
+    ListTasksResponse,
+    Message,
+    Role,
+    SendMessageRequest,
+    StreamResponse,
+    SubscribeToTaskRequest,
+    Task,
+    TaskPushNotificationConfig,
+    TaskState,
+    TaskStatus,
+)
+from a2a.utils.errors import (
+    InvalidParamsError,
+    PushNotificationNotSupportedError,
+    TaskNotCancelableError,
+    TaskNotFoundError,
+    UnsupportedOperationError,
+)
+
+from agenthub.hub import envelopes, task_events
+from agenthub.hub.cards import hub_card
+from agenthub.hub.config import HubSettings
+from agenthub.hub.log._base import Log, Record
+from agenthub.hub.recorder import Recorder
+from agenthub.hub.registry import Registry
+from agenthub.hub.replies import ReplyRouter, Waiter
+from agenthub.hub.threads._base import TaskRow, ThreadStore
+from agenthub.hub.topics import Topics
+from agenthub.sdk.errors import AgentNotFound, InvalidRequest, MessageTooLarge
+from agenthub.sdk.pb.envelope_pb2 import Kind
+
+ID = re.compile(r"^[A-Za-z0-9._:~@+=/-]{1,128}$")
+SENDER_HEADER = "agenthub-sender"
+PARENT_HEADER = "agenthub-parent-task"
+MAX_PAGE = 100
+
+
+class HubRequestHandler(RequestHandler):
+    """Routes A2A requests for many agents through the log.
+
+    Args:
+        log: the log backend.
+        registry: registered agents.
+        store: the thread store (reads).
+        recorder: the local recorder (read-your-writes waits).
+        replies: this instance's reply router.
+        settings: hub settings.
+    """
+
+    def __init__(
+        self,
+        log: Log,
+        registry: Registry,
+        store: ThreadStore,
+        recorder: Recorder,
+        replies: ReplyRouter,
+        settings: HubSettings,
+    ) -> None:
+        self._log = log
+        self._registry = registry
+        self._store = store
+        self._recorder = recorder
+        self._replies = replies
+        self._settings = settings
+        self._topics = Topics(settings.topic_prefix)
+
+    # ---- sending -------------------------------------------------------------------------
+
+    async def on_message_send(self, params: SendMessageRequest, context: ServerCallContext) -> Task | Message:
+        waiter, record, task_id = await self._submit(params, context)
+        try:
+            if params.configuration.return_immediately:
+                await self._recorder.wait_recorded(record)
+                return await self._task(task_id, params.configuration)
+            async for event, reply in self._until_turn_ends(waiter):
+                if task_events.ends_call(event):
+                    await self._recorder.wait_recorded(reply)
+                    if event.WhichOneof("payload") == "message":
+                        return event.message
+            return await self._task(task_id, params.configuration)
+        finally:
+            waiter.close()
+
+    async def on_message_send_stream(
+        self, params: SendMessageRequest, context: ServerCallContext
+    ) -> AsyncGenerator[Event]:
+        waiter, record, task_id = await self._submit(params, context)
+        try:
+            await self._recorder.wait_recorded(record)
+            yield await self._task(task_id, params.configuration)
+            async for event, reply in self._until_turn_ends(waiter):
+                if task_events.ends_call(event):
+                    await self._recorder.wait_recorded(reply)
+                yield _payload(event)
+        finally:
+            waiter.close()
+
+    async def on_subscribe_to_task(
+        self, params: SubscribeToTaskRequest, context: ServerCallContext
+    ) -> AsyncGenerator[Event]:
+        row = await self._owned_task(params.id, params.tenant)
+        if row.task.status.state in task_events.TERMINAL:
+            raise UnsupportedOperationError(f"task {params.id} is already {TaskState.Name(row.task.status.state)}")
+        waiter = self._replies.open(params.id)
+        try:
+            yield (await self._owned_task(params.id, params.tenant)).task
+            async for event, _ in self._until_turn_ends(waiter):
+                yield _payload(event)
+        finally:
+            waiter.close()
+
+    async def _submit(self, params: SendMessageRequest, context: ServerCallContext) -> tuple[Waiter, Record, str]:
+        agent = self._agent_name(params.tenant)
+        self._validate(params)
+        message = params.message
+        parent = _header(context, PARENT_HEADER)
+        if message.task_id:
+            row = await self._owned_task(message.task_id, agent)
+            if row.task.status.state in task_events.TERMINAL:
+                raise UnsupportedOperationError(
+                    f"task {message.task_id} is {TaskState.Name(row.task.status.state)}; start a new task"
+                )
+            if message.context_id and message.context_id != row.context_id:
+                raise InvalidParamsError(f"task {message.task_id} belongs to context {row.context_id}")
+            task_id, context_id, parent = row.task_id, row.context_id, row.parent_task_id
+        else:
+            task_id, context_id = envelopes.new_id(), message.context_id or envelopes.new_id()
+        request = SendMessageRequest()
+        request.CopyFrom(params)
+        request.message.task_id, request.message.context_id = task_id, context_id
+        if request.message.role == Role.ROLE_UNSPECIFIED:
+            request.message.role = Role.ROLE_USER
+        envelope = envelopes.make(
+            Kind.KIND_REQUEST,
+            request,
+            context_id=context_id,
+            task_id=task_id,
+            sender=_header(context, SENDER_HEADER) or "user",
+            recipient=agent,
+            parent_task_id=parent,
+            reply_topic=self._replies.topic,
+            traceparent=_header(context, "traceparent"),
+        )
+        waiter = self._replies.open(task_id)
+        try:
+            record = await self._log.produce(
+                self._topics.inbox(agent), envelope.SerializeToString(), key=context_id.encode(),
+                headers=envelopes.headers(envelope),
+            )
+        except BaseException:
+            waiter.close()
+            raise
+        return waiter, record, task_id
+
+    async def _until_turn_ends(self, waiter: Waiter) -> AsyncGenerator[tuple[StreamResponse, Record]]:
+        """Events of the waiter's task, once each, up to the one that ends the agent's turn."""
+        seen: set[str] = set()
+        async for envelope, record in waiter:
+            if envelope.id in seen:
+                continue
+            seen.add(envelope.id)
+            event = envelopes.unpack(envelope, StreamResponse)
+            yield event, record
+            if task_events.ends_call(event):
+                return
+
+    def _agent_name(self, tenant: str) -> str:
+        name = tenant or self._settings.default_agent
+        if not name:
+            raise AgentNotFound("no agent named: set the request's `tenant` field to the target agent's name")
+        return self._registry.get(name).name
+
+    def _validate(self, params: SendMessageRequest) -> None:
+        if params.ByteSize() > self._settings.max_message_bytes:
+            raise MessageTooLarge(
+                f"message is {params.ByteSize()} bytes; this hub accepts at most {self._settings.max_message_bytes}"
+            )
+        message = params.message
+        if not params.HasField("message") or not message.parts:
+            raise InvalidRequest("message has no parts: send at least one text, file or data part")
+        if not any(part.WhichOneof("content") for part in message.parts):
+            raise InvalidRequest("message parts are empty: set text, raw, url or data")
+        if not message.message_id:
+            raise InvalidRequest("message_id is required")
+        for field in ("message_id", "context_id", "task_id"):
+            value = getattr(message, field)
+            if value and not ID.match(value):
+                raise InvalidRequest(f"invalid {field} {value[:40]!r}: use 1-128 URL-safe characters")
+
+    # ---- reading -------------------------------------------------------------------------
+
+    async def on_get_task(self, params: GetTaskRequest, context: ServerCallContext) -> Task | None:
+        row = await self._owned_task(params.id, params.tenant)
+        return _shaped(row.task, params.history_length if params.HasField("history_length") else None, True)
+
+    async def on_list_tasks(self, params: ListTasksRequest, context: ServerCallContext) -> ListTasksResponse:
+        agent = self._agent_name(params.tenant) if params.tenant else None
+        size = params.page_size if params.HasField("page_size") else 50
+        if not 1 <= size <= MAX_PAGE:
+            raise InvalidParamsError(f"page_size must be between 1 and {MAX_PAGE}")
+        try:
+            offset = int(params.page_token or 0)
+        except ValueError:
+            raise InvalidParamsError(f"invalid page_token {params.page_token!r}") from None
+        state = TaskState.Name(params.status) if params.status else None
+        page = await self._store.list_tasks(
+            agent=agent, context_id=params.context_id or None, state=state, limit=size, offset=offset
+        )
+        history = params.history_length if params.HasField("history_length") else None
+        artifacts = params.include_artifacts if params.HasField("include_artifacts") else False
+        return ListTasksResponse(
+            tasks=[_shaped(row.task, history, artifacts) for row in page.tasks],
+            next_page_token=str(page.next_offset) if page.next_offset is not None else "",
+            page_size=size,
+            total_size=page.total,
+        )
+
+    async def on_cancel_task(self, params: CancelTaskRequest, context: ServerCallContext) -> Task | None:
+        row = await self._owned_task(params.id, params.tenant)
+        if row.task.status.state in task_events.TERMINAL:
+            raise TaskNotCancelableError(f"task {params.id} is already {TaskState.Name(row.task.status.state)}")
+        waiter = self._replies.open(params.id)
+        try:
+            cancel = envelopes.make(Kind.KIND_CANCEL, params, task_id=row.task_id, context_id=row.context_id,
+                                    sender=_header(context, SENDER_HEADER) or "user", recipient=row.agent)
+            await self._log.produce(self._topics.control, cancel.SerializeToString())
+            if not await self._canceled_by_dispatcher(waiter):
+                await self._cancel_queued(row)
+        finally:
+            waiter.close()
+        return (await self._owned_task(params.id, params.tenant)).task
+
+    async def _canceled_by_dispatcher(self, waiter: Waiter, timeout: float = 3.0) -> bool:
+        try:
+            async with asyncio.timeout(timeout):
+                async for event, reply in self._until_turn_ends(waiter):
+                    if task_events.state_of(event) in task_events.TERMINAL:
+                        await self._recorder.wait_recorded(reply)
+                        return True
+        except TimeoutError:
+            return False
+        return False
+
+    async def _cancel_queued(self, row: TaskRow) -> None:
+        """No dispatcher holds the task: it is queued, so the front records the cancellation itself."""
+        event = task_events.status_event(row.task_id, row.context_id, TaskState.TASK_STATE_CANCELED,
+                                         "canceled before delivery")
+        envelope = envelopes.make(Kind.KIND_EVENT, event, task_id=row.task_id, context_id=row.context_id,
+                                  sender=row.agent, recipient="user")
+        record = await self._log.produce(self._replies.topic, envelope.SerializeToString(),
+                                         key=row.context_id.encode(), headers=envelopes.headers(envelope))
+        await self._recorder.wait_recorded(record)
+
+    async def _task(self, task_id: str, configuration: object) -> Task:
+        row = await self._store.get_task(task_id)
+        if row is None:
+            raise TaskNotFoundError(f"task {task_id} not found")
+        history = configuration.history_length if configuration.HasField("history_length") else None  # type: ignore[attr-defined]
+        return _shaped(row.task, history, True)
+
+    async def _owned_task(self, task_id: str, tenant: str) -> TaskRow:
+        if not task_id or not ID.match(task_id):
+            raise InvalidRequest(f"invalid task id {task_id[:40]!r}")
+        row = await self._store.get_task(task_id)
+        if row is None or (tenant and row.agent != tenant):
+            raise TaskNotFoundError(f"task {task_id} not found" + (f" for agent {tenant!r}" if tenant else ""))
+        return row
+
+    # ---- cards and push notifications ----------------------------------------------------
+
+    async def on_get_extended_agent_card(
+        self, params: GetExtendedAgentCardRequest, context: ServerCallContext
+    ) -> AgentCard:
+        agent = self._registry.get(self._agent_name(params.tenant))
+        return hub_card(agent.card, self._settings)
+
+    async def on_create_task_push_notification_config(
+        self, params: TaskPushNotificationConfig, context: ServerCallContext
+    ) -> TaskPushNotificationConfig:
+        raise PushNotificationNotSupportedError("push notifications are not available on this hub yet")
+
+    async def on_get_task_push_notification_config(
+        self, params: GetTaskPushNotificationConfigRequest, context: ServerCallContext
+    ) -> TaskPushNotificationConfig:
+        raise PushNotificationNotSupportedError("push notifications are not available on this hub yet")
+
+    async def on_list_task_push_notification_configs(
+        self, params: ListTaskPushNotificationConfigsRequest, context: ServerCallContext
+    ) -> ListTaskPushNotificationConfigsResponse:
+        raise PushNotificationNotSupportedError("push notifications are not available on this hub yet")
+
+    async def on_delete_task_push_notification_config(
+        self, params: DeleteTaskPushNotificationConfigRequest, context: ServerCallContext
+    ) -> None:
+        raise PushNotificationNotSupportedError("push notifications are not available on this hub yet")
+
+
+def _header(context: ServerCallContext, key: str) -> str:
+    grpc_context = context.state.get("grpc_context")
+    if grpc_context is None:
+        return str(context.state.get("headers", {}).get(key, ""))
+    for k, v in grpc_context.invocation_metadata() or ():
+        if k.lower() == key:
+            return v if isinstance(v, str) else v.decode()
+    return ""
+
+
+def _payload(event: StreamResponse) -> Event:
+    kind = event.WhichOneof("payload")
+    if kind is None:
+        raise InvalidParamsError("empty event")
+    value: Event = getattr(event, kind)
+    return value
+
+
+def _shaped(task: Task, history_length: int | None, artifacts: bool) -> Task:
+    """A copy of the task trimmed as the request asked (history length, artifacts)."""
+    out = Task()
+    out.CopyFrom(task)
+    if history_length is not None:
+        if history_length <= 0:
+            del out.history[:]
+        else:
+            del out.history[: max(0, len(out.history) - history_length)]
+    if not artifacts:
+        del out.artifacts[:]
+    if not out.HasField("status"):
+        out.status.CopyFrom(TaskStatus(state=TaskState.TASK_STATE_SUBMITTED))
+    return out

@@ -1,0 +1,120 @@
+"""The log interface every backend implements: topics, partitions, offsets, consumer groups.
+
+The hub never talks to a broker directly; it talks to `Log`. The embedded (SQLite) and Kafka
+backends implement it side by side and pass the same tests. Nothing here knows about A2A.
+"""
+
+from __future__ import annotations
+
+import zlib
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Self
+
+Headers = tuple[tuple[str, bytes], ...]
+
+
+@dataclass(frozen=True, order=True)
+class TopicPartition:
+    """One partition of one topic."""
+
+    topic: str
+    partition: int
+
+
+@dataclass(frozen=True)
+class Record:
+    """One record as stored in the log."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    timestamp_ms: int
+    headers: Headers = field(default=())
+
+    @property
+    def tp(self) -> TopicPartition:
+        return TopicPartition(self.topic, self.partition)
+
+
+def partition_for(key: bytes | None, partitions: int) -> int:
+    """Stable partition choice for a key, so one context's records stay in one ordered partition."""
+    if not key:
+        return 0
+    return zlib.crc32(key) % partitions
+
+
+class Lifecycle:
+    """`start()`/`stop()` plus `async with`, for every long-lived part."""
+
+    async def start(self) -> None:
+        """Acquire resources; nothing happens before this."""
+
+    async def stop(self) -> None:
+        """Release everything; safe to call twice."""
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.stop()
+
+
+class Consumer(Lifecycle, ABC):
+    """Reads records from the topics it subscribed to, as a member of a group (or alone)."""
+
+    @abstractmethod
+    async def getmany(self, timeout_ms: int | None = None, max_records: int = 500) -> list[Record]:
+        """Next records from the assigned partitions; waits at most timeout_ms when there are none."""
+
+    @abstractmethod
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        """Commit, for each partition, the offset of the next record to read."""
+
+    @abstractmethod
+    def assignment(self) -> set[TopicPartition]:
+        """Partitions this member currently reads."""
+
+
+class Log(Lifecycle, ABC):
+    """A partitioned, durable, append-only log with consumer groups."""
+
+    @abstractmethod
+    async def ensure_topic(self, topic: str, partitions: int | None = None, compacted: bool = False) -> None:
+        """Create the topic if it does not exist (idempotent)."""
+
+    @abstractmethod
+    async def produce(
+        self, topic: str, value: bytes, key: bytes | None = None, headers: Headers = ()
+    ) -> Record:
+        """Append one record durably and return it with its partition and offset."""
+
+    @abstractmethod
+    def consumer(
+        self,
+        topics: Sequence[str] = (),
+        *,
+        group: str | None = None,
+        pattern: str | None = None,
+        from_beginning: bool = True,
+    ) -> Consumer:
+        """A consumer of the topics (or of every topic matching `pattern`), in `group` if given.
+
+        Without a group the consumer reads every partition and commits nothing; with one, the
+        group's members share the partitions and resume from the group's committed offsets.
+        """
+
+    @abstractmethod
+    async def list_topics(self) -> dict[str, int]:
+        """Every topic with its partition count."""
+
+    @abstractmethod
+    async def end_offsets(self, topic: str) -> dict[int, int]:
+        """For each partition, the offset the next record will get."""

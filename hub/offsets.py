@@ -1,0 +1,36 @@
+"""Commit tracking for out-of-order completion: commit only what is done with nothing pending below it."""
+
+from __future__ import annotations
+
+from agenthub.hub.log._base import Record, TopicPartition
+
+
+class OffsetTracker:
+    """Records taken and finished per partition; yields the offsets that are safe to commit."""
+
+    def __init__(self) -> None:
+        self._pending: dict[TopicPartition, set[int]] = {}
+        self._highest: dict[TopicPartition, int] = {}
+        self._committed: dict[TopicPartition, int] = {}
+
+    def take(self, record: Record) -> None:
+        self._pending.setdefault(record.tp, set()).add(record.offset)
+        self._highest[record.tp] = max(self._highest.get(record.tp, -1), record.offset)
+
+    def finish(self, record: Record) -> None:
+        self._pending.get(record.tp, set()).discard(record.offset)
+
+    def committable(self) -> dict[TopicPartition, int]:
+        """Next-offsets that moved forward since the last call."""
+        out = {}
+        for tp, highest in self._highest.items():
+            pending = self._pending.get(tp)
+            mark = min(pending) if pending else highest + 1
+            if mark > self._committed.get(tp, -1):
+                out[tp] = mark
+                self._committed[tp] = mark
+        return out
+
+    @property
+    def in_flight(self) -> int:
+        return sum(len(p) for p in self._pending.values())

@@ -1,0 +1,130 @@
+"""How one envelope changes the thread store: a pure function, so it is easy to test and replay.
+
+The recorder reads an envelope and the task it touches, and gets back a `Projection` to apply.
+Topics are read in parallel, so an agent's event may be projected before the request that
+caused it; every rule here therefore works whichever of the two arrives first.
+"""
+
+from __future__ import annotations
+
+from a2a.types import Artifact, Message, Role, SendMessageRequest, StreamResponse, Task, TaskState, TaskStatus
+from google.protobuf.json_format import MessageToJson
+
+from agenthub.hub import envelopes
+from agenthub.hub.log._base import Record
+from agenthub.hub.threads._base import MessageRow, Projection, StatusRow, TaskRow
+from agenthub.sdk.pb.envelope_pb2 import Envelope, Kind
+
+
+def text_of(message: Message) -> str:
+    """The text parts of a message, joined."""
+    return "\n".join(part.text for part in message.parts if part.WhichOneof("content") == "text")
+
+
+def project(envelope: Envelope, record: Record, current: TaskRow | None) -> Projection:
+    """The changes recording `envelope` makes, given the current state of its task."""
+    projection = Projection(envelope_id=envelope.id)
+    if envelope.kind == Kind.KIND_REQUEST:
+        _project_request(envelope, record, current, projection)
+    elif envelope.kind == Kind.KIND_EVENT:
+        _project_event(envelope, record, current, projection)
+    return projection
+
+
+def _project_request(envelope: Envelope, record: Record, current: TaskRow | None, out: Projection) -> None:
+    request = envelopes.unpack(envelope, SendMessageRequest)
+    message = Message()
+    message.CopyFrom(request.message)
+    message.task_id, message.context_id = envelope.task_id, envelope.context_id
+    out.messages.append(_row(envelope, record, message, envelope.sender, envelope.recipient))
+    at = envelope.created_at.ToDatetime().timestamp()
+    task = current or _new_task(envelope, at)
+    if not any(m.message_id == message.message_id for m in task.task.history):
+        task.task.history.append(message)
+    if current is None:
+        task.task.status.CopyFrom(TaskStatus(state=TaskState.TASK_STATE_SUBMITTED, timestamp=envelope.created_at))
+        out.statuses.append(StatusRow(envelope.task_id, "TASK_STATE_SUBMITTED", "", at))
+    task.updated_at = max(task.updated_at, at)
+    out.task = task
+
+
+def _project_event(envelope: Envelope, record: Record, current: TaskRow | None, out: Projection) -> None:
+    event = envelopes.unpack(envelope, StreamResponse)
+    at = envelope.created_at.ToDatetime().timestamp()
+    task = current or _new_task(envelope, at, agent=envelope.sender)
+    kind = event.WhichOneof("payload")
+    if kind == "status_update":
+        _apply_status(envelope, record, task, event.status_update.status, out)
+    elif kind == "artifact_update":
+        _apply_artifact(task.task, event.artifact_update.artifact, event.artifact_update.append)
+    elif kind == "task":
+        for artifact in event.task.artifacts:
+            _apply_artifact(task.task, artifact)
+        for message in event.task.history:
+            if message.role == Role.ROLE_AGENT:
+                _add_message(envelope, record, task, message, out)
+        if event.task.status.state != task.task.status.state:
+            _apply_status(envelope, record, task, event.task.status, out)
+    elif kind == "message":
+        status = TaskStatus(state=TaskState.TASK_STATE_COMPLETED, timestamp=envelope.created_at)
+        status.message.CopyFrom(event.message)
+        _apply_status(envelope, record, task, status, out)
+    task.updated_at = max(task.updated_at, at)
+    out.task = task
+
+
+def _apply_status(envelope: Envelope, record: Record, task: TaskRow, status: TaskStatus, out: Projection) -> None:
+    text = ""
+    if status.HasField("message") and status.message.parts:
+        _add_message(envelope, record, task, status.message, out)
+        text = text_of(status.message)
+    task.task.status.CopyFrom(status)
+    at = status.timestamp.ToDatetime().timestamp() if status.HasField("timestamp") else task.updated_at
+    out.statuses.append(StatusRow(task.task_id, TaskState.Name(status.state), text, at))
+
+
+def _add_message(envelope: Envelope, record: Record, task: TaskRow, message: Message, out: Projection) -> None:
+    copy = Message()
+    copy.CopyFrom(message)
+    copy.task_id, copy.context_id = task.task_id, task.context_id
+    if not copy.message_id:
+        copy.message_id = envelopes.derived_id(envelope.id, f"message-{len(out.messages)}")
+    if not any(m.message_id == copy.message_id for m in task.task.history):
+        task.task.history.append(copy)
+    out.messages.append(_row(envelope, record, copy, envelope.sender, envelope.recipient))
+
+
+def _apply_artifact(task: Task, artifact: Artifact, append: bool = False) -> None:
+    """Add an artifact, or replace (or extend, when `append`) the one with the same id."""
+    for existing in task.artifacts:
+        if existing.artifact_id == artifact.artifact_id:
+            if append:
+                existing.parts.extend(artifact.parts)
+            else:
+                existing.CopyFrom(artifact)
+            return
+    task.artifacts.append(artifact)
+
+
+def _new_task(envelope: Envelope, at: float, agent: str | None = None) -> TaskRow:
+    task = Task(id=envelope.task_id, context_id=envelope.context_id)
+    return TaskRow(task, agent or envelope.recipient, envelope.parent_task_id, at, at)
+
+
+def _row(envelope: Envelope, record: Record, message: Message, sender: str, recipient: str) -> MessageRow:
+    return MessageRow(
+        message_id=message.message_id,
+        context_id=envelope.context_id,
+        task_id=envelope.task_id,
+        parent_task_id=envelope.parent_task_id,
+        sender=sender,
+        recipient=recipient,
+        role="agent" if message.role == Role.ROLE_AGENT else "user",
+        text=text_of(message),
+        message_json=MessageToJson(message, indent=None),
+        created_at=envelope.created_at.ToDatetime().timestamp(),
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        traceparent=envelope.traceparent,
+    )

@@ -1,0 +1,97 @@
+"""The recorder: projects every routing topic into the thread store, exactly once per envelope.
+
+It reads as consumer group `<prefix>.recorder`, applies each envelope's `Projection`, and commits
+offsets only after the store has them, so a crash replays records instead of losing them (and
+replays are harmless: projections are keyed by envelope id). Readers that need read-your-writes
+(the A2A front, after producing) wait on `wait_recorded`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+import structlog
+from google.protobuf.message import DecodeError
+
+from agenthub.hub import envelopes
+from agenthub.hub.log._base import Consumer, Lifecycle, Log, Record, TopicPartition
+from agenthub.hub.projection import project
+from agenthub.hub.threads._base import ThreadStore
+from agenthub.hub.topics import Topics
+
+log = structlog.get_logger(__name__)
+
+
+class Recorder(Lifecycle):
+    """Consumes routing topics into a thread store.
+
+    Args:
+        log: the log backend.
+        store: the thread store to project into.
+        topics: topic naming.
+        fetch_wait_ms: longest wait of one fetch when there is nothing to read (default 100).
+    """
+
+    def __init__(self, log: Log, store: ThreadStore, topics: Topics, *, fetch_wait_ms: int = 100) -> None:
+        self._log = log
+        self._store = store
+        self._topics = topics
+        self._fetch_wait_ms = fetch_wait_ms
+        self._consumer: Consumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._recorded: dict[TopicPartition, int] = {}
+        self._progress = asyncio.Condition()
+
+    async def start(self) -> None:
+        self._consumer = self._log.consumer(group=self._topics.recorder_group, pattern=self._topics.routing_pattern)
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._run(), name="recorder")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+
+    async def wait_recorded(self, record: Record, timeout: float = 10.0) -> bool:
+        """Wait until `record` is in the store; False on timeout (the caller may read stale data)."""
+
+        def done() -> bool:
+            return self._recorded.get(record.tp, 0) > record.offset
+
+        async with self._progress:
+            try:
+                await asyncio.wait_for(self._progress.wait_for(done), timeout)
+            except TimeoutError:
+                return False
+        return True
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        while True:
+            records = await self._consumer.getmany(timeout_ms=self._fetch_wait_ms)
+            if not records:
+                continue
+            for record in records:
+                await self._record(record)
+            offsets = {r.tp: r.offset + 1 for r in records}
+            await self._consumer.commit(offsets)
+            async with self._progress:
+                self._recorded.update(offsets)
+                self._progress.notify_all()
+
+    async def _record(self, record: Record) -> None:
+        try:
+            envelope = envelopes.decode(record)
+            current = await self._store.get_task(envelope.task_id) if envelope.task_id else None
+            projection = project(envelope, record, current)
+        except (ValueError, DecodeError) as exc:  # a record we cannot read is logged loudly, never silently skipped
+            log.error("unreadable record left in the log", topic=record.topic, partition=record.partition,
+                      offset=record.offset, error=str(exc))
+            return
+        await self._store.apply(projection)

@@ -1,0 +1,204 @@
+"""The agent registry: which agents exist, their cards, and where the hub reaches them.
+
+State lives in the compacted topic `<prefix>.registry` (key = agent name, empty value = removed),
+so it survives restarts and every hub instance sees the same agents. Each instance replays the
+topic at start and follows it; liveness (heartbeats, health checks) is kept in memory only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+import structlog
+from a2a.types import AgentCard
+from google.protobuf.json_format import MessageToJson, Parse, ParseError
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from agenthub.hub.log._base import Consumer, Lifecycle, Log
+from agenthub.hub.topics import Topics
+from agenthub.sdk.errors import AgentNotFound, InvalidRequest
+from agenthub.sdk.pb.registry_pb2 import AgentChange, AgentRecord
+
+log = structlog.get_logger(__name__)
+
+AGENT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+ENDPOINT = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
+
+
+@dataclass
+class Agent:
+    """A registered agent as the hub sees it."""
+
+    record: AgentRecord
+    card: AgentCard
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    @property
+    def endpoint(self) -> str:
+        return self.record.endpoint
+
+
+def parse_card(card_json: str) -> AgentCard:
+    """An A2A card from its JSON form; InvalidRequest with the parser's reason if it is not one."""
+    try:
+        card = Parse(card_json, AgentCard(), ignore_unknown_fields=True)
+    except (ParseError, ValueError) as exc:
+        raise InvalidRequest(f"invalid agent card: {exc}") from exc
+    if not AGENT_NAME.match(card.name):
+        raise InvalidRequest(
+            f"invalid agent name {card.name!r}: use 1-63 lowercase letters, digits, '-' or '_'"
+        )
+    return card
+
+
+class Registry(Lifecycle):
+    """Registered agents, backed by the registry topic.
+
+    Args:
+        log: the log backend.
+        topics: topic naming.
+        health_interval: seconds between health checks of each agent (default 5; 0 disables).
+    """
+
+    def __init__(self, log: Log, topics: Topics, *, health_interval: float = 5.0) -> None:
+        self._log = log
+        self._topics = topics
+        self._health_interval = health_interval
+        self._agents: dict[str, Agent] = {}
+        self._watchers: set[asyncio.Queue[AgentChange]] = set()
+        self._consumer: Consumer | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        await self._log.ensure_topic(self._topics.registry, partitions=1, compacted=True)
+        self._consumer = self._log.consumer([self._topics.registry], from_beginning=True)
+        await self._consumer.start()
+        while records := await self._consumer.getmany(timeout_ms=0):
+            for record in records:
+                self._apply(record.key, record.value)
+        self._tasks = [asyncio.create_task(self._follow(), name="registry-follow")]
+        if self._health_interval > 0:
+            self._tasks.append(asyncio.create_task(self._check_health(), name="registry-health"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+
+    def get(self, name: str) -> Agent:
+        agent = self._agents.get(name)
+        if agent is None:
+            raise AgentNotFound(f"no agent named {name!r} is registered (see `agenthub agents list`)")
+        return agent
+
+    def find(self, name: str) -> Agent | None:
+        return self._agents.get(name)
+
+    def list(self) -> list[Agent]:
+        return sorted(self._agents.values(), key=lambda a: a.name)
+
+    async def register(self, card_json: str, endpoint: str) -> Agent:
+        """Register (or update) an agent; InvalidRequest for a bad card or endpoint."""
+        card = parse_card(card_json)
+        if not ENDPOINT.match(endpoint):
+            raise InvalidRequest(f"invalid endpoint {endpoint!r}: expected host:port of the agent's A2A gRPC server")
+        stamp = Timestamp()
+        stamp.GetCurrentTime()
+        previous = self._agents.get(card.name)
+        record = AgentRecord(
+            name=card.name,
+            card_json=MessageToJson(card, indent=None),
+            endpoint=endpoint,
+            registered_at=previous.record.registered_at if previous else stamp,
+            last_heartbeat=stamp,
+            state="up",
+        )
+        await self._log.produce(self._topics.registry, record.SerializeToString(), key=card.name.encode())
+        self._apply(card.name.encode(), record.SerializeToString())
+        log.info("agent registered", agent=card.name, endpoint=endpoint)
+        return self._agents[card.name]
+
+    async def deregister(self, name: str) -> None:
+        self.get(name)
+        await self._log.produce(self._topics.registry, b"", key=name.encode())
+        self._apply(name.encode(), b"")
+        log.info("agent deregistered", agent=name)
+
+    def heartbeat(self, name: str) -> None:
+        agent = self.get(name)
+        agent.record.last_heartbeat.GetCurrentTime()
+        agent.record.state = "up"
+
+    async def watch(self) -> AsyncIterator[AgentChange]:
+        """Every current agent, then every change, until the caller stops iterating."""
+        queue: asyncio.Queue[AgentChange] = asyncio.Queue()
+        for agent in self.list():
+            queue.put_nowait(AgentChange(agent=agent.record))
+        self._watchers.add(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._watchers.discard(queue)
+
+    def _apply(self, key: bytes | None, value: bytes) -> None:
+        if not key:
+            return
+        name = key.decode()
+        if not value:
+            removed = self._agents.pop(name, None)
+            if removed is not None:
+                self._notify(AgentChange(agent=removed.record, removed=True))
+            return
+        record = AgentRecord()
+        record.ParseFromString(value)
+        current = self._agents.get(name)
+        if current is not None and current.record == record:
+            return
+        self._agents[name] = Agent(record, parse_card(record.card_json))
+        self._notify(AgentChange(agent=record))
+
+    def _notify(self, change: AgentChange) -> None:
+        for queue in self._watchers:
+            queue.put_nowait(change)
+
+    async def _follow(self) -> None:
+        assert self._consumer is not None
+        while True:
+            for record in await self._consumer.getmany(timeout_ms=1000):
+                self._apply(record.key, record.value)
+
+    async def _check_health(self) -> None:
+        while True:
+            await asyncio.sleep(self._health_interval)
+            for agent in list(self._agents.values()):
+                up = await _is_serving(agent.endpoint)
+                agent.record.state = "up" if up else "down"
+                if up:
+                    agent.record.last_heartbeat.FromSeconds(int(time.time()))
+
+
+async def _is_serving(endpoint: str, timeout: float = 1.0) -> bool:
+    """Whether the agent answers gRPC health checks with SERVING."""
+    async with grpc.aio.insecure_channel(endpoint) as channel:
+        try:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+        except grpc.aio.AioRpcError:
+            return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)

@@ -1,0 +1,93 @@
+"""Where the front hears back: one consumer of this instance's reply topic, fanned out by task id."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import structlog
+from google.protobuf.message import DecodeError
+
+from agenthub.hub import envelopes
+from agenthub.hub.log._base import Consumer, Lifecycle, Log, Record
+from agenthub.sdk.pb.envelope_pb2 import Envelope
+
+log = structlog.get_logger(__name__)
+
+Reply = tuple[Envelope, Record]
+
+
+class Waiter:
+    """The replies of one task, in log order, as they arrive."""
+
+    def __init__(self, router: ReplyRouter, task_id: str) -> None:
+        self._router = router
+        self.task_id = task_id
+        self.queue: asyncio.Queue[Reply] = asyncio.Queue()
+
+    async def __aiter__(self) -> AsyncIterator[Reply]:
+        while True:
+            yield await self.queue.get()
+
+    def close(self) -> None:
+        self._router.release(self)
+
+
+class ReplyRouter(Lifecycle):
+    """Reads `topic` from its end and hands each envelope to the waiters of its task.
+
+    Args:
+        log: the log backend.
+        topic: this instance's reply topic.
+        fetch_wait_ms: longest wait of one fetch with nothing to read.
+    """
+
+    def __init__(self, log: Log, topic: str, *, fetch_wait_ms: int = 20) -> None:
+        self._log = log
+        self.topic = topic
+        self._fetch_wait_ms = fetch_wait_ms
+        self._waiters: dict[str, set[Waiter]] = {}
+        self._consumer: Consumer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._log.ensure_topic(self.topic)
+        self._consumer = self._log.consumer([self.topic], from_beginning=False)
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._run(), name="reply-router")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+
+    def open(self, task_id: str) -> Waiter:
+        """Start collecting the replies of a task (before producing its request)."""
+        waiter = Waiter(self, task_id)
+        self._waiters.setdefault(task_id, set()).add(waiter)
+        return waiter
+
+    def release(self, waiter: Waiter) -> None:
+        waiters = self._waiters.get(waiter.task_id)
+        if waiters is not None:
+            waiters.discard(waiter)
+            if not waiters:
+                del self._waiters[waiter.task_id]
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        while True:
+            for record in await self._consumer.getmany(timeout_ms=self._fetch_wait_ms):
+                try:
+                    envelope = envelopes.decode(record)
+                except DecodeError as exc:
+                    log.error("unreadable reply", topic=record.topic, offset=record.offset, error=str(exc))
+                    continue
+                for waiter in self._waiters.get(envelope.task_id, ()):
+                    waiter.queue.put_nowait((envelope, record))

@@ -1,0 +1,147 @@
+"""The hub process: log, thread store, registry, recorder, dispatcher, A2A front, gRPC and HTTP servers.
+
+`Hub` wires the parts in dependency order and stops them in reverse, so shutdown drains in-flight
+work (dispatched requests finish and commit) before the log closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+
+import grpc
+import structlog
+import uvicorn
+from a2a.types import a2a_pb2, a2a_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from agenthub.hub.config import HubSettings
+from agenthub.hub.dispatcher import Dispatcher
+from agenthub.hub.front import HubRequestHandler
+from agenthub.hub.http import http_app
+from agenthub.hub.log._base import Lifecycle, Log
+from agenthub.hub.recorder import Recorder
+from agenthub.hub.registry import Registry
+from agenthub.hub.replies import ReplyRouter
+from agenthub.hub.services import HubGrpcHandler, RegistryServicer, ThreadServicer
+from agenthub.hub.threads._base import ThreadStore
+from agenthub.hub.topics import Topics
+from agenthub.sdk.errors import ConfigError
+from agenthub.sdk.pb import registry_pb2, registry_pb2_grpc, threads_pb2, threads_pb2_grpc
+
+log = structlog.get_logger(__name__)
+
+
+def open_log(settings: HubSettings) -> Log:
+    """The configured log backend (not started)."""
+    if settings.log_backend == "embedded":
+        from agenthub.hub.log.embedded import EmbeddedLog
+
+        return EmbeddedLog(settings.data_dir / "log.db", default_partitions=settings.partitions)
+    raise ConfigError("the kafka log backend is not available in this version; use --log embedded")
+
+
+def open_store(settings: HubSettings) -> ThreadStore:
+    """The configured thread store (not started)."""
+    from agenthub.hub.threads.sqlite import SqliteThreadStore
+
+    return SqliteThreadStore(settings.data_dir / "threads.db")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class Hub(Lifecycle):
+    """A running hub. `grpc_port` and `http_port` are the bound ports once started."""
+
+    def __init__(self, settings: HubSettings) -> None:
+        self.settings = settings
+        self.grpc_port = settings.port or free_port(settings.host)
+        self.http_port = settings.http_port or free_port(settings.host)
+        topics = Topics(settings.topic_prefix)
+        self.log = open_log(settings)
+        self.store = open_store(settings)
+        self.registry = Registry(self.log, topics, health_interval=settings.health_interval_s)
+        self.recorder = Recorder(self.log, self.store, topics, fetch_wait_ms=settings.fetch_wait_ms)
+        self.replies = ReplyRouter(self.log, topics.replies(settings.instance_id), fetch_wait_ms=settings.fetch_wait_ms)
+        self.dispatcher = Dispatcher(self.log, self.registry, self.store, settings)
+        self.handler = HubRequestHandler(self.log, self.registry, self.store, self.recorder, self.replies, settings)
+        self._parts: list[Lifecycle] = [
+            self.log, self.store, self.registry, self.recorder, self.replies, self.dispatcher
+        ]
+        self._started: list[Lifecycle] = []
+        self._grpc: grpc.aio.Server | None = None
+        self._http: uvicorn.Server | None = None
+        self._http_task: asyncio.Task[None] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.settings.host}:{self.grpc_port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.settings.host}:{self.http_port}"
+
+    async def start(self) -> None:
+        try:
+            for part in self._parts:
+                await part.start()
+                self._started.append(part)
+            await self._start_grpc()
+            await self._start_http()
+        except BaseException:
+            await self.stop()
+            raise
+        log.info("hub started", grpc=self.address, http=self.http_url, data_dir=str(self.settings.data_dir))
+
+    async def _start_grpc(self) -> None:
+        limit = self.settings.max_message_bytes * 4
+        server = grpc.aio.server(
+            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
+        )
+        a2a_pb2_grpc.add_A2AServiceServicer_to_server(HubGrpcHandler(self.handler), server)
+        registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(self.registry), server)
+        threads_pb2_grpc.add_ThreadServiceServicer_to_server(ThreadServicer(self.store), server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        names = [
+            a2a_pb2.DESCRIPTOR.services_by_name["A2AService"].full_name,
+            registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
+            threads_pb2.DESCRIPTOR.services_by_name["ThreadService"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        ]
+        reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
+        if server.add_insecure_port(f"{self.settings.host}:{self.grpc_port}") == 0:
+            raise ConfigError(f"cannot listen on {self.settings.host}:{self.grpc_port} (port in use?)")
+        await server.start()
+        for name in ["", *names]:
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self._grpc = server
+
+    async def _start_http(self) -> None:
+        app = http_app(self.registry, self.settings, self.grpc_port)
+        config = uvicorn.Config(app, host=self.settings.host, port=self.http_port, log_level="warning", lifespan="off")
+        self._http = uvicorn.Server(config)
+        self._http_task = asyncio.create_task(self._http.serve(), name="hub-http")
+        while not self._http.started:
+            if self._http_task.done():
+                raise ConfigError(f"cannot listen on {self.settings.host}:{self.http_port} (port in use?)")
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        if self._http is not None and self._http_task is not None:
+            self._http.should_exit = True
+            with contextlib.suppress(asyncio.CancelledError, SystemExit):
+                await self._http_task
+            self._http = self._http_task = None
+        if self._grpc is not None:
+            await self._grpc.stop(grace=2)
+            self._grpc = None
+        while self._started:
+            await self._started.pop().stop()
+        log.info("hub stopped")

@@ -1,0 +1,136 @@
+"""The thread store interface: a projection of the log that can be rebuilt at any time.
+
+A thread is an A2A context: every message (user, agent, agent-to-agent), every task with its
+status history and its latest snapshot. Writes come only from the recorder, as `Projection`s
+applied idempotently (keyed by envelope id); reads serve the A2A front and the thread service.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+from a2a.types import Task
+
+from agenthub.hub.log._base import Lifecycle
+
+
+@dataclass
+class MessageRow:
+    """One recorded message."""
+
+    message_id: str
+    context_id: str
+    task_id: str
+    parent_task_id: str
+    sender: str
+    recipient: str
+    role: str
+    text: str
+    message_json: str
+    created_at: float
+    topic: str = ""
+    partition: int = 0
+    offset: int = 0
+    traceparent: str = ""
+
+
+@dataclass
+class StatusRow:
+    """One status change of a task."""
+
+    task_id: str
+    state: str
+    text: str
+    at: float
+
+
+@dataclass
+class TaskRow:
+    """A task's latest snapshot and where it sits in the thread tree."""
+
+    task: Task
+    agent: str
+    parent_task_id: str
+    created_at: float
+    updated_at: float
+    history: list[StatusRow] = field(default_factory=list)
+
+    @property
+    def task_id(self) -> str:
+        return self.task.id
+
+    @property
+    def context_id(self) -> str:
+        return self.task.context_id
+
+
+@dataclass
+class Projection:
+    """What recording one envelope changes; applied atomically, at most once per envelope id."""
+
+    envelope_id: str
+    messages: list[MessageRow] = field(default_factory=list)
+    task: TaskRow | None = None
+    statuses: list[StatusRow] = field(default_factory=list)
+
+
+@dataclass
+class ThreadSummary:
+    """One line of a thread listing."""
+
+    context_id: str
+    started_at: float
+    updated_at: float
+    message_count: int
+    agents: list[str]
+    first_text: str
+
+
+@dataclass
+class ThreadPage:
+    threads: list[ThreadSummary]
+    next_offset: int | None
+
+
+@dataclass
+class TaskPage:
+    tasks: list[TaskRow]
+    total: int
+    next_offset: int | None
+
+
+class ThreadStore(Lifecycle, ABC):
+    """Where the recorder writes and readers read threads."""
+
+    @abstractmethod
+    async def apply(self, projection: Projection) -> bool:
+        """Apply a projection unless its envelope was already applied; True if applied."""
+
+    @abstractmethod
+    async def get_task(self, task_id: str) -> TaskRow | None:
+        """A task's snapshot with its status history."""
+
+    @abstractmethod
+    async def list_tasks(
+        self,
+        *,
+        agent: str | None = None,
+        context_id: str | None = None,
+        state: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> TaskPage:
+        """Tasks, newest first, filtered."""
+
+    @abstractmethod
+    async def list_threads(self, *, agent: str | None = None, limit: int = 50, offset: int = 0) -> ThreadPage:
+        """Threads, most recently updated first."""
+
+    @abstractmethod
+    async def thread_messages(self, context_id: str) -> list[MessageRow]:
+        """Every message of a thread in recording order."""
+
+    @abstractmethod
+    async def thread_tasks(self, context_id: str) -> list[TaskRow]:
+        """Every task of a thread in creation order."""

@@ -1,0 +1,46 @@
+"""Topic and consumer-group names, all under one configurable prefix (DESIGN.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Names of every topic and group the hub uses."""
+
+    prefix: str = "agenthub"
+
+    def inbox(self, agent: str) -> str:
+        return f"{self.prefix}.inbox.{agent}"
+
+    def dlq(self, agent: str) -> str:
+        return f"{self.prefix}.dlq.{agent}"
+
+    def replies(self, instance: str) -> str:
+        return f"{self.prefix}.replies.{instance}"
+
+    @property
+    def registry(self) -> str:
+        return f"{self.prefix}.registry"
+
+    @property
+    def control(self) -> str:
+        return f"{self.prefix}.control"
+
+    @property
+    def audit(self) -> str:
+        return f"{self.prefix}.audit"
+
+    def dispatch_group(self, agent: str) -> str:
+        return f"{self.prefix}.dispatch.{agent}"
+
+    @property
+    def recorder_group(self) -> str:
+        return f"{self.prefix}.recorder"
+
+    @property
+    def routing_pattern(self) -> str:
+        """Regex matching every topic the recorder projects into threads."""
+        prefix = self.prefix.replace(".", r"\.")
+        return rf"{prefix}\.(inbox|replies|dlq)\..+"

@@ -1,0 +1,118 @@
+"""The one AgentHub error hierarchy, and the one table mapping each error to its transports' codes.
+
+Every error the hub or the SDK raises on purpose is an `AgentHubError`. They subclass a2a-sdk's
+`A2AError` so the stock A2A transports catch them; `STATUS` below maps each class to its gRPC
+status, HTTP status and CLI exit code, and nothing else in the code base invents codes.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import grpc
+from a2a.utils.errors import (
+    A2AError,
+    InvalidParamsError,
+    InvalidRequestError,
+    TaskNotCancelableError,
+    TaskNotFoundError,
+    UnsupportedOperationError,
+)
+
+
+class AgentHubError(A2AError):
+    """Base of every error AgentHub raises on purpose."""
+
+    message = "AgentHub error"
+
+
+class InvalidRequest(AgentHubError):
+    """The caller sent something malformed (empty message, bad id, bad argument)."""
+
+    message = "invalid request"
+
+
+class MessageTooLarge(InvalidRequest):
+    """A message exceeded the hub's configured size limit."""
+
+    message = "message too large"
+
+
+class AgentNotFound(AgentHubError):
+    """No agent is registered under that name."""
+
+    message = "agent not found"
+
+
+class ThreadNotFound(AgentHubError):
+    """No thread (A2A context) has that id."""
+
+    message = "thread not found"
+
+
+class AgentUnavailable(AgentHubError):
+    """The agent could not be reached after the configured attempts."""
+
+    message = "agent unavailable"
+
+
+class HubUnavailable(AgentHubError):
+    """The hub could not be reached (client side)."""
+
+    message = "hub unavailable"
+
+
+class ConfigError(AgentHubError):
+    """Configuration is invalid or incomplete."""
+
+    message = "invalid configuration"
+
+
+class Status(NamedTuple):
+    """How one error class shows on each transport."""
+
+    grpc: grpc.StatusCode
+    http: int
+    exit_code: int
+
+
+STATUS: dict[type[Exception], Status] = {
+    InvalidRequest: Status(grpc.StatusCode.INVALID_ARGUMENT, 400, 2),
+    MessageTooLarge: Status(grpc.StatusCode.INVALID_ARGUMENT, 413, 2),
+    AgentNotFound: Status(grpc.StatusCode.NOT_FOUND, 404, 4),
+    ThreadNotFound: Status(grpc.StatusCode.NOT_FOUND, 404, 4),
+    AgentUnavailable: Status(grpc.StatusCode.UNAVAILABLE, 503, 5),
+    HubUnavailable: Status(grpc.StatusCode.UNAVAILABLE, 503, 5),
+    ConfigError: Status(grpc.StatusCode.FAILED_PRECONDITION, 400, 2),
+    AgentHubError: Status(grpc.StatusCode.INTERNAL, 500, 1),
+    # a2a-sdk's own errors, as the A2A v1 specification maps them.
+    TaskNotFoundError: Status(grpc.StatusCode.NOT_FOUND, 404, 4),
+    TaskNotCancelableError: Status(grpc.StatusCode.FAILED_PRECONDITION, 400, 2),
+    InvalidParamsError: Status(grpc.StatusCode.INVALID_ARGUMENT, 400, 2),
+    InvalidRequestError: Status(grpc.StatusCode.INVALID_ARGUMENT, 400, 2),
+    UnsupportedOperationError: Status(grpc.StatusCode.FAILED_PRECONDITION, 400, 2),
+}
+
+
+def status_of(error: BaseException) -> Status:
+    """The transport codes for an error: its own class's, else its nearest mapped ancestor's."""
+    for cls in type(error).__mro__:
+        if cls in STATUS:
+            return STATUS[cls]
+    return Status(grpc.StatusCode.INTERNAL, 500, 1)
+
+
+_BY_GRPC_CODE: dict[grpc.StatusCode, type[AgentHubError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidRequest,
+    grpc.StatusCode.NOT_FOUND: AgentNotFound,
+    grpc.StatusCode.UNAVAILABLE: HubUnavailable,
+    grpc.StatusCode.FAILED_PRECONDITION: ConfigError,
+}
+
+
+def from_grpc(error: grpc.RpcError) -> AgentHubError:
+    """Turn a failed gRPC call into the matching AgentHub error, keeping the server's message."""
+    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+    details = error.details() if hasattr(error, "details") else str(error)
+    cls = _BY_GRPC_CODE.get(code, AgentHubError)
+    return cls(details or code.name)
