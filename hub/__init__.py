@@ -1,0 +1,1 @@
+"""The AgentHub server: gRPC front, routing through the log, recorder, registry, CLI."""

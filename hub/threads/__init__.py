@@ -1,0 +1,1 @@
+"""Thread stores behind one interface: SQLite and PostgreSQL."""

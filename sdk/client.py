@@ -1,0 +1,182 @@
+"""HubClient: talk to a hub from Python — agents, messages, threads — over its gRPC API.
+
+A thin client: A2A calls use the standard `lf.a2a.v1.A2AService` with `tenant` = agent name, so
+anything it does a stock A2A client can do too. Errors come back as `agenthub.sdk.errors` classes.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Self
+
+import grpc
+from a2a.types import (
+    GetTaskRequest,
+    ListTasksRequest,
+    ListTasksResponse,
+    Message,
+    Part,
+    Role,
+    SendMessageRequest,
+    StreamResponse,
+    Task,
+    a2a_pb2_grpc,
+)
+
+from agenthub.sdk.errors import from_grpc
+from agenthub.sdk.pb import registry_pb2 as reg
+from agenthub.sdk.pb import registry_pb2_grpc
+from agenthub.sdk.pb import threads_pb2 as thr
+from agenthub.sdk.pb import threads_pb2_grpc
+
+
+class HubClient:
+    """A connection to a hub.
+
+    Args:
+        address: the hub's gRPC address, host:port (default 127.0.0.1:50051).
+        sender: who this client speaks for (an agent name when an agent delegates; default "user").
+        timeout: default deadline of unary calls, in seconds (default 30).
+    """
+
+    def __init__(self, address: str = "127.0.0.1:50051", *, sender: str | None = None, timeout: float = 30.0) -> None:
+        self.address = address
+        self.sender = sender
+        self.timeout = timeout
+        self._channel: grpc.aio.Channel | None = None
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        if self._channel is None:
+            self._channel = grpc.aio.insecure_channel(self.address)
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+            self._channel = None
+
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        if self._channel is None:
+            self._channel = grpc.aio.insecure_channel(self.address)
+        return self._channel
+
+    def _metadata(self, parent_task_id: str | None = None) -> tuple[tuple[str, str], ...]:
+        pairs = [("agenthub-sender", self.sender or ""), ("agenthub-parent-task", parent_task_id or "")]
+        return tuple(p for p in pairs if p[1])
+
+    # ---- registry ------------------------------------------------------------------------
+
+    async def register(self, card_json: str, endpoint: str) -> reg.AgentRecord:
+        """Register (or update) an agent by its card and its A2A gRPC endpoint."""
+        stub = registry_pb2_grpc.RegistryServiceStub(self.channel)
+        reply = await _call(stub.RegisterAgent(reg.RegisterAgentRequest(card_json=card_json, endpoint=endpoint),
+                                               timeout=self.timeout))
+        return reply.agent
+
+    async def deregister(self, name: str) -> None:
+        stub = registry_pb2_grpc.RegistryServiceStub(self.channel)
+        await _call(stub.DeregisterAgent(reg.DeregisterAgentRequest(name=name), timeout=self.timeout))
+
+    async def heartbeat(self, name: str) -> None:
+        stub = registry_pb2_grpc.RegistryServiceStub(self.channel)
+        await _call(stub.Heartbeat(reg.HeartbeatRequest(name=name), timeout=self.timeout))
+
+    async def list_agents(self) -> list[reg.AgentRecord]:
+        stub = registry_pb2_grpc.RegistryServiceStub(self.channel)
+        reply = await _call(stub.ListAgents(reg.ListAgentsRequest(), timeout=self.timeout))
+        return list(reply.agents)
+
+    async def get_agent(self, name: str) -> reg.AgentRecord:
+        stub = registry_pb2_grpc.RegistryServiceStub(self.channel)
+        record: reg.AgentRecord = await _call(stub.GetAgent(reg.GetAgentRequest(name=name), timeout=self.timeout))
+        return record
+
+    # ---- messages ------------------------------------------------------------------------
+
+    async def send(
+        self,
+        agent: str,
+        text: str,
+        *,
+        context_id: str | None = None,
+        task_id: str | None = None,
+        parent_task_id: str | None = None,
+        timeout: float | None = 300.0,
+    ) -> Task | Message:
+        """Send a text message to an agent through the hub and wait for its answer."""
+        stub = a2a_pb2_grpc.A2AServiceStub(self.channel)
+        request = text_request(agent, text, context_id=context_id, task_id=task_id)
+        reply = await _call(stub.SendMessage(request, metadata=self._metadata(parent_task_id), timeout=timeout))
+        return reply.task if reply.WhichOneof("payload") == "task" else reply.message
+
+    async def stream(
+        self,
+        agent: str,
+        text: str,
+        *,
+        context_id: str | None = None,
+        parent_task_id: str | None = None,
+        timeout: float | None = 300.0,
+    ) -> AsyncIterator[StreamResponse]:
+        """Send a text message and yield the task's events as the agent produces them."""
+        stub = a2a_pb2_grpc.A2AServiceStub(self.channel)
+        request = text_request(agent, text, context_id=context_id)
+        call = stub.SendStreamingMessage(request, metadata=self._metadata(parent_task_id), timeout=timeout)
+        try:
+            async for event in call:
+                yield event
+        except grpc.aio.AioRpcError as exc:
+            raise from_grpc(exc) from None
+
+    async def get_task(self, agent: str, task_id: str) -> Task:
+        stub = a2a_pb2_grpc.A2AServiceStub(self.channel)
+        task: Task = await _call(stub.GetTask(GetTaskRequest(tenant=agent, id=task_id), timeout=self.timeout))
+        return task
+
+    async def list_tasks(self, agent: str = "", *, context_id: str = "", page_size: int = 50) -> ListTasksResponse:
+        stub = a2a_pb2_grpc.A2AServiceStub(self.channel)
+        request = ListTasksRequest(tenant=agent, context_id=context_id, page_size=page_size)
+        response: ListTasksResponse = await _call(stub.ListTasks(request, timeout=self.timeout))
+        return response
+
+    # ---- threads -------------------------------------------------------------------------
+
+    async def list_threads(self, *, agent: str = "", page_size: int = 50, page_token: str = "") -> thr.ListThreadsResponse:
+        stub = threads_pb2_grpc.ThreadServiceStub(self.channel)
+        request = thr.ListThreadsRequest(agent=agent, page_size=page_size, page_token=page_token)
+        response: thr.ListThreadsResponse = await _call(stub.ListThreads(request, timeout=self.timeout))
+        return response
+
+    async def get_thread(self, context_id: str) -> thr.Thread:
+        stub = threads_pb2_grpc.ThreadServiceStub(self.channel)
+        thread: thr.Thread = await _call(stub.GetThread(thr.GetThreadRequest(context_id=context_id), timeout=self.timeout))
+        return thread
+
+
+def text_request(agent: str, text: str, *, context_id: str | None = None, task_id: str | None = None) -> SendMessageRequest:
+    """An A2A SendMessageRequest carrying one text part, addressed to `agent`."""
+    message = Message(message_id=str(uuid.uuid4()), role=Role.ROLE_USER, parts=[Part(text=text)])
+    if context_id:
+        message.context_id = context_id
+    if task_id:
+        message.task_id = task_id
+    return SendMessageRequest(tenant=agent, message=message)
+
+
+async def _call(awaitable):  # type: ignore[no-untyped-def]
+    """Await a gRPC call, turning its failure into an AgentHub error."""
+    try:
+        return await awaitable
+    except grpc.aio.AioRpcError as exc:
+        raise from_grpc(exc) from None

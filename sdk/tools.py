@@ -1,0 +1,122 @@
+"""Tools an agent's model can call: plain Python functions with a JSON schema from their type hints."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, overload
+
+from pydantic import BaseModel, ValidationError, create_model
+
+
+class ToolError(Exception):
+    """A tool call failed; the message is shown to the model and recorded in the thread."""
+
+
+@dataclass
+class Tool:
+    """A callable the model may choose, described by a JSON schema of its arguments.
+
+    `return_direct` makes the tool's result the agent's final answer (no further model turn):
+    right for exact tools (arithmetic) and delegations, and kind to small models.
+    """
+
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    fn: Callable[..., Any]
+    args_model: type[BaseModel]
+    timeout: float = 30.0
+    retries: int = 0
+    return_direct: bool = False
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    async def call(self, arguments: dict[str, Any]) -> str:
+        """Validate the arguments, run the tool with timeout and retries, return its result as text."""
+        try:
+            args = self.args_model.model_validate(arguments)
+        except ValidationError as exc:
+            raise ToolError(f"invalid arguments for {self.name}: {exc.errors(include_url=False)}") from exc
+        last: Exception | None = None
+        for _ in range(self.retries + 1):
+            try:
+                async with asyncio.timeout(self.timeout):
+                    result = self.fn(**dict(args))
+                    if inspect.isawaitable(result):
+                        result = await result
+                return result if isinstance(result, str) else json.dumps(result, default=str)
+            except TimeoutError:
+                last = ToolError(f"{self.name} timed out after {self.timeout}s")
+            except ToolError as exc:
+                last = exc
+        assert last is not None
+        raise last
+
+
+@overload
+def tool(fn: Callable[..., Any], /) -> Tool: ...
+@overload
+def tool(
+    *, name: str | None = None, description: str | None = None, timeout: float = 30.0, retries: int = 0,
+    return_direct: bool = False,
+) -> Callable[[Callable[..., Any]], Tool]: ...
+
+
+def tool(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    timeout: float = 30.0,
+    retries: int = 0,
+    return_direct: bool = False,
+) -> Tool | Callable[[Callable[..., Any]], Tool]:
+    """Turn a function (sync or async) into a `Tool`; its docstring is the description.
+
+    Use bare (`@tool`) or with options (`@tool(timeout=5, retries=2)`).
+    """
+
+    def wrap(func: Callable[..., Any]) -> Tool:
+        model = args_model(func)
+        return Tool(
+            name=name or func.__name__,
+            description=description or inspect.getdoc(func) or func.__name__,
+            parameters=model.model_json_schema(),
+            fn=func,
+            args_model=model,
+            timeout=timeout,
+            retries=retries,
+            return_direct=return_direct,
+        )
+
+    return wrap(fn) if fn is not None else wrap
+
+
+def args_model(func: Callable[..., Any]) -> type[BaseModel]:
+    """A pydantic model of a function's parameters (type hints required)."""
+    hints = inspect.get_annotations(func, eval_str=True)
+    fields: dict[str, Any] = {}
+    for param in inspect.signature(func).parameters.values():
+        if param.name not in hints:
+            raise TypeError(f"tool parameter {func.__name__}.{param.name} needs a type hint")
+        default = ... if param.default is inspect.Parameter.empty else param.default
+        fields[param.name] = (hints[param.name], default)
+    return create_model(f"{func.__name__}_args", **fields)
+
+
+def make_tool(
+    name: str,
+    description: str,
+    fn: Callable[..., Awaitable[Any]],
+    *,
+    timeout: float = 300.0,
+    return_direct: bool = False,
+    **metadata: Any,
+) -> Tool:
+    """A tool built around an existing callable (used for delegation tools)."""
+    model = args_model(fn)
+    return Tool(name, description, model.model_json_schema(), fn, model, timeout, 0, return_direct, metadata)
