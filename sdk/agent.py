@@ -61,7 +61,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from agenthub.sdk.client import HubClient
 from agenthub.sdk.errors import AgentHubError, AgentNotFound, HubUnavailable
-from agenthub.sdk.models import ChatMessage, Model, ModelSettings, OpenAIModel
+from agenthub.sdk.models import ChatMessage, Model, ModelSettings, OpenAIModel, ToolChoice
 from agenthub.sdk.tools import Tool, ToolError, make_tool
 
 log = structlog.get_logger(__name__)
@@ -76,18 +76,20 @@ class Turn:
     agent: Agent
     task_id: str
     context_id: str
+    text: str
 
 
 current_turn: contextvars.ContextVar[Turn] = contextvars.ContextVar("agenthub_turn")
 
 
 def delegate(agent: str, description: str, *, timeout: float = 300.0) -> Tool:
-    """A tool that asks another agent, through the hub, in the same thread; its answer is final."""
+    """A handoff tool: forwards the current request to another agent, through the hub, in the same
+    thread, and makes its answer final. The model only chooses *who*, which small models do well."""
 
-    async def ask(question: str) -> str:
+    async def ask() -> str:
         turn = current_turn.get()
         result = await turn.agent.hub.send(
-            agent, question, context_id=turn.context_id, parent_task_id=turn.task_id, timeout=timeout
+            agent, turn.text, context_id=turn.context_id, parent_task_id=turn.task_id, timeout=timeout
         )
         if isinstance(result, Message):
             return _text(result)
@@ -111,6 +113,7 @@ class Agent:
         hub: the hub's gRPC address; None serves without registering.
         host / port: where to serve A2A gRPC (port 0 = any free port).
         max_steps: model turns per task before giving up.
+        tool_choice: "required" makes the first model turn call a tool (no free-text answer).
     """
 
     def __init__(
@@ -126,6 +129,7 @@ class Agent:
         host: str = "127.0.0.1",
         port: int = 0,
         max_steps: int = 4,
+        tool_choice: ToolChoice = "auto",
         heartbeat_s: float = 10.0,
     ) -> None:
         self.name = name
@@ -137,6 +141,7 @@ class Agent:
         self.host = host
         self.port = port
         self.max_steps = max_steps
+        self.tool_choice: ToolChoice = tool_choice
         self.hub = HubClient(hub or "", sender=name)
         self._hub_address = hub
         self._heartbeat_s = heartbeat_s
@@ -251,7 +256,7 @@ class Agent:
         task_id = fields["agenthub_task_id"].string_value if "agenthub_task_id" in fields else ""
         task_id = task_id or message.task_id or str(uuid.uuid4())
         context_id = message.context_id or str(uuid.uuid4())
-        token = current_turn.set(Turn(self, task_id, context_id))
+        token = current_turn.set(Turn(self, task_id, context_id, _text(message)))
         try:
             yield Task(id=task_id, context_id=context_id, history=[message],
                        status=TaskStatus(state=TaskState.TASK_STATE_WORKING, timestamp=_now()))
@@ -266,9 +271,10 @@ class Agent:
         chat.append({"role": "user", "content": _text(message)})
         tools = list(self.tools.values())
         answer: str | None = None
-        for _ in range(self.max_steps):
+        for step in range(self.max_steps):
+            choice: ToolChoice = self.tool_choice if step == 0 and tools else "auto"
             try:
-                reply = await self.model.complete(chat, tools)
+                reply = await self.model.complete(chat, tools, tool_choice=choice)
             except Exception as exc:  # any model/provider failure becomes a readable failed task
                 yield _status(task_id, context_id, TaskState.TASK_STATE_FAILED, f"model error: {exc}")
                 return
@@ -279,10 +285,10 @@ class Agent:
                 {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": json.dumps(c.arguments)}}
                 for c in reply.tool_calls]})
             for call in reply.tool_calls:
-                yield _status(task_id, context_id, TaskState.TASK_STATE_WORKING, f"calling {call.name}",
+                yield _status(task_id, context_id, TaskState.TASK_STATE_WORKING, f"calling {call.name}({json.dumps(call.arguments)})",
                               {"tool_call": {"id": call.id, "name": call.name, "arguments": call.arguments}})
                 result, ok = await self._run_tool(call.name, call.arguments)
-                yield _status(task_id, context_id, TaskState.TASK_STATE_WORKING, f"{call.name} returned",
+                yield _status(task_id, context_id, TaskState.TASK_STATE_WORKING, f"{call.name} -> {result}",
                               {"tool_result": {"id": call.id, "name": call.name, "ok": ok, "content": result}})
                 chat.append({"role": "tool", "tool_call_id": call.id, "name": call.name, "content": result})
                 if ok and self.tools[call.name].return_direct:

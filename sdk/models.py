@@ -22,6 +22,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from agenthub.sdk.tools import Tool
 
 ChatMessage = dict[str, Any]
+ToolChoice = Literal["auto", "required"]
 REPLY = "reply"
 
 
@@ -46,8 +47,10 @@ class Model(ABC):
     """A chat model that may call tools."""
 
     @abstractmethod
-    async def complete(self, messages: Sequence[ChatMessage], tools: Sequence[Tool]) -> ModelReply:
-        """The model's next turn for the conversation so far."""
+    async def complete(
+        self, messages: Sequence[ChatMessage], tools: Sequence[Tool], *, tool_choice: ToolChoice = "auto"
+    ) -> ModelReply:
+        """The model's next turn; with tool_choice="required" it must call a tool."""
 
     async def close(self) -> None:
         """Release connections."""
@@ -92,12 +95,15 @@ class OpenAIModel(Model):
     async def close(self) -> None:
         await self._client.close()
 
-    async def complete(self, messages: Sequence[ChatMessage], tools: Sequence[Tool]) -> ModelReply:
+    async def complete(
+        self, messages: Sequence[ChatMessage], tools: Sequence[Tool], *, tool_choice: ToolChoice = "auto"
+    ) -> ModelReply:
         s = self.settings
         common: dict[str, Any] = {"model": s.name, "temperature": s.temperature, "max_tokens": s.max_tokens}
         if tools and s.tool_mode == "native":
             response = await self._client.chat.completions.create(
-                messages=list(messages), tools=[_openai_tool(t) for t in tools], **common  # type: ignore[arg-type]
+                messages=list(messages), tools=[_openai_tool(t) for t in tools], tool_choice=tool_choice,
+                **common,  # type: ignore[arg-type]
             )
             message = response.choices[0].message
             calls = [
@@ -107,7 +113,7 @@ class OpenAIModel(Model):
             return ModelReply(message.content or "", calls)
         if tools:
             common["response_format"] = {
-                "type": "json_schema", "json_schema": {"name": "next_step", "schema": choice_schema(tools)}
+                "type": "json_schema", "json_schema": {"name": "next_step", "schema": choice_schema(tools, reply=tool_choice == "auto")}
             }
         response = await self._client.chat.completions.create(
             messages=as_plain_chat(messages, tools), **common  # type: ignore[arg-type]
@@ -120,16 +126,17 @@ def _openai_tool(t: Tool) -> dict[str, Any]:
     return {"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.parameters}}
 
 
-def choice_schema(tools: Sequence[Tool]) -> dict[str, Any]:
-    """JSON schema: one `{name, arguments}` object per tool, or a plain reply."""
+def choice_schema(tools: Sequence[Tool], *, reply: bool = True) -> dict[str, Any]:
+    """JSON schema: one `{name, arguments}` object per tool, and (if `reply`) a plain reply."""
     options = [
         {"type": "object", "properties": {"name": {"const": t.name}, "arguments": t.parameters},
          "required": ["name", "arguments"]}
         for t in tools
     ]
-    options.append({"type": "object", "properties": {"name": {"const": REPLY}, "arguments": {
-        "type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}},
-        "required": ["name", "arguments"]})
+    if reply:
+        options.append({"type": "object", "properties": {"name": {"const": REPLY}, "arguments": {
+            "type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}},
+            "required": ["name", "arguments"]})
     return {"anyOf": options}
 
 
@@ -193,7 +200,9 @@ class ScriptedModel(Model):
     def __init__(self, rule: Rule | None = None) -> None:
         self._rule = rule or first_tool_then_echo
 
-    async def complete(self, messages: Sequence[ChatMessage], tools: Sequence[Tool]) -> ModelReply:
+    async def complete(
+        self, messages: Sequence[ChatMessage], tools: Sequence[Tool], *, tool_choice: ToolChoice = "auto"
+    ) -> ModelReply:
         return self._rule(messages, tools)
 
 
@@ -204,5 +213,5 @@ def first_tool_then_echo(messages: Sequence[ChatMessage], tools: Sequence[Tool])
         return ModelReply(str(last.get("content", "")))
     schema = tools[0].parameters.get("properties", {})
     text = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
-    argument = next(iter(schema), "text")
-    return ModelReply("", [ToolCall(tools[0].name, {argument: text})])
+    arguments = {next(iter(schema)): text} if schema else {}
+    return ModelReply("", [ToolCall(tools[0].name, arguments)])

@@ -1,0 +1,131 @@
+"""How the CLI shows things to people: tables, a thread as a tree, events as lines."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+from a2a.types import Message, StreamResponse, Task, TaskState
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message as ProtoMessage
+from google.protobuf.timestamp_pb2 import Timestamp
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.tree import Tree
+
+from agenthub.sdk.pb import registry_pb2 as reg
+from agenthub.sdk.pb import threads_pb2 as thr
+
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+
+
+def as_json(message: ProtoMessage) -> dict[str, Any]:
+    return MessageToDict(message, preserving_proto_field_name=True)
+
+
+def print_json(value: Any) -> None:
+    console.print_json(json.dumps(value, default=str))
+
+
+def when(stamp: Timestamp) -> str:
+    if not stamp.seconds and not stamp.nanos:
+        return "-"
+    return stamp.ToDatetime(tzinfo=UTC).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def short_state(state: str | int) -> str:
+    name = TaskState.Name(state) if isinstance(state, int) else state  # type: ignore[arg-type]
+    return name.removeprefix("TASK_STATE_").lower()
+
+
+def agents_table(agents: list[reg.AgentRecord]) -> Table:
+    table = Table(box=None, pad_edge=False)
+    for column in ("NAME", "STATE", "ENDPOINT"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("DESCRIPTION", max_width=60)
+    table.add_column("LAST SEEN", no_wrap=True)
+    for agent in agents:
+        card = json.loads(agent.card_json or "{}")
+        table.add_row(agent.name, agent.state, agent.endpoint, card.get("description", ""), when(agent.last_heartbeat))
+    return table
+
+
+def threads_table(threads: list[thr.ThreadSummary]) -> Table:
+    table = Table(box=None, pad_edge=False)
+    for column in ("THREAD", "UPDATED", "MESSAGES", "AGENTS"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("FIRST MESSAGE")
+    for t in threads:
+        table.add_row(t.context_id, when(t.updated_at), str(t.message_count), ",".join(t.agents),
+                      _clip(t.first_text, 60))
+    return table
+
+
+def thread_tree(thread: thr.Thread) -> Tree:
+    """The thread as a tree: each task under the task that delegated it, messages in time order."""
+    root = Tree(f"[bold]thread {escape(thread.summary.context_id)}[/bold]  ({thread.summary.message_count} messages)")
+    by_parent: dict[str, list[thr.ThreadTask]] = {}
+    for task in thread.tasks:
+        by_parent.setdefault(task.parent_task_id, []).append(task)
+    messages: dict[str, list[thr.ThreadMessage]] = {}
+    for m in thread.messages:
+        messages.setdefault(m.task_id, []).append(m)
+    known = {t.task_id for t in thread.tasks}
+    for task in [t for t in thread.tasks if t.parent_task_id not in known]:
+        _task_branch(root, task, by_parent, messages)
+    return root
+
+
+def _task_branch(parent: Tree, task: thr.ThreadTask, by_parent: dict[str, list[thr.ThreadTask]],
+                 messages: dict[str, list[thr.ThreadMessage]]) -> None:
+    branch = parent.add(f"[bold]{escape(task.agent)}[/bold] task {task.task_id} " + escape(f"[{short_state(task.state)}]"))
+    items: list[tuple[float, int, Any]] = [(_secs(m.created_at), 0, m) for m in messages.get(task.task_id, [])]
+    items += [(_secs(c.created_at), 1, c) for c in by_parent.get(task.task_id, [])]
+    for _, kind, item in sorted(items, key=lambda i: (i[0], i[1])):
+        if kind:
+            _task_branch(branch, item, by_parent, messages)
+        else:
+            branch.add(escape(f"{when(item.created_at)}  {item.sender} → {item.recipient}: {_clip(item.text, 120)}"))
+
+
+def event_line(event: StreamResponse) -> str:
+    """One streamed A2A event as a line."""
+    kind = event.WhichOneof("payload")
+    if kind == "task":
+        return f"task {event.task.id} [{short_state(event.task.status.state)}]"
+    if kind == "status_update":
+        status = event.status_update.status
+        text = message_text(status.message) if status.HasField("message") else ""
+        return f"[{short_state(status.state)}] {text}".rstrip()
+    if kind == "artifact_update":
+        artifact = event.artifact_update.artifact
+        return f"artifact {artifact.name or artifact.artifact_id}: " + " ".join(p.text for p in artifact.parts)
+    if kind == "message":
+        return message_text(event.message)
+    return ""
+
+
+def answer_of(result: Task | Message) -> str:
+    if isinstance(result, Message):
+        return message_text(result)
+    return message_text(result.status.message) if result.status.HasField("message") else ""
+
+
+def message_text(message: Message) -> str:
+    return "\n".join(p.text for p in message.parts if p.WhichOneof("content") == "text")
+
+
+def _secs(stamp: Timestamp) -> float:
+    return stamp.seconds + stamp.nanos / 1e9
+
+
+def _clip(text: str, width: int) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def now_text() -> str:
+    return datetime.now().strftime("%H:%M:%S")

@@ -1,0 +1,152 @@
+"""`agenthub up`: the offline model, the hub and the reference agents as separate processes.
+
+Starts them in dependency order, waits until each is ready, prints where to connect, and on
+Ctrl-C/SIGTERM stops them in reverse order (SIGTERM, then SIGKILL after a grace period).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import httpx
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from agenthub.sdk.errors import ConfigError
+from agenthub.sdk.pb import registry_pb2, registry_pb2_grpc
+
+REFERENCE_AGENTS = ("calculator", "notes", "triage")
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            self.argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env},
+            start_new_session=True,
+        )
+
+    def exited(self) -> int | None:
+        return self.process.poll() if self.process else None
+
+    def stop(self, grace: float = 10.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(grace)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def tail(self, lines: int = 5) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def wait_until(ready: callable, child: Child, what: str, timeout: float) -> None:  # type: ignore[valid-type]
+    """Poll `ready()` until true; ConfigError if the child dies or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child.exited() is not None:
+            raise ConfigError(f"{child.name} exited while starting ({what}); its log says:\n{child.tail()}")
+        if ready():
+            return
+        time.sleep(0.2)
+    raise ConfigError(f"{child.name} not ready after {timeout:.0f}s ({what}); see {child.log_path}")
+
+
+def model_ready(base_url: str) -> bool:
+    try:
+        return httpx.get(f"{base_url}/models", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def hub_ready(address: str) -> bool:
+    with grpc.insecure_channel(address) as channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+        except grpc.RpcError:
+            return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def registered(address: str) -> set[str]:
+    with grpc.insecure_channel(address) as channel:
+        try:
+            reply = registry_pb2_grpc.RegistryServiceStub(channel).ListAgents(
+                registry_pb2.ListAgentsRequest(), timeout=1
+            )
+        except grpc.RpcError:
+            return set()
+    return {a.name for a in reply.agents}
+
+
+class Supervisor:
+    """Runs the whole demo stack until told to stop."""
+
+    def __init__(self, *, host: str, port: int, http_port: int, data_dir: Path, model_port: int,
+                 model: bool = True) -> None:
+        self.address = f"{host}:{port}"
+        self.http_url = f"http://{host}:{http_port}"
+        self.model_url = f"http://127.0.0.1:{model_port}/v1"
+        logs = data_dir / "logs"
+        py = sys.executable
+        self.model = Child("model", [py, "-m", "agenthub.sdk.offline", "--port", str(model_port)],
+                           logs / "model.log") if model else None
+        self.hub = Child("hub", [py, "-m", "agenthub.hub.cli", "serve", "--host", host, "--port", str(port),
+                                 "--http-port", str(http_port), "--data-dir", str(data_dir)], logs / "hub.log")
+        env = {"AGENTHUB_MODEL_BASE_URL": self.model_url}
+        self.agents = [Child(name, [py, "-m", f"agenthub.agents.{name}", "--hub", self.address],
+                             logs / f"{name}.log", env) for name in REFERENCE_AGENTS]
+        self._stop = threading.Event()
+
+    def children(self) -> list[Child]:
+        return [c for c in (self.model, self.hub, *self.agents) if c is not None]
+
+    def start(self) -> None:
+        try:
+            if self.model is not None:
+                self.model.start()
+                wait_until(lambda: model_ready(self.model_url), self.model, "model server", 120)
+            self.hub.start()
+            wait_until(lambda: hub_ready(self.address), self.hub, "hub health", 60)
+            for agent in self.agents:
+                agent.start()
+            names = set(REFERENCE_AGENTS)
+            wait_until(lambda: names <= registered(self.address), self.agents[-1], "agent registration", 60)
+        except BaseException:
+            self.stop()
+            raise
+
+    def wait(self) -> Child | None:
+        """Block until SIGINT/SIGTERM (None) or until a child dies (that child)."""
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: self._stop.set())
+        while not self._stop.wait(0.5):
+            for child in self.children():
+                if child.exited() is not None:
+                    return child
+        return None
+
+    def stop(self) -> None:
+        for child in reversed(self.children()):
+            child.stop()
