@@ -27,7 +27,10 @@ def _show(value: Decimal) -> str:
 
 Operator = Literal["+", "-", "*", "/"]
 OPERATIONS: dict[str, Callable[[Decimal, Decimal], Decimal]] = {
-    "+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv,
+    "+": operator.add,
+    "-": operator.sub,
+    "*": operator.mul,
+    "/": operator.truediv,
 }
 
 
@@ -45,7 +48,9 @@ def calculate(a: float, op: Operator, b: float) -> str:
     return f"{_show(x)} {op} {_show(y)} = {_show(result)}"
 
 
-def build(*, hub: str | None = "127.0.0.1:50051", port: int = 0, model: Model | None = None, **kw: Any) -> Agent:
+def build(
+    *, hub: str | None = "127.0.0.1:50051", port: int = 0, model: Model | None = None, **kw: Any
+) -> Agent:
     return Agent(
         "calculator",
         description="Exact arithmetic: add, subtract, multiply and divide numbers.",

@@ -14,8 +14,38 @@ from agenthub.sdk import Agent, Model, current_turn, tool
 
 INSTRUCTIONS = "You answer questions about AgentHub by calling search_notes."
 WORD = re.compile(r"[a-z0-9]+")
-STOP = frozenset("a an and are can do does for from how i in is it of on or the to what when where which who why "
-                 "with you your".split())
+STOP = frozenset(
+    [
+        "a",
+        "an",
+        "and",
+        "are",
+        "can",
+        "do",
+        "does",
+        "for",
+        "from",
+        "how",
+        "i",
+        "in",
+        "is",
+        "it",
+        "of",
+        "on",
+        "or",
+        "the",
+        "to",
+        "what",
+        "when",
+        "where",
+        "which",
+        "who",
+        "why",
+        "with",
+        "you",
+        "your",
+    ]
+)
 
 
 def _words(text: str) -> set[str]:
@@ -25,8 +55,10 @@ def _words(text: str) -> set[str]:
 @cache
 def corpus() -> list[tuple[str, str]]:
     """(title, paragraph) pairs of every note shipped with the package."""
-    out = []
-    for entry in sorted(resources.files("agenthub.agents").joinpath("corpus").iterdir(), key=lambda e: e.name):
+    out: list[tuple[str, str]] = []
+    for entry in sorted(
+        resources.files("agenthub.agents").joinpath("corpus").iterdir(), key=lambda e: e.name
+    ):
         if not entry.name.endswith(".md"):
             continue
         text = entry.read_text(encoding="utf-8")
@@ -51,7 +83,9 @@ def search_notes() -> str:
     return best_paragraph(current_turn.get().text)
 
 
-def build(*, hub: str | None = "127.0.0.1:50051", port: int = 0, model: Model | None = None, **kw: Any) -> Agent:
+def build(
+    *, hub: str | None = "127.0.0.1:50051", port: int = 0, model: Model | None = None, **kw: Any
+) -> Agent:
     return Agent(
         "notes",
         description="Answers questions about AgentHub from its notes: threads, agents, replay, Kafka.",

@@ -8,11 +8,14 @@ from typing import Any
 from agenthub.sdk import Agent, Model, delegate
 
 INSTRUCTIONS = (
-    "You are a router. If the question contains numbers to compute, call ask_calculator. Otherwise call ask_notes."
+    "You are a router. If the question contains numbers to compute, call ask_calculator."
+    " Otherwise call ask_notes."
 )
 
 
-def build(*, hub: str | None = "127.0.0.1:50051", port: int = 0, model: Model | None = None, **kw: Any) -> Agent:
+def build(
+    *, hub: str | None = "127.0.0.1:50051", port: int = 0, model: Model | None = None, **kw: Any
+) -> Agent:
     return Agent(
         "triage",
         description="Front desk: routes arithmetic to calculator and AgentHub questions to notes.",

@@ -15,13 +15,16 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
-from pydantic import ValidationError
-
 from agenthub.hub import render
 from agenthub.sdk.errors import AgentHubError, ConfigError, status_of
+from pydantic import ValidationError
 
-app = typer.Typer(help="AgentHub: a self-hosted multi-agent A2A hub.", no_args_is_help=True,
-                  pretty_exceptions_enable=False, add_completion=False)
+app = typer.Typer(
+    help="AgentHub: a self-hosted multi-agent A2A hub.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
 agents_app = typer.Typer(help="Registered agents.", no_args_is_help=True)
 threads_app = typer.Typer(help="Recorded threads (A2A contexts).", no_args_is_help=True)
 models_app = typer.Typer(help="The offline default model.", no_args_is_help=True)
@@ -60,6 +63,7 @@ def settings_from(**values: Any) -> Any:
 
 # ---- running a hub ---------------------------------------------------------------------------
 
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="interface to bind [default: 127.0.0.1]")] = None,
@@ -76,8 +80,15 @@ def serve(
     from agenthub.sdk.logs import configure_logging
 
     configure_logging(json=json_logs)
-    settings = settings_from(host=host, port=port, http_port=http_port, data_dir=data_dir, log=log,
-                             bootstrap=bootstrap, default_agent=default_agent)
+    settings = settings_from(
+        host=host,
+        port=port,
+        http_port=http_port,
+        data_dir=data_dir,
+        log=log,
+        bootstrap=bootstrap,
+        default_agent=default_agent,
+    )
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -106,7 +117,9 @@ def up(
     if offline.weights_path() is None or not offline.runtime_installed():
         typer.echo("offline model not installed yet: pulling it (one time)")
         offline.pull()
-    supervisor = Supervisor(host=host, port=port, http_port=http_port, data_dir=data_dir, model_port=model_port)
+    supervisor = Supervisor(
+        host=host, port=port, http_port=http_port, data_dir=data_dir, model_port=model_port
+    )
     typer.echo(f"starting model, hub and agents (logs in {data_dir / 'logs'}) ...")
     try:
         supervisor.start()
@@ -118,7 +131,7 @@ def up(
         f"  cards      {supervisor.http_url}/agents/<name>/.well-known/agent-card.json\n"
         f"  model      {supervisor.model_url}\n"
         f"  agents     triage, calculator, notes\n"
-        f"Try:  agenthub send triage \"What is 12 + 30?\"\n"
+        f'Try:  agenthub send triage "What is 12 + 30?"\n'
         f"Press Ctrl-C to stop."
     )
     died = supervisor.wait()
@@ -129,6 +142,7 @@ def up(
 
 
 # ---- agents ---------------------------------------------------------------------------------
+
 
 @agents_app.command("list")
 def agents_list(hub: HubOpt = DEFAULT_HUB, json: JsonOpt = False) -> None:
@@ -163,11 +177,14 @@ def agents_deregister(name: str, hub: HubOpt = DEFAULT_HUB) -> None:
 
 # ---- messages -------------------------------------------------------------------------------
 
+
 @app.command()
 def send(
     agent: str,
     text: str,
-    context: Annotated[str | None, typer.Option("--context", help="continue this thread (context id)")] = None,
+    context: Annotated[
+        str | None, typer.Option("--context", help="continue this thread (context id)")
+    ] = None,
     stream: Annotated[bool, typer.Option("--stream", help="print events as they happen")] = False,
     hub: HubOpt = DEFAULT_HUB,
     json: JsonOpt = False,
@@ -200,6 +217,7 @@ def send(
 
 
 # ---- threads --------------------------------------------------------------------------------
+
 
 @threads_app.command("list")
 def threads_list(
@@ -245,6 +263,7 @@ def threads_show(context_id: str, hub: HubOpt = DEFAULT_HUB, json: JsonOpt = Fal
 
 
 # ---- models ---------------------------------------------------------------------------------
+
 
 @models_app.command("pull")
 def models_pull() -> None:

@@ -16,7 +16,9 @@ class HubSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AGENTHUB_", extra="ignore")
 
     host: str = Field("127.0.0.1", description="interface the gRPC and HTTP servers bind")
-    port: int = Field(50051, ge=0, le=65535, description="gRPC port (A2A, registry, threads); 0 = any free port")
+    port: int = Field(
+        50051, ge=0, le=65535, description="gRPC port (A2A, registry, threads); 0 = any free port"
+    )
     http_port: int = Field(8080, ge=0, le=65535, description="HTTP port (agent cards); 0 = any free port")
     public_host: str | None = Field(None, description="host written into agent cards (default: host)")
     data_dir: Path = Field(Path(".agenthub"), description="where the embedded log and the SQLite store live")

@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Awaitable, Callable
 
 import grpc
 import structlog
-from a2a.types import CancelTaskRequest, SendMessageRequest, StreamResponse, TaskState
-from a2a.types import a2a_pb2_grpc
-from google.protobuf.message import DecodeError
-
+from a2a.types import CancelTaskRequest, SendMessageRequest, StreamResponse, TaskState, a2a_pb2_grpc
 from agenthub.hub import envelopes, task_events
 from agenthub.hub.config import HubSettings
 from agenthub.hub.log._base import Consumer, Lifecycle, Log, Record
@@ -28,6 +26,7 @@ from agenthub.hub.threads._base import ThreadStore
 from agenthub.hub.topics import Topics
 from agenthub.sdk.pb.envelope_pb2 import Envelope, Kind
 from agenthub.sdk.pb.registry_pb2 import AgentChange
+from google.protobuf.message import DecodeError
 
 log = structlog.get_logger(__name__)
 
@@ -147,22 +146,33 @@ class Dispatcher(Lifecycle):
         except asyncio.CancelledError:
             if not call.cancelled():
                 raise
-            await emitter.emit(task_events.status_event(
-                envelope.task_id, envelope.context_id, TaskState.TASK_STATE_CANCELED, "canceled on request"))
+            await emitter.outcome(
+                task_events.status_event(
+                    envelope.task_id,
+                    envelope.context_id,
+                    TaskState.TASK_STATE_CANCELED,
+                    "canceled on request",
+                )
+            )
         except AgentUnreachable as exc:
             await self._dead_letter(agent, envelope, str(exc))
-            await emitter.emit(task_events.status_event(
-                envelope.task_id, envelope.context_id, TaskState.TASK_STATE_FAILED, str(exc)))
+            await emitter.outcome(
+                task_events.status_event(
+                    envelope.task_id, envelope.context_id, TaskState.TASK_STATE_FAILED, str(exc)
+                )
+            )
         finally:
             self._running.pop(envelope.task_id, None)
 
-    async def _attempts(self, agent: str, envelope: Envelope, request: SendMessageRequest, emitter: _Emitter) -> None:
+    async def _attempts(
+        self, agent: str, envelope: Envelope, request: SendMessageRequest, emitter: _Emitter
+    ) -> None:
         settings = self._settings
         last_error = ""
         for attempt in range(settings.max_attempts):
             if attempt:
                 await asyncio.sleep(settings.retry_backoff_s * 2 ** (attempt - 1))
-            emitter.restart()
+            emitter.begin_attempt(envelope.attempt + attempt)
             try:
                 reason = await self._call(agent, envelope, request, emitter)
             except grpc.aio.AioRpcError as exc:
@@ -170,18 +180,28 @@ class Dispatcher(Lifecycle):
                 if exc.code() not in TRANSIENT:
                     reason = f"agent {agent!r} rejected the request: {last_error}"
                 else:
-                    log.warning("agent call failed, will retry", agent=agent, task=envelope.task_id,
-                                attempt=attempt + 1, error=last_error)
+                    log.warning(
+                        "agent call failed, will retry",
+                        agent=agent,
+                        task=envelope.task_id,
+                        attempt=attempt + 1,
+                        error=last_error,
+                    )
                     continue
             if reason:
-                await emitter.emit(task_events.status_event(
-                    envelope.task_id, envelope.context_id, TaskState.TASK_STATE_FAILED, reason))
+                await emitter.outcome(
+                    task_events.status_event(
+                        envelope.task_id, envelope.context_id, TaskState.TASK_STATE_FAILED, reason
+                    )
+                )
             return
         raise AgentUnreachable(
             f"agent {agent!r} unavailable after {settings.max_attempts} attempts: {last_error}"
         )
 
-    async def _call(self, agent: str, envelope: Envelope, request: SendMessageRequest, emitter: _Emitter) -> str:
+    async def _call(
+        self, agent: str, envelope: Envelope, request: SendMessageRequest, emitter: _Emitter
+    ) -> str:
         """One streaming call; returns a failure reason if the agent ended without a final state."""
         registered = self._registry.get(agent)
         stub = a2a_pb2_grpc.A2AServiceStub(self.channel(registered.endpoint))
@@ -206,7 +226,9 @@ class Dispatcher(Lifecycle):
         dead.error = reason
         dead.attempt = envelope.attempt + self._settings.max_attempts - 1
         await self._log.produce(
-            self._topics.dlq(agent), dead.SerializeToString(), key=envelope.context_id.encode(),
+            self._topics.dlq(agent),
+            dead.SerializeToString(),
+            key=envelope.context_id.encode(),
             headers=envelopes.headers(dead),
         )
         log.error("request dead-lettered", agent=agent, task=envelope.task_id, reason=reason)
@@ -220,31 +242,50 @@ def _for_agent(request: SendMessageRequest, envelope: Envelope) -> SendMessageRe
     outgoing.message.context_id = envelope.context_id
     outgoing.configuration.return_immediately = False
     outgoing.metadata.update(
-        {"agenthub_task_id": envelope.task_id, "agenthub_parent_task_id": envelope.parent_task_id,
-         "agenthub_sender": envelope.sender}
+        {
+            "agenthub_task_id": envelope.task_id,
+            "agenthub_parent_task_id": envelope.parent_task_id,
+            "agenthub_sender": envelope.sender,
+        }
     )
     return outgoing
 
 
 class _Emitter:
-    """Produces the events of one request to its reply topic, with ids stable across redelivery."""
+    """Produces the events of one request to its reply topic, with ids stable across redelivery.
+
+    An agent event's id is derived from (request, attempt, position), so a redelivered request
+    reproduces the ids of what was already produced and the recorder keeps one copy, while two
+    attempts never share an id. The hub's own outcome (failed, canceled) has one fixed id.
+    """
 
     def __init__(self, log: Log, request: Envelope, agent: str) -> None:
         self._log = log
         self._request = request
         self._agent = agent
+        self._attempt = 1
         self._seq = 0
 
-    def restart(self) -> None:
-        """A new attempt re-uses the event ids of the last one, so the recorder keeps one copy."""
-        self._seq = 0
+    def begin_attempt(self, attempt: int) -> None:
+        """Events from now on belong to delivery attempt `attempt` (1-based)."""
+        self._attempt, self._seq = attempt, 0
 
     async def emit(self, event: StreamResponse) -> None:
+        """Produce one of the agent's events."""
+        self._seq += 1
+        await self._produce(event, f"attempt-{self._attempt}-event-{self._seq}")
+
+    async def outcome(self, event: StreamResponse) -> None:
+        """Produce the hub's own final event for the request (at most one per request)."""
+        await self._produce(event, "outcome")
+
+    async def _produce(self, event: StreamResponse, name: str) -> None:
         request = self._request
         envelope = envelopes.make(
             Kind.KIND_EVENT,
             event,
-            id=envelopes.derived_id(request.id, f"event-{self._seq}"),
+            id=envelopes.derived_id(request.id, name),
+            attempt=self._attempt,
             context_id=request.context_id,
             task_id=request.task_id,
             parent_task_id=request.parent_task_id,
@@ -253,9 +294,10 @@ class _Emitter:
             traceparent=request.traceparent,
             causation_id=request.id,
         )
-        self._seq += 1
         await self._log.produce(
-            request.reply_topic, envelope.SerializeToString(), key=request.context_id.encode(),
+            request.reply_topic,
+            envelope.SerializeToString(),
+            key=request.context_id.encode(),
             headers=envelopes.headers(envelope),
         )
 
@@ -308,7 +350,7 @@ class AgentWorker(Lifecycle):
                 previous = self._chains.get(record.key)
                 task = asyncio.create_task(self._handle(previous, record))
                 self._chains[record.key] = task
-                task.add_done_callback(lambda t, key=record.key: self._forget(key, t))
+                task.add_done_callback(functools.partial(self._forget, record.key))
 
     def _forget(self, key: bytes | None, task: asyncio.Task[None]) -> None:
         if self._chains.get(key) is task:
@@ -328,8 +370,12 @@ class AgentWorker(Lifecycle):
         try:
             envelope = envelopes.decode(record)
         except DecodeError as exc:
-            log.error("unreadable inbox record left in the log", agent=self.agent, offset=record.offset,
-                      error=str(exc))
+            log.error(
+                "unreadable inbox record left in the log",
+                agent=self.agent,
+                offset=record.offset,
+                error=str(exc),
+            )
             return
         if envelope.kind == Kind.KIND_REQUEST:
             await self._dispatcher.deliver(self.agent, envelope)

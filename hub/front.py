@@ -43,7 +43,6 @@ from a2a.utils.errors import (
     TaskNotFoundError,
     UnsupportedOperationError,
 )
-
 from agenthub.hub import envelopes, task_events
 from agenthub.hub.cards import hub_card
 from agenthub.hub.config import HubSettings
@@ -127,7 +126,9 @@ class HubRequestHandler(RequestHandler):
     ) -> AsyncGenerator[Event]:
         row = await self._owned_task(params.id, params.tenant)
         if row.task.status.state in task_events.TERMINAL:
-            raise UnsupportedOperationError(f"task {params.id} is already {TaskState.Name(row.task.status.state)}")
+            raise UnsupportedOperationError(
+                f"task {params.id} is already {TaskState.Name(row.task.status.state)}"
+            )
         waiter = self._replies.open(params.id)
         try:
             yield (await self._owned_task(params.id, params.tenant)).task
@@ -136,7 +137,9 @@ class HubRequestHandler(RequestHandler):
         finally:
             waiter.close()
 
-    async def _submit(self, params: SendMessageRequest, context: ServerCallContext) -> tuple[Waiter, Record, str]:
+    async def _submit(
+        self, params: SendMessageRequest, context: ServerCallContext
+    ) -> tuple[Waiter, Record, str]:
         agent = self._agent_name(params.tenant)
         self._validate(params)
         message = params.message
@@ -171,7 +174,9 @@ class HubRequestHandler(RequestHandler):
         waiter = self._replies.open(task_id)
         try:
             record = await self._log.produce(
-                self._topics.inbox(agent), envelope.SerializeToString(), key=context_id.encode(),
+                self._topics.inbox(agent),
+                envelope.SerializeToString(),
+                key=context_id.encode(),
                 headers=envelopes.headers(envelope),
             )
         except BaseException:
@@ -198,10 +203,9 @@ class HubRequestHandler(RequestHandler):
         return self._registry.get(name).name
 
     def _validate(self, params: SendMessageRequest) -> None:
-        if params.ByteSize() > self._settings.max_message_bytes:
-            raise MessageTooLarge(
-                f"message is {params.ByteSize()} bytes; this hub accepts at most {self._settings.max_message_bytes}"
-            )
+        limit = self._settings.max_message_bytes
+        if params.ByteSize() > limit:
+            raise MessageTooLarge(f"message is {params.ByteSize()} bytes; this hub accepts at most {limit}")
         message = params.message
         if not params.HasField("message") or not message.parts:
             raise InvalidRequest("message has no parts: send at least one text, file or data part")
@@ -245,11 +249,19 @@ class HubRequestHandler(RequestHandler):
     async def on_cancel_task(self, params: CancelTaskRequest, context: ServerCallContext) -> Task | None:
         row = await self._owned_task(params.id, params.tenant)
         if row.task.status.state in task_events.TERMINAL:
-            raise TaskNotCancelableError(f"task {params.id} is already {TaskState.Name(row.task.status.state)}")
+            raise TaskNotCancelableError(
+                f"task {params.id} is already {TaskState.Name(row.task.status.state)}"
+            )
         waiter = self._replies.open(params.id)
         try:
-            cancel = envelopes.make(Kind.KIND_CANCEL, params, task_id=row.task_id, context_id=row.context_id,
-                                    sender=_header(context, SENDER_HEADER) or "user", recipient=row.agent)
+            cancel = envelopes.make(
+                Kind.KIND_CANCEL,
+                params,
+                task_id=row.task_id,
+                context_id=row.context_id,
+                sender=_header(context, SENDER_HEADER) or "user",
+                recipient=row.agent,
+            )
             await self._log.produce(self._topics.control, cancel.SerializeToString())
             if not await self._canceled_by_dispatcher(waiter):
                 await self._cancel_queued(row)
@@ -270,12 +282,23 @@ class HubRequestHandler(RequestHandler):
 
     async def _cancel_queued(self, row: TaskRow) -> None:
         """No dispatcher holds the task: it is queued, so the front records the cancellation itself."""
-        event = task_events.status_event(row.task_id, row.context_id, TaskState.TASK_STATE_CANCELED,
-                                         "canceled before delivery")
-        envelope = envelopes.make(Kind.KIND_EVENT, event, task_id=row.task_id, context_id=row.context_id,
-                                  sender=row.agent, recipient="user")
-        record = await self._log.produce(self._replies.topic, envelope.SerializeToString(),
-                                         key=row.context_id.encode(), headers=envelopes.headers(envelope))
+        event = task_events.status_event(
+            row.task_id, row.context_id, TaskState.TASK_STATE_CANCELED, "canceled before delivery"
+        )
+        envelope = envelopes.make(
+            Kind.KIND_EVENT,
+            event,
+            task_id=row.task_id,
+            context_id=row.context_id,
+            sender=row.agent,
+            recipient="user",
+        )
+        record = await self._log.produce(
+            self._replies.topic,
+            envelope.SerializeToString(),
+            key=row.context_id.encode(),
+            headers=envelopes.headers(envelope),
+        )
         await self._recorder.wait_recorded(record)
 
     async def _task(self, task_id: str, configuration: object) -> Task:
@@ -290,7 +313,9 @@ class HubRequestHandler(RequestHandler):
             raise InvalidRequest(f"invalid task id {task_id[:40]!r}")
         row = await self._store.get_task(task_id)
         if row is None or (tenant and row.agent != tenant):
-            raise TaskNotFoundError(f"task {task_id} not found" + (f" for agent {tenant!r}" if tenant else ""))
+            raise TaskNotFoundError(
+                f"task {task_id} not found" + (f" for agent {tenant!r}" if tenant else "")
+            )
         return row
 
     # ---- cards and push notifications ----------------------------------------------------

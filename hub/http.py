@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+from agenthub.hub.cards import hub_card
+from agenthub.hub.config import HubSettings
+from agenthub.hub.registry import Registry
 from google.protobuf.json_format import MessageToDict
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-
-from agenthub.hub.cards import hub_card
-from agenthub.hub.config import HubSettings
-from agenthub.hub.registry import Registry
 
 
 def http_app(registry: Registry, settings: HubSettings, grpc_port: int) -> Starlette:
@@ -28,8 +27,14 @@ def http_app(registry: Registry, settings: HubSettings, grpc_port: int) -> Starl
     async def agents(request: Request) -> Response:
         base = str(request.base_url).rstrip("/")
         return JSONResponse(
-            [{"name": a.name, "state": a.record.state, "card": f"{base}/agents/{a.name}/.well-known/agent-card.json"}
-             for a in registry.list()]
+            [
+                {
+                    "name": a.name,
+                    "state": a.record.state,
+                    "card": f"{base}/agents/{a.name}/.well-known/agent-card.json",
+                }
+                for a in registry.list()
+            ]
         )
 
     async def healthz(request: Request) -> Response:

@@ -8,12 +8,11 @@ caused it; every rule here therefore works whichever of the two arrives first.
 from __future__ import annotations
 
 from a2a.types import Artifact, Message, Role, SendMessageRequest, StreamResponse, Task, TaskState, TaskStatus
-from google.protobuf.json_format import MessageToJson
-
 from agenthub.hub import envelopes
 from agenthub.hub.log._base import Record
 from agenthub.hub.threads._base import MessageRow, Projection, StatusRow, TaskRow
 from agenthub.sdk.pb.envelope_pb2 import Envelope, Kind
+from google.protobuf.json_format import MessageToJson
 
 
 def text_of(message: Message) -> str:
@@ -42,7 +41,9 @@ def _project_request(envelope: Envelope, record: Record, current: TaskRow | None
     if not any(m.message_id == message.message_id for m in task.task.history):
         task.task.history.append(message)
     if current is None:
-        task.task.status.CopyFrom(TaskStatus(state=TaskState.TASK_STATE_SUBMITTED, timestamp=envelope.created_at))
+        task.task.status.CopyFrom(
+            TaskStatus(state=TaskState.TASK_STATE_SUBMITTED, timestamp=envelope.created_at)
+        )
         out.statuses.append(StatusRow(envelope.task_id, "TASK_STATE_SUBMITTED", "", at))
     task.updated_at = max(task.updated_at, at)
     out.task = task
@@ -73,7 +74,9 @@ def _project_event(envelope: Envelope, record: Record, current: TaskRow | None, 
     out.task = task
 
 
-def _apply_status(envelope: Envelope, record: Record, task: TaskRow, status: TaskStatus, out: Projection) -> None:
+def _apply_status(
+    envelope: Envelope, record: Record, task: TaskRow, status: TaskStatus, out: Projection
+) -> None:
     text = ""
     if status.HasField("message") and status.message.parts:
         _add_message(envelope, record, task, status.message, out)
@@ -83,7 +86,9 @@ def _apply_status(envelope: Envelope, record: Record, task: TaskRow, status: Tas
     out.statuses.append(StatusRow(task.task_id, TaskState.Name(status.state), text, at))
 
 
-def _add_message(envelope: Envelope, record: Record, task: TaskRow, message: Message, out: Projection) -> None:
+def _add_message(
+    envelope: Envelope, record: Record, task: TaskRow, message: Message, out: Projection
+) -> None:
     copy = Message()
     copy.CopyFrom(message)
     copy.task_id, copy.context_id = task.task_id, task.context_id

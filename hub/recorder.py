@@ -12,13 +12,12 @@ import asyncio
 import contextlib
 
 import structlog
-from google.protobuf.message import DecodeError
-
 from agenthub.hub import envelopes
 from agenthub.hub.log._base import Consumer, Lifecycle, Log, Record, TopicPartition
 from agenthub.hub.projection import project
 from agenthub.hub.threads._base import ThreadStore
 from agenthub.hub.topics import Topics
+from google.protobuf.message import DecodeError
 
 log = structlog.get_logger(__name__)
 
@@ -44,7 +43,9 @@ class Recorder(Lifecycle):
         self._progress = asyncio.Condition()
 
     async def start(self) -> None:
-        self._consumer = self._log.consumer(group=self._topics.recorder_group, pattern=self._topics.routing_pattern)
+        self._consumer = self._log.consumer(
+            group=self._topics.recorder_group, pattern=self._topics.routing_pattern
+        )
         await self._consumer.start()
         self._task = asyncio.create_task(self._run(), name="recorder")
 
@@ -90,8 +91,16 @@ class Recorder(Lifecycle):
             envelope = envelopes.decode(record)
             current = await self._store.get_task(envelope.task_id) if envelope.task_id else None
             projection = project(envelope, record, current)
-        except (ValueError, DecodeError) as exc:  # a record we cannot read is logged loudly, never silently skipped
-            log.error("unreadable record left in the log", topic=record.topic, partition=record.partition,
-                      offset=record.offset, error=str(exc))
+        except (
+            ValueError,
+            DecodeError,
+        ) as exc:  # a record we cannot read is logged loudly, never silently skipped
+            log.error(
+                "unreadable record left in the log",
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                error=str(exc),
+            )
             return
         await self._store.apply(projection)

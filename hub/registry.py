@@ -17,14 +17,13 @@ from dataclasses import dataclass
 import grpc
 import structlog
 from a2a.types import AgentCard
-from google.protobuf.json_format import MessageToJson, Parse, ParseError
-from google.protobuf.timestamp_pb2 import Timestamp
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from agenthub.hub.log._base import Consumer, Lifecycle, Log
 from agenthub.hub.topics import Topics
 from agenthub.sdk.errors import AgentNotFound, InvalidRequest
 from agenthub.sdk.pb.registry_pb2 import AgentChange, AgentRecord
+from google.protobuf.json_format import MessageToJson, Parse, ParseError
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 log = structlog.get_logger(__name__)
 
@@ -117,7 +116,9 @@ class Registry(Lifecycle):
         """Register (or update) an agent; InvalidRequest for a bad card or endpoint."""
         card = parse_card(card_json)
         if not ENDPOINT.match(endpoint):
-            raise InvalidRequest(f"invalid endpoint {endpoint!r}: expected host:port of the agent's A2A gRPC server")
+            raise InvalidRequest(
+                f"invalid endpoint {endpoint!r}: expected host:port of the agent's A2A gRPC server"
+            )
         stamp = Timestamp()
         stamp.GetCurrentTime()
         previous = self._agents.get(card.name)
@@ -198,7 +199,9 @@ async def _is_serving(endpoint: str, timeout: float = 1.0) -> bool:
     """Whether the agent answers gRPC health checks with SERVING."""
     async with grpc.aio.insecure_channel(endpoint) as channel:
         try:
-            reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=timeout
+            )
         except grpc.aio.AioRpcError:
             return False
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)

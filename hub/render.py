@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from a2a.types import Message, StreamResponse, Task, TaskState
+from agenthub.sdk.pb import registry_pb2 as reg
+from agenthub.sdk.pb import threads_pb2 as thr
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message as ProtoMessage
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -15,9 +17,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
-
-from agenthub.sdk.pb import registry_pb2 as reg
-from agenthub.sdk.pb import threads_pb2 as thr
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
@@ -49,7 +48,9 @@ def agents_table(agents: list[reg.AgentRecord]) -> Table:
     table.add_column("LAST SEEN", no_wrap=True)
     for agent in agents:
         card = json.loads(agent.card_json or "{}")
-        table.add_row(agent.name, agent.state, agent.endpoint, card.get("description", ""), when(agent.last_heartbeat))
+        table.add_row(
+            agent.name, agent.state, agent.endpoint, card.get("description", ""), when(agent.last_heartbeat)
+        )
     return table
 
 
@@ -59,14 +60,21 @@ def threads_table(threads: list[thr.ThreadSummary]) -> Table:
         table.add_column(column, no_wrap=True)
     table.add_column("FIRST MESSAGE")
     for t in threads:
-        table.add_row(t.context_id, when(t.updated_at), str(t.message_count), ",".join(t.agents),
-                      _clip(t.first_text, 60))
+        table.add_row(
+            t.context_id,
+            when(t.updated_at),
+            str(t.message_count),
+            ",".join(t.agents),
+            _clip(t.first_text, 60),
+        )
     return table
 
 
 def thread_tree(thread: thr.Thread) -> Tree:
     """The thread as a tree: each task under the task that delegated it, messages in time order."""
-    root = Tree(f"[bold]thread {escape(thread.summary.context_id)}[/bold]  ({thread.summary.message_count} messages)")
+    root = Tree(
+        f"[bold]thread {escape(thread.summary.context_id)}[/bold]  ({thread.summary.message_count} messages)"
+    )
     by_parent: dict[str, list[thr.ThreadTask]] = {}
     for task in thread.tasks:
         by_parent.setdefault(task.parent_task_id, []).append(task)
@@ -79,16 +87,26 @@ def thread_tree(thread: thr.Thread) -> Tree:
     return root
 
 
-def _task_branch(parent: Tree, task: thr.ThreadTask, by_parent: dict[str, list[thr.ThreadTask]],
-                 messages: dict[str, list[thr.ThreadMessage]]) -> None:
-    branch = parent.add(f"[bold]{escape(task.agent)}[/bold] task {task.task_id} " + escape(f"[{short_state(task.state)}]"))
-    items: list[tuple[float, int, Any]] = [(_secs(m.created_at), 0, m) for m in messages.get(task.task_id, [])]
+def _task_branch(
+    parent: Tree,
+    task: thr.ThreadTask,
+    by_parent: dict[str, list[thr.ThreadTask]],
+    messages: dict[str, list[thr.ThreadMessage]],
+) -> None:
+    branch = parent.add(
+        f"[bold]{escape(task.agent)}[/bold] task {task.task_id} " + escape(f"[{short_state(task.state)}]")
+    )
+    items: list[tuple[float, int, Any]] = [
+        (_secs(m.created_at), 0, m) for m in messages.get(task.task_id, [])
+    ]
     items += [(_secs(c.created_at), 1, c) for c in by_parent.get(task.task_id, [])]
     for _, kind, item in sorted(items, key=lambda i: (i[0], i[1])):
         if kind:
             _task_branch(branch, item, by_parent, messages)
         else:
-            branch.add(escape(f"{when(item.created_at)}  {item.sender} → {item.recipient}: {_clip(item.text, 120)}"))
+            branch.add(
+                escape(f"{when(item.created_at)}  {item.sender} → {item.recipient}: {_clip(item.text, 120)}")
+            )
 
 
 def event_line(event: StreamResponse) -> str:
@@ -102,7 +120,9 @@ def event_line(event: StreamResponse) -> str:
         return f"[{short_state(status.state)}] {text}".rstrip()
     if kind == "artifact_update":
         artifact = event.artifact_update.artifact
-        return f"artifact {artifact.name or artifact.artifact_id}: " + " ".join(p.text for p in artifact.parts)
+        return f"artifact {artifact.name or artifact.artifact_id}: " + " ".join(
+            p.text for p in artifact.parts
+        )
     if kind == "message":
         return message_text(event.message)
     return ""

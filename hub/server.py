@@ -14,9 +14,6 @@ import grpc
 import structlog
 import uvicorn
 from a2a.types import a2a_pb2, a2a_pb2_grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-
 from agenthub.hub.config import HubSettings
 from agenthub.hub.dispatcher import Dispatcher
 from agenthub.hub.front import HubRequestHandler
@@ -30,6 +27,8 @@ from agenthub.hub.threads._base import ThreadStore
 from agenthub.hub.topics import Topics
 from agenthub.sdk.errors import ConfigError
 from agenthub.sdk.pb import registry_pb2, registry_pb2_grpc, threads_pb2, threads_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 log = structlog.get_logger(__name__)
 
@@ -68,11 +67,20 @@ class Hub(Lifecycle):
         self.store = open_store(settings)
         self.registry = Registry(self.log, topics, health_interval=settings.health_interval_s)
         self.recorder = Recorder(self.log, self.store, topics, fetch_wait_ms=settings.fetch_wait_ms)
-        self.replies = ReplyRouter(self.log, topics.replies(settings.instance_id), fetch_wait_ms=settings.fetch_wait_ms)
+        self.replies = ReplyRouter(
+            self.log, topics.replies(settings.instance_id), fetch_wait_ms=settings.fetch_wait_ms
+        )
         self.dispatcher = Dispatcher(self.log, self.registry, self.store, settings)
-        self.handler = HubRequestHandler(self.log, self.registry, self.store, self.recorder, self.replies, settings)
+        self.handler = HubRequestHandler(
+            self.log, self.registry, self.store, self.recorder, self.replies, settings
+        )
         self._parts: list[Lifecycle] = [
-            self.log, self.store, self.registry, self.recorder, self.replies, self.dispatcher
+            self.log,
+            self.store,
+            self.registry,
+            self.recorder,
+            self.replies,
+            self.dispatcher,
         ]
         self._started: list[Lifecycle] = []
         self._grpc: grpc.aio.Server | None = None
@@ -125,7 +133,9 @@ class Hub(Lifecycle):
 
     async def _start_http(self) -> None:
         app = http_app(self.registry, self.settings, self.grpc_port)
-        config = uvicorn.Config(app, host=self.settings.host, port=self.http_port, log_level="warning", lifespan="off")
+        config = uvicorn.Config(
+            app, host=self.settings.host, port=self.http_port, log_level="warning", lifespan="off"
+        )
         self._http = uvicorn.Server(config)
         self._http_task = asyncio.create_task(self._http.serve(), name="hub-http")
         while not self._http.started:

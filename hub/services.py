@@ -6,17 +6,15 @@ from collections.abc import AsyncIterator
 
 import grpc
 from a2a.server.request_handlers import GrpcHandler
+from a2a.types import TaskState
 from a2a.utils.errors import A2AError
-from google.protobuf.timestamp_pb2 import Timestamp
-
 from agenthub.hub.registry import Registry
 from agenthub.hub.threads._base import MessageRow, StatusRow, TaskRow, ThreadStore, ThreadSummary
 from agenthub.sdk.errors import AgentHubError, ThreadNotFound, status_of
 from agenthub.sdk.pb import registry_pb2 as reg
-from agenthub.sdk.pb import registry_pb2_grpc
+from agenthub.sdk.pb import registry_pb2_grpc, threads_pb2_grpc
 from agenthub.sdk.pb import threads_pb2 as thr
-from agenthub.sdk.pb import threads_pb2_grpc
-from a2a.types import TaskState
+from google.protobuf.timestamp_pb2 import Timestamp
 
 
 class HubGrpcHandler(GrpcHandler):
@@ -38,7 +36,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     def __init__(self, registry: Registry) -> None:
         self._registry = registry
 
-    async def RegisterAgent(  # noqa: N802
+    async def RegisterAgent(
         self, request: reg.RegisterAgentRequest, context: grpc.aio.ServicerContext
     ) -> reg.RegisterAgentResponse:
         try:
@@ -48,7 +46,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             raise
         return reg.RegisterAgentResponse(agent=agent.record)
 
-    async def DeregisterAgent(  # noqa: N802
+    async def DeregisterAgent(
         self, request: reg.DeregisterAgentRequest, context: grpc.aio.ServicerContext
     ) -> reg.DeregisterAgentResponse:
         try:
@@ -57,19 +55,21 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             await _abort(context, exc)
         return reg.DeregisterAgentResponse()
 
-    async def ListAgents(  # noqa: N802
+    async def ListAgents(
         self, request: reg.ListAgentsRequest, context: grpc.aio.ServicerContext
     ) -> reg.ListAgentsResponse:
         return reg.ListAgentsResponse(agents=[a.record for a in self._registry.list()])
 
-    async def GetAgent(self, request: reg.GetAgentRequest, context: grpc.aio.ServicerContext) -> reg.AgentRecord:  # noqa: N802
+    async def GetAgent(
+        self, request: reg.GetAgentRequest, context: grpc.aio.ServicerContext
+    ) -> reg.AgentRecord:
         try:
             return self._registry.get(request.name).record
         except AgentHubError as exc:
             await _abort(context, exc)
             raise
 
-    async def Heartbeat(  # noqa: N802
+    async def Heartbeat(
         self, request: reg.HeartbeatRequest, context: grpc.aio.ServicerContext
     ) -> reg.HeartbeatResponse:
         try:
@@ -78,7 +78,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             await _abort(context, exc)
         return reg.HeartbeatResponse()
 
-    async def WatchAgents(  # noqa: N802
+    async def WatchAgents(
         self, request: reg.WatchAgentsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[reg.AgentChange]:
         async for change in self._registry.watch():
@@ -93,24 +93,43 @@ def _ts(seconds: float) -> Timestamp:
 
 def summary_pb(s: ThreadSummary) -> thr.ThreadSummary:
     return thr.ThreadSummary(
-        context_id=s.context_id, started_at=_ts(s.started_at), updated_at=_ts(s.updated_at),
-        message_count=s.message_count, agents=s.agents, first_text=s.first_text,
+        context_id=s.context_id,
+        started_at=_ts(s.started_at),
+        updated_at=_ts(s.updated_at),
+        message_count=s.message_count,
+        agents=s.agents,
+        first_text=s.first_text,
     )
 
 
 def message_pb(m: MessageRow) -> thr.ThreadMessage:
     return thr.ThreadMessage(
-        message_id=m.message_id, context_id=m.context_id, task_id=m.task_id, parent_task_id=m.parent_task_id,
-        sender=m.sender, recipient=m.recipient, role=m.role, text=m.text, message_json=m.message_json,
-        created_at=_ts(m.created_at), topic=m.topic, partition=m.partition, offset=m.offset,
+        message_id=m.message_id,
+        context_id=m.context_id,
+        task_id=m.task_id,
+        parent_task_id=m.parent_task_id,
+        sender=m.sender,
+        recipient=m.recipient,
+        role=m.role,
+        text=m.text,
+        message_json=m.message_json,
+        created_at=_ts(m.created_at),
+        topic=m.topic,
+        partition=m.partition,
+        offset=m.offset,
         traceparent=m.traceparent,
     )
 
 
 def task_pb(t: TaskRow) -> thr.ThreadTask:
     return thr.ThreadTask(
-        task_id=t.task_id, context_id=t.context_id, agent=t.agent, parent_task_id=t.parent_task_id,
-        state=TaskState.Name(t.task.status.state), created_at=_ts(t.created_at), updated_at=_ts(t.updated_at),
+        task_id=t.task_id,
+        context_id=t.context_id,
+        agent=t.agent,
+        parent_task_id=t.parent_task_id,
+        state=TaskState.Name(t.task.status.state),
+        created_at=_ts(t.created_at),
+        updated_at=_ts(t.updated_at),
         history=[_status_pb(s) for s in t.history],
     )
 
@@ -125,27 +144,40 @@ class ThreadServicer(threads_pb2_grpc.ThreadServiceServicer):
     def __init__(self, store: ThreadStore) -> None:
         self._store = store
 
-    async def ListThreads(  # noqa: N802
+    async def ListThreads(
         self, request: thr.ListThreadsRequest, context: grpc.aio.ServicerContext
     ) -> thr.ListThreadsResponse:
         size = request.page_size or 50
         try:
             offset = int(request.page_token or 0)
         except ValueError:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"invalid page_token {request.page_token!r}")
-        page = await self._store.list_threads(agent=request.agent or None, limit=min(size, 500), offset=offset)
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"invalid page_token {request.page_token!r}"
+            )
+        page = await self._store.list_threads(
+            agent=request.agent or None, limit=min(size, 500), offset=offset
+        )
         return thr.ListThreadsResponse(
             threads=[summary_pb(t) for t in page.threads],
             next_page_token=str(page.next_offset) if page.next_offset is not None else "",
         )
 
-    async def GetThread(self, request: thr.GetThreadRequest, context: grpc.aio.ServicerContext) -> thr.Thread:  # noqa: N802
+    async def GetThread(self, request: thr.GetThreadRequest, context: grpc.aio.ServicerContext) -> thr.Thread:
         messages = await self._store.thread_messages(request.context_id)
         if not messages:
             await _abort(context, ThreadNotFound(f"no thread with id {request.context_id!r}"))
         tasks = await self._store.thread_tasks(request.context_id)
         agents = sorted(({m.recipient for m in messages} | {m.sender for m in messages}) - {"user"})
-        summary = ThreadSummary(request.context_id, messages[0].created_at, messages[-1].created_at,
-                                len(messages), agents, messages[0].text)
-        return thr.Thread(summary=summary_pb(summary), messages=[message_pb(m) for m in messages],
-                          tasks=[task_pb(t) for t in tasks])
+        summary = ThreadSummary(
+            request.context_id,
+            messages[0].created_at,
+            messages[-1].created_at,
+            len(messages),
+            agents,
+            messages[0].text,
+        )
+        return thr.Thread(
+            summary=summary_pb(summary),
+            messages=[message_pb(m) for m in messages],
+            tasks=[task_pb(t) for t in tasks],
+        )

@@ -12,15 +12,15 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 import httpx
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from agenthub.sdk.errors import ConfigError
 from agenthub.sdk.pb import registry_pb2, registry_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 REFERENCE_AGENTS = ("calculator", "notes", "triage")
 
@@ -37,7 +37,10 @@ class Child:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            self.argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env},
+            self.argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **self.env},
             start_new_session=True,
         )
 
@@ -61,7 +64,7 @@ class Child:
             return ""
 
 
-def wait_until(ready: callable, child: Child, what: str, timeout: float) -> None:  # type: ignore[valid-type]
+def wait_until(ready: Callable[[], bool], child: Child, what: str, timeout: float) -> None:
     """Poll `ready()` until true; ConfigError if the child dies or time runs out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -103,20 +106,44 @@ def registered(address: str) -> set[str]:
 class Supervisor:
     """Runs the whole demo stack until told to stop."""
 
-    def __init__(self, *, host: str, port: int, http_port: int, data_dir: Path, model_port: int,
-                 model: bool = True) -> None:
+    def __init__(
+        self, *, host: str, port: int, http_port: int, data_dir: Path, model_port: int, model: bool = True
+    ) -> None:
         self.address = f"{host}:{port}"
         self.http_url = f"http://{host}:{http_port}"
         self.model_url = f"http://127.0.0.1:{model_port}/v1"
         logs = data_dir / "logs"
         py = sys.executable
-        self.model = Child("model", [py, "-m", "agenthub.sdk.offline", "--port", str(model_port)],
-                           logs / "model.log") if model else None
-        self.hub = Child("hub", [py, "-m", "agenthub.hub.cli", "serve", "--host", host, "--port", str(port),
-                                 "--http-port", str(http_port), "--data-dir", str(data_dir)], logs / "hub.log")
+        self.model = (
+            Child("model", [py, "-m", "agenthub.sdk.offline", "--port", str(model_port)], logs / "model.log")
+            if model
+            else None
+        )
+        self.hub = Child(
+            "hub",
+            [
+                py,
+                "-m",
+                "agenthub.hub.cli",
+                "serve",
+                "--host",
+                host,
+                "--port",
+                str(port),
+                "--http-port",
+                str(http_port),
+                "--data-dir",
+                str(data_dir),
+            ],
+            logs / "hub.log",
+        )
         env = {"AGENTHUB_MODEL_BASE_URL": self.model_url}
-        self.agents = [Child(name, [py, "-m", f"agenthub.agents.{name}", "--hub", self.address],
-                             logs / f"{name}.log", env) for name in REFERENCE_AGENTS]
+        self.agents = [
+            Child(
+                name, [py, "-m", f"agenthub.agents.{name}", "--hub", self.address], logs / f"{name}.log", env
+            )
+            for name in REFERENCE_AGENTS
+        ]
         self._stop = threading.Event()
 
     def children(self) -> list[Child]:

@@ -13,7 +13,6 @@ from a2a.types import (
     TaskStatus,
     TaskStatusUpdateEvent,
 )
-
 from agenthub.hub.envelopes import now
 
 TERMINAL = frozenset(
@@ -27,7 +26,7 @@ TERMINAL = frozenset(
 INTERRUPTED = frozenset({TaskState.TASK_STATE_INPUT_REQUIRED, TaskState.TASK_STATE_AUTH_REQUIRED})
 
 
-def state_of(event: StreamResponse) -> TaskState.ValueType | None:
+def state_of(event: StreamResponse) -> TaskState | None:
     """The task state an event reports, if it reports one."""
     kind = event.WhichOneof("payload")
     if kind == "status_update":
@@ -45,7 +44,7 @@ def ends_call(event: StreamResponse) -> bool:
     return state in TERMINAL or state in INTERRUPTED
 
 
-def status_event(task_id: str, context_id: str, state: TaskState.ValueType, text: str = "") -> StreamResponse:
+def status_event(task_id: str, context_id: str, state: TaskState, text: str = "") -> StreamResponse:
     """A status update, with an agent message carrying `text` when given."""
     status = TaskStatus(state=state, timestamp=now())
     if text:
@@ -58,7 +57,9 @@ def status_event(task_id: str, context_id: str, state: TaskState.ValueType, text
                 parts=[Part(text=text)],
             )
         )
-    return StreamResponse(status_update=TaskStatusUpdateEvent(task_id=task_id, context_id=context_id, status=status))
+    return StreamResponse(
+        status_update=TaskStatusUpdateEvent(task_id=task_id, context_id=context_id, status=status)
+    )
 
 
 def retarget(event: StreamResponse, task_id: str, context_id: str) -> StreamResponse:

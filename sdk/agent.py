@@ -54,15 +54,14 @@ from a2a.types import (
 )
 from a2a.utils.constants import PROTOCOL_VERSION_CURRENT, TransportProtocol
 from a2a.utils.errors import PushNotificationNotSupportedError, TaskNotFoundError
-from google.protobuf.json_format import MessageToJson, ParseDict
-from google.protobuf.struct_pb2 import Value
-from google.protobuf.timestamp_pb2 import Timestamp
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-
 from agenthub.sdk.client import HubClient
 from agenthub.sdk.errors import AgentHubError, AgentNotFound, HubUnavailable
 from agenthub.sdk.models import ChatMessage, Model, ModelSettings, OpenAIModel, ToolChoice
 from agenthub.sdk.tools import Tool, ToolError, make_tool
+from google.protobuf.json_format import MessageToJson, ParseDict
+from google.protobuf.struct_pb2 import Value
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 log = structlog.get_logger(__name__)
 
@@ -94,7 +93,9 @@ def delegate(agent: str, description: str, *, timeout: float = 300.0) -> Tool:
         if isinstance(result, Message):
             return _text(result)
         if result.status.state != TaskState.TASK_STATE_COMPLETED:
-            raise ToolError(f"{agent} ended in {TaskState.Name(result.status.state)}: {_text(result.status.message)}")
+            raise ToolError(
+                f"{agent} ended in {TaskState.Name(result.status.state)}: {_text(result.status.message)}"
+            )
         return _text(result.status.message) or "\n".join(_text(a) for a in result.artifacts)
 
     return make_tool(f"ask_{agent}", description, ask, timeout=timeout, return_direct=True, delegate_to=agent)
@@ -159,8 +160,13 @@ class Agent:
             name=self.name,
             description=self.description or self.name,
             version="0.1.0",
-            supported_interfaces=[AgentInterface(url=self.endpoint, protocol_binding=TransportProtocol.GRPC.value,
-                                                 protocol_version=PROTOCOL_VERSION_CURRENT)],
+            supported_interfaces=[
+                AgentInterface(
+                    url=self.endpoint,
+                    protocol_binding=TransportProtocol.GRPC.value,
+                    protocol_version=PROTOCOL_VERSION_CURRENT,
+                )
+            ],
             capabilities=AgentCapabilities(streaming=True, push_notifications=False),
             default_input_modes=["text/plain"],
             default_output_modes=["text/plain", "application/json"],
@@ -258,8 +264,12 @@ class Agent:
         context_id = message.context_id or str(uuid.uuid4())
         token = current_turn.set(Turn(self, task_id, context_id, _text(message)))
         try:
-            yield Task(id=task_id, context_id=context_id, history=[message],
-                       status=TaskStatus(state=TaskState.TASK_STATE_WORKING, timestamp=_now()))
+            yield Task(
+                id=task_id,
+                context_id=context_id,
+                history=[message],
+                status=TaskStatus(state=TaskState.TASK_STATE_WORKING, timestamp=_now()),
+            )
             async for event in self._loop(task_id, context_id, message):
                 yield event
         finally:
@@ -267,7 +277,9 @@ class Agent:
 
     async def _loop(self, task_id: str, context_id: str, message: Message) -> AsyncIterator[AgentEvent]:
         assert self.model is not None
-        chat: list[ChatMessage] = [{"role": "system", "content": self.instructions}] if self.instructions else []
+        chat: list[ChatMessage] = (
+            [{"role": "system", "content": self.instructions}] if self.instructions else []
+        )
         chat.append({"role": "user", "content": _text(message)})
         tools = list(self.tools.values())
         answer: str | None = None
@@ -281,15 +293,36 @@ class Agent:
             if not reply.tool_calls:
                 answer = reply.content
                 break
-            chat.append({"role": "assistant", "content": reply.content or None, "tool_calls": [
-                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": json.dumps(c.arguments)}}
-                for c in reply.tool_calls]})
+            chat.append(
+                {
+                    "role": "assistant",
+                    "content": reply.content or None,
+                    "tool_calls": [
+                        {
+                            "id": c.id,
+                            "type": "function",
+                            "function": {"name": c.name, "arguments": json.dumps(c.arguments)},
+                        }
+                        for c in reply.tool_calls
+                    ],
+                }
+            )
             for call in reply.tool_calls:
-                yield _status(task_id, context_id, TaskState.TASK_STATE_WORKING, f"calling {call.name}({json.dumps(call.arguments)})",
-                              {"tool_call": {"id": call.id, "name": call.name, "arguments": call.arguments}})
+                yield _status(
+                    task_id,
+                    context_id,
+                    TaskState.TASK_STATE_WORKING,
+                    f"calling {call.name}({json.dumps(call.arguments)})",
+                    {"tool_call": {"id": call.id, "name": call.name, "arguments": call.arguments}},
+                )
                 result, ok = await self._run_tool(call.name, call.arguments)
-                yield _status(task_id, context_id, TaskState.TASK_STATE_WORKING, f"{call.name} -> {result}",
-                              {"tool_result": {"id": call.id, "name": call.name, "ok": ok, "content": result}})
+                yield _status(
+                    task_id,
+                    context_id,
+                    TaskState.TASK_STATE_WORKING,
+                    f"{call.name} -> {result}",
+                    {"tool_result": {"id": call.id, "name": call.name, "ok": ok, "content": result}},
+                )
                 chat.append({"role": "tool", "tool_call_id": call.id, "name": call.name, "content": result})
                 if ok and self.tools[call.name].return_direct:
                     answer = result
@@ -297,9 +330,12 @@ class Agent:
                 break
         if answer is None:
             answer = f"I could not finish within {self.max_steps} steps."
-        yield TaskArtifactUpdateEvent(task_id=task_id, context_id=context_id, last_chunk=True,
-                                      artifact=Artifact(artifact_id=f"{task_id}-answer", name="answer",
-                                                        parts=[Part(text=answer)]))
+        yield TaskArtifactUpdateEvent(
+            task_id=task_id,
+            context_id=context_id,
+            last_chunk=True,
+            artifact=Artifact(artifact_id=f"{task_id}-answer", name="answer", parts=[Part(text=answer)]),
+        )
         yield _status(task_id, context_id, TaskState.TASK_STATE_COMPLETED, answer)
 
     async def _run_tool(self, name: str, arguments: dict[str, Any]) -> tuple[str, bool]:
@@ -354,7 +390,9 @@ class _AgentRequestHandler(RequestHandler):
         return self._tasks.get(params.id)
 
     async def on_list_tasks(self, params: ListTasksRequest, context: ServerCallContext) -> ListTasksResponse:
-        tasks = [t for t in self._tasks.values() if not params.context_id or t.context_id == params.context_id]
+        tasks = [
+            t for t in self._tasks.values() if not params.context_id or t.context_id == params.context_id
+        ]
         return ListTasksResponse(tasks=tasks, page_size=len(tasks), total_size=len(tasks))
 
     async def on_cancel_task(self, params: CancelTaskRequest, context: ServerCallContext) -> Task | None:
@@ -364,7 +402,9 @@ class _AgentRequestHandler(RequestHandler):
         task.status.CopyFrom(TaskStatus(state=TaskState.TASK_STATE_CANCELED, timestamp=_now()))
         return task
 
-    async def on_subscribe_to_task(self, params: Any, context: ServerCallContext) -> AsyncGenerator[AgentEvent]:
+    async def on_subscribe_to_task(
+        self, params: Any, context: ServerCallContext
+    ) -> AsyncGenerator[AgentEvent]:
         raise TaskNotFoundError("subscribe through the hub")
         yield
 
@@ -401,15 +441,23 @@ def _now() -> Timestamp:
 
 
 def _status(
-    task_id: str, context_id: str, state: TaskState.ValueType, text: str, data: dict[str, Any] | None = None
+    task_id: str, context_id: str, state: TaskState, text: str, data: dict[str, Any] | None = None
 ) -> TaskStatusUpdateEvent:
     parts = [Part(text=text)]
     if data is not None:
         parts.append(Part(data=ParseDict(data, Value()), media_type="application/json"))
-    message = Message(message_id=str(uuid.uuid4()), role=Role.ROLE_AGENT, task_id=task_id, context_id=context_id,
-                      parts=parts)
-    return TaskStatusUpdateEvent(task_id=task_id, context_id=context_id,
-                                 status=TaskStatus(state=state, message=message, timestamp=_now()))
+    message = Message(
+        message_id=str(uuid.uuid4()),
+        role=Role.ROLE_AGENT,
+        task_id=task_id,
+        context_id=context_id,
+        parts=parts,
+    )
+    return TaskStatusUpdateEvent(
+        task_id=task_id,
+        context_id=context_id,
+        status=TaskStatus(state=state, message=message, timestamp=_now()),
+    )
 
 
 def _text(item: Message | Artifact) -> str:

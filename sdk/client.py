@@ -24,12 +24,10 @@ from a2a.types import (
     Task,
     a2a_pb2_grpc,
 )
-
 from agenthub.sdk.errors import from_grpc
 from agenthub.sdk.pb import registry_pb2 as reg
-from agenthub.sdk.pb import registry_pb2_grpc
+from agenthub.sdk.pb import registry_pb2_grpc, threads_pb2_grpc
 from agenthub.sdk.pb import threads_pb2 as thr
-from agenthub.sdk.pb import threads_pb2_grpc
 
 
 class HubClient:
@@ -41,7 +39,9 @@ class HubClient:
         timeout: default deadline of unary calls, in seconds (default 30).
     """
 
-    def __init__(self, address: str = "127.0.0.1:50051", *, sender: str | None = None, timeout: float = 30.0) -> None:
+    def __init__(
+        self, address: str = "127.0.0.1:50051", *, sender: str | None = None, timeout: float = 30.0
+    ) -> None:
         self.address = address
         self.sender = sender
         self.timeout = timeout
@@ -80,8 +80,11 @@ class HubClient:
     async def register(self, card_json: str, endpoint: str) -> reg.AgentRecord:
         """Register (or update) an agent by its card and its A2A gRPC endpoint."""
         stub = registry_pb2_grpc.RegistryServiceStub(self.channel)
-        reply = await _call(stub.RegisterAgent(reg.RegisterAgentRequest(card_json=card_json, endpoint=endpoint),
-                                               timeout=self.timeout))
+        reply = await _call(
+            stub.RegisterAgent(
+                reg.RegisterAgentRequest(card_json=card_json, endpoint=endpoint), timeout=self.timeout
+            )
+        )
         return reply.agent
 
     async def deregister(self, name: str) -> None:
@@ -99,7 +102,9 @@ class HubClient:
 
     async def get_agent(self, name: str) -> reg.AgentRecord:
         stub = registry_pb2_grpc.RegistryServiceStub(self.channel)
-        record: reg.AgentRecord = await _call(stub.GetAgent(reg.GetAgentRequest(name=name), timeout=self.timeout))
+        record: reg.AgentRecord = await _call(
+            stub.GetAgent(reg.GetAgentRequest(name=name), timeout=self.timeout)
+        )
         return record
 
     # ---- messages ------------------------------------------------------------------------
@@ -117,7 +122,9 @@ class HubClient:
         """Send a text message to an agent through the hub and wait for its answer."""
         stub = a2a_pb2_grpc.A2AServiceStub(self.channel)
         request = text_request(agent, text, context_id=context_id, task_id=task_id)
-        reply = await _call(stub.SendMessage(request, metadata=self._metadata(parent_task_id), timeout=timeout))
+        reply = await _call(
+            stub.SendMessage(request, metadata=self._metadata(parent_task_id), timeout=timeout)
+        )
         return reply.task if reply.WhichOneof("payload") == "task" else reply.message
 
     async def stream(
@@ -144,7 +151,9 @@ class HubClient:
         task: Task = await _call(stub.GetTask(GetTaskRequest(tenant=agent, id=task_id), timeout=self.timeout))
         return task
 
-    async def list_tasks(self, agent: str = "", *, context_id: str = "", page_size: int = 50) -> ListTasksResponse:
+    async def list_tasks(
+        self, agent: str = "", *, context_id: str = "", page_size: int = 50
+    ) -> ListTasksResponse:
         stub = a2a_pb2_grpc.A2AServiceStub(self.channel)
         request = ListTasksRequest(tenant=agent, context_id=context_id, page_size=page_size)
         response: ListTasksResponse = await _call(stub.ListTasks(request, timeout=self.timeout))
@@ -152,7 +161,9 @@ class HubClient:
 
     # ---- threads -------------------------------------------------------------------------
 
-    async def list_threads(self, *, agent: str = "", page_size: int = 50, page_token: str = "") -> thr.ListThreadsResponse:
+    async def list_threads(
+        self, *, agent: str = "", page_size: int = 50, page_token: str = ""
+    ) -> thr.ListThreadsResponse:
         stub = threads_pb2_grpc.ThreadServiceStub(self.channel)
         request = thr.ListThreadsRequest(agent=agent, page_size=page_size, page_token=page_token)
         response: thr.ListThreadsResponse = await _call(stub.ListThreads(request, timeout=self.timeout))
@@ -160,11 +171,15 @@ class HubClient:
 
     async def get_thread(self, context_id: str) -> thr.Thread:
         stub = threads_pb2_grpc.ThreadServiceStub(self.channel)
-        thread: thr.Thread = await _call(stub.GetThread(thr.GetThreadRequest(context_id=context_id), timeout=self.timeout))
+        thread: thr.Thread = await _call(
+            stub.GetThread(thr.GetThreadRequest(context_id=context_id), timeout=self.timeout)
+        )
         return thread
 
 
-def text_request(agent: str, text: str, *, context_id: str | None = None, task_id: str | None = None) -> SendMessageRequest:
+def text_request(
+    agent: str, text: str, *, context_id: str | None = None, task_id: str | None = None
+) -> SendMessageRequest:
     """An A2A SendMessageRequest carrying one text part, addressed to `agent`."""
     message = Message(message_id=str(uuid.uuid4()), role=Role.ROLE_USER, parts=[Part(text=text)])
     if context_id:

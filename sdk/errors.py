@@ -116,5 +116,7 @@ def from_grpc(error: grpc.RpcError) -> AgentHubError:
     details = error.details() if hasattr(error, "details") else str(error)
     cls = _BY_GRPC_CODE.get(code, AgentHubError)
     if code == grpc.StatusCode.UNAVAILABLE and details and "connect" in details.lower():
-        details = f"cannot reach the hub ({details.split(':')[-1].strip() or 'connection failed'}); is it running?"
+        details = (
+            f"cannot reach the hub ({details.split(':')[-1].strip() or 'connection failed'}); is it running?"
+        )
     return cls(details or code.name)

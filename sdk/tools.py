@@ -60,7 +60,11 @@ class Tool:
 def tool(fn: Callable[..., Any], /) -> Tool: ...
 @overload
 def tool(
-    *, name: str | None = None, description: str | None = None, timeout: float = 30.0, retries: int = 0,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    timeout: float = 30.0,
+    retries: int = 0,
     return_direct: bool = False,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 

@@ -1,21 +1,37 @@
-"""Shared fixtures: real hubs on temporary data dirs, real agents on loopback ports."""
+"""Shared fixtures: real hubs on temporary data dirs, real agents on loopback ports, the real
+offline model server when a test asks for it."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AsyncExitStack
 from pathlib import Path
 
+import grpc
+import httpx
 import pytest
-
+from a2a.client import Client, ClientConfig, ClientFactory
+from agenthub.agents import calculator, notes, triage
 from agenthub.hub.config import HubSettings
-from agenthub.hub.server import Hub
+from agenthub.hub.server import Hub, free_port
+from agenthub.sdk import Agent, HubClient, ScriptedModel, offline
+
+from tests.scripted import calculator_model, triage_model
 
 
 def hub_settings(data_dir: Path, **overrides: object) -> HubSettings:
     """Settings for a test hub: any free ports, fast retries, no background health checks."""
     values: dict[str, object] = {
-        "port": 0, "http_port": 0, "data_dir": data_dir, "retry_backoff_s": 0.05,
-        "health_interval_s": 0, "instance_id": "test",
+        "port": 0,
+        "http_port": 0,
+        "data_dir": data_dir,
+        "retry_backoff_s": 0.05,
+        "health_interval_s": 0,
+        "instance_id": "test",
     }
     values.update(overrides)
     return HubSettings(**values)  # type: ignore[arg-type]
@@ -25,3 +41,73 @@ def hub_settings(data_dir: Path, **overrides: object) -> HubSettings:
 async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
     async with Hub(hub_settings(tmp_path / "hub")) as running:
         yield running
+
+
+@pytest.fixture
+async def client(hub: Hub) -> AsyncIterator[HubClient]:
+    async with HubClient(hub.address) as c:
+        yield c
+
+
+@pytest.fixture
+async def reference_agents(hub: Hub) -> AsyncIterator[dict[str, Agent]]:
+    """triage, calculator and notes on the hub, driven by scripted models."""
+    models = {"triage": triage_model(), "calculator": calculator_model(), "notes": ScriptedModel()}
+    builders = {"triage": triage.build, "calculator": calculator.build, "notes": notes.build}
+    async with AsyncExitStack() as stack:
+        agents = {
+            name: await stack.enter_async_context(build(hub=hub.address, model=models[name]))
+            for name, build in builders.items()
+        }
+        yield agents
+
+
+async def stock_client(hub: Hub, agent: str, *, streaming: bool) -> Client:
+    """A client built with a2a-sdk alone from the card the hub serves over HTTP."""
+    config = ClientConfig(
+        streaming=streaming,
+        supported_protocol_bindings=["GRPC"],
+        grpc_channel_factory=grpc.aio.insecure_channel,
+    )
+    return await ClientFactory(config).create_from_url(f"{hub.http_url}/agents/{agent}")
+
+
+@pytest.fixture(scope="session")
+def model_url() -> Iterator[str]:
+    """The real offline model (SmolLM2-135M via xllamacpp) served on a free loopback port."""
+    if offline.weights_path() is None or not offline.runtime_installed():
+        pytest.fail("offline model not installed: run `agenthub models pull` (CI installs it)")
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "agenthub.sdk.offline", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"{url}/models", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if process.poll() is not None:
+                pytest.fail("offline model server exited at start")
+            import time
+
+            time.sleep(0.2)
+        os.environ["AGENTHUB_MODEL_BASE_URL"] = url
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+async def eventually(check, timeout: float = 10.0, interval: float = 0.05):  # type: ignore[no-untyped-def]
+    """Poll an async check until it returns a truthy value."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        result = await check()
+        if result or asyncio.get_running_loop().time() > deadline:
+            return result
+        await asyncio.sleep(interval)

@@ -10,6 +10,7 @@ opened by two processes at once: it is the zero-setup backend, Kafka is the scal
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import time
@@ -19,13 +20,13 @@ from typing import Any
 
 import aiosqlite
 import structlog
-
 from agenthub.hub.log._base import Consumer, Headers, Log, Record, TopicPartition, partition_for
 
 log = structlog.get_logger(__name__)
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS topics (name TEXT PRIMARY KEY, partitions INTEGER NOT NULL, compacted INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS topics (
+    name TEXT PRIMARY KEY, partitions INTEGER NOT NULL, compacted INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS records (
     topic TEXT NOT NULL, partition INTEGER NOT NULL, offset INTEGER NOT NULL,
     key BLOB, value BLOB NOT NULL, ts INTEGER NOT NULL, headers TEXT NOT NULL,
@@ -150,7 +151,8 @@ class EmbeddedLog(Log):
         )
         async with self.db.execute(query, (tp.topic, tp.partition, start, limit)) as cur:
             return [
-                Record(tp.topic, tp.partition, o, k, v, ts, _decode_headers(h)) async for o, k, v, ts, h in cur
+                Record(tp.topic, tp.partition, o, k, v, ts, _decode_headers(h))
+                async for o, k, v, ts, h in cur
             ]
 
     async def commit_group(self, group: str, offsets: dict[TopicPartition, int]) -> None:
@@ -158,7 +160,8 @@ class EmbeddedLog(Log):
         for tp, offset in offsets.items():
             self._committed[(group, tp)] = offset
             await self._write(
-                "INSERT OR REPLACE INTO group_offsets VALUES (?, ?, ?, ?)", (group, tp.topic, tp.partition, offset)
+                "INSERT OR REPLACE INTO group_offsets VALUES (?, ?, ?, ?)",
+                (group, tp.topic, tp.partition, offset),
             )
 
     def committed(self, group: str, tp: TopicPartition) -> int | None:
@@ -173,10 +176,8 @@ class EmbeddedLog(Log):
     async def wait_for_append(self, timeout: float) -> None:
         """Sleep until something is appended or a topic created, or until timeout."""
         async with self._appended:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._appended.wait(), timeout)
-            except TimeoutError:
-                pass
 
     def join(self, group: str, member: EmbeddedConsumer) -> None:
         self._groups.setdefault(group, []).append(member)

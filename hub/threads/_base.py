@@ -11,7 +11,6 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 from a2a.types import Task
-
 from agenthub.hub.log._base import Lifecycle
 
 

@@ -7,7 +7,6 @@ from typing import Any
 
 import aiosqlite
 from a2a.types import Task, TaskState
-
 from agenthub.hub.threads._base import (
     MessageRow,
     Projection,
@@ -83,16 +82,38 @@ class SqliteThreadStore(ThreadStore):
             for m in projection.messages:
                 await db.execute(
                     f"INSERT OR IGNORE INTO messages ({_MESSAGE_COLUMNS}) VALUES ({', '.join('?' * 14)})",
-                    (m.message_id, m.context_id, m.task_id, m.parent_task_id, m.sender, m.recipient, m.role,
-                     m.text, m.message_json, m.created_at, m.topic, m.partition, m.offset, m.traceparent),
+                    (
+                        m.message_id,
+                        m.context_id,
+                        m.task_id,
+                        m.parent_task_id,
+                        m.sender,
+                        m.recipient,
+                        m.role,
+                        m.text,
+                        m.message_json,
+                        m.created_at,
+                        m.topic,
+                        m.partition,
+                        m.offset,
+                        m.traceparent,
+                    ),
                 )
             if projection.task is not None:
                 t = projection.task
                 await db.execute(
                     "INSERT INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (task_id) DO UPDATE SET"
                     " state = excluded.state, updated_at = excluded.updated_at, task = excluded.task",
-                    (t.task_id, t.context_id, t.agent, t.parent_task_id, _state(t.task), t.created_at,
-                     t.updated_at, t.task.SerializeToString()),
+                    (
+                        t.task_id,
+                        t.context_id,
+                        t.agent,
+                        t.parent_task_id,
+                        _state(t.task),
+                        t.created_at,
+                        t.updated_at,
+                        t.task.SerializeToString(),
+                    ),
                 )
             for s in projection.statuses:
                 await db.execute(
@@ -141,7 +162,7 @@ class SqliteThreadStore(ThreadStore):
         )
         params: tuple[Any, ...] = (agent, agent, limit + 1, offset) if agent else (limit + 1, offset)
         async with self.db.execute(query, params) as cur:
-            rows = await cur.fetchall()
+            rows = list(await cur.fetchall())
         threads = []
         for ctx, started, updated, count, agents, first_seq in rows[:limit]:
             async with self.db.execute("SELECT text FROM messages WHERE seq = ?", (first_seq,)) as cur:
