@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from a2a.types import AgentCard, AgentInterface
 from a2a.utils.constants import PROTOCOL_VERSION_CURRENT, TransportProtocol
+
 from agenthub.hub.config import HubSettings
 
 

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
+from pydantic import ValidationError
+
 from agenthub.hub import render
 from agenthub.sdk.errors import AgentHubError, ConfigError, status_of
-from pydantic import ValidationError
 
 app = typer.Typer(
     help="AgentHub: a self-hosted multi-agent A2A hub.",

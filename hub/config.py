@@ -23,7 +23,17 @@ class HubSettings(BaseSettings):
     public_host: str | None = Field(None, description="host written into agent cards (default: host)")
     data_dir: Path = Field(Path(".agenthub"), description="where the embedded log and the SQLite store live")
     log_backend: Literal["embedded", "kafka"] = Field("embedded", alias="log", description="log backend")
-    bootstrap: str | None = Field(None, description="Kafka bootstrap servers (log=kafka)")
+    bootstrap: str | None = Field(None, description="Kafka bootstrap servers host:port[,...] (log=kafka)")
+    replication_factor: int = Field(1, ge=1, description="replicas of each Kafka topic the hub creates")
+    kafka_idempotence: Literal["auto", "on", "off"] = Field(
+        "auto", description="idempotent Kafka producer: on, off, or auto (where the broker supports it)"
+    )
+    kafka_session_timeout_ms: int = Field(
+        10_000, ge=1000, description="Kafka consumer-group session timeout (also how fast groups form)"
+    )
+    kafka_metadata_max_age_ms: int = Field(
+        1_000, ge=100, description="how often the recorder looks for new Kafka topics"
+    )
     topic_prefix: str = Field("agenthub", pattern=r"^[A-Za-z0-9_-]+$", description="prefix of every topic")
     partitions: int = Field(4, ge=1, description="partitions of each routing topic")
     instance_id: str = Field(default_factory=lambda: uuid.uuid4().hex[:12], description="this hub instance")

@@ -17,16 +17,17 @@ from collections.abc import Awaitable, Callable
 import grpc
 import structlog
 from a2a.types import CancelTaskRequest, SendMessageRequest, StreamResponse, TaskState, a2a_pb2_grpc
+from google.protobuf.message import DecodeError
+
 from agenthub.hub import envelopes, task_events
 from agenthub.hub.config import HubSettings
-from agenthub.hub.log._base import Consumer, Lifecycle, Log, Record
+from agenthub.hub.log._base import Consumer, Lifecycle, Log, Record, TopicPartition
 from agenthub.hub.offsets import OffsetTracker
 from agenthub.hub.registry import Registry
 from agenthub.hub.threads._base import ThreadStore
 from agenthub.hub.topics import Topics
 from agenthub.sdk.pb.envelope_pb2 import Envelope, Kind
 from agenthub.sdk.pb.registry_pb2 import AgentChange
-from google.protobuf.message import DecodeError
 
 log = structlog.get_logger(__name__)
 
@@ -319,7 +320,7 @@ class AgentWorker(Lifecycle):
     async def start(self) -> None:
         topics = self._dispatcher._topics
         self._consumer = self._dispatcher._log.consumer(
-            [topics.inbox(self.agent)], group=topics.dispatch_group(self.agent)
+            [topics.inbox(self.agent)], group=topics.dispatch_group(self.agent), on_revoke=self._drain
         )
         await self._consumer.start()
         self._task = asyncio.create_task(self._run(), name=f"dispatch-{self.agent}")
@@ -337,6 +338,13 @@ class AgentWorker(Lifecycle):
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
+
+    async def _drain(self, lost: set[TopicPartition]) -> None:
+        """Before partitions move to another hub instance: finish what is in flight and commit it."""
+        if self._chains:
+            await asyncio.gather(*self._chains.values(), return_exceptions=True)
+        await self._commit()
+        self._tracker.forget(lost)
 
     async def _run(self) -> None:
         assert self._consumer is not None

@@ -8,10 +8,11 @@ from __future__ import annotations
 import uuid
 from typing import TypeVar
 
-from agenthub.hub.log._base import Headers, Record
-from agenthub.sdk.pb.envelope_pb2 import Envelope, Kind
 from google.protobuf.message import Message as ProtoMessage
 from google.protobuf.timestamp_pb2 import Timestamp
+
+from agenthub.hub.log._base import Headers, Record
+from agenthub.sdk.pb.envelope_pb2 import Envelope, Kind
 
 M = TypeVar("M", bound=ProtoMessage)
 

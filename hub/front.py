@@ -43,6 +43,7 @@ from a2a.utils.errors import (
     TaskNotFoundError,
     UnsupportedOperationError,
 )
+
 from agenthub.hub import envelopes, task_events
 from agenthub.hub.cards import hub_card
 from agenthub.hub.config import HubSettings

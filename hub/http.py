@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from agenthub.hub.cards import hub_card
-from agenthub.hub.config import HubSettings
-from agenthub.hub.registry import Registry
 from google.protobuf.json_format import MessageToDict
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from agenthub.hub.cards import hub_card
+from agenthub.hub.config import HubSettings
+from agenthub.hub.registry import Registry
 
 
 def http_app(registry: Registry, settings: HubSettings, grpc_port: int) -> Starlette:

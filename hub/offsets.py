@@ -20,6 +20,13 @@ class OffsetTracker:
     def finish(self, record: Record) -> None:
         self._pending.get(record.tp, set()).discard(record.offset)
 
+    def forget(self, partitions: set[TopicPartition]) -> None:
+        """Drop the state of partitions this member no longer owns."""
+        for tp in partitions:
+            self._pending.pop(tp, None)
+            self._highest.pop(tp, None)
+            self._committed.pop(tp, None)
+
     def committable(self) -> dict[TopicPartition, int]:
         """Next-offsets that moved forward since the last call."""
         out = {}

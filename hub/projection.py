@@ -8,11 +8,12 @@ caused it; every rule here therefore works whichever of the two arrives first.
 from __future__ import annotations
 
 from a2a.types import Artifact, Message, Role, SendMessageRequest, StreamResponse, Task, TaskState, TaskStatus
+from google.protobuf.json_format import MessageToJson
+
 from agenthub.hub import envelopes
 from agenthub.hub.log._base import Record
 from agenthub.hub.threads._base import MessageRow, Projection, StatusRow, TaskRow
 from agenthub.sdk.pb.envelope_pb2 import Envelope, Kind
-from google.protobuf.json_format import MessageToJson
 
 
 def text_of(message: Message) -> str:

@@ -12,12 +12,13 @@ import asyncio
 import contextlib
 
 import structlog
+from google.protobuf.message import DecodeError
+
 from agenthub.hub import envelopes
 from agenthub.hub.log._base import Consumer, Lifecycle, Log, Record, TopicPartition
 from agenthub.hub.projection import project
 from agenthub.hub.threads._base import ThreadStore
 from agenthub.hub.topics import Topics
-from google.protobuf.message import DecodeError
 
 log = structlog.get_logger(__name__)
 
@@ -44,7 +45,7 @@ class Recorder(Lifecycle):
 
     async def start(self) -> None:
         self._consumer = self._log.consumer(
-            group=self._topics.recorder_group, pattern=self._topics.routing_pattern
+            group=self._topics.recorder_group(self._store.store_id), pattern=self._topics.routing_pattern
         )
         await self._consumer.start()
         self._task = asyncio.create_task(self._run(), name="recorder")

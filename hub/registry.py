@@ -17,13 +17,14 @@ from dataclasses import dataclass
 import grpc
 import structlog
 from a2a.types import AgentCard
+from google.protobuf.json_format import MessageToJson, Parse, ParseError
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from agenthub.hub.log._base import Consumer, Lifecycle, Log
 from agenthub.hub.topics import Topics
 from agenthub.sdk.errors import AgentNotFound, InvalidRequest
 from agenthub.sdk.pb.registry_pb2 import AgentChange, AgentRecord
-from google.protobuf.json_format import MessageToJson, Parse, ParseError
-from google.protobuf.timestamp_pb2 import Timestamp
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 log = structlog.get_logger(__name__)
 

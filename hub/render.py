@@ -8,8 +8,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 from a2a.types import Message, StreamResponse, Task, TaskState
-from agenthub.sdk.pb import registry_pb2 as reg
-from agenthub.sdk.pb import threads_pb2 as thr
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message as ProtoMessage
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -17,6 +15,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
+
+from agenthub.sdk.pb import registry_pb2 as reg
+from agenthub.sdk.pb import threads_pb2 as thr
 
 console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 

@@ -7,10 +7,11 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import structlog
+from google.protobuf.message import DecodeError
+
 from agenthub.hub import envelopes
 from agenthub.hub.log._base import Consumer, Lifecycle, Log, Record
 from agenthub.sdk.pb.envelope_pb2 import Envelope
-from google.protobuf.message import DecodeError
 
 log = structlog.get_logger(__name__)
 

@@ -14,6 +14,9 @@ import grpc
 import structlog
 import uvicorn
 from a2a.types import a2a_pb2, a2a_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
 from agenthub.hub.config import HubSettings
 from agenthub.hub.dispatcher import Dispatcher
 from agenthub.hub.front import HubRequestHandler
@@ -27,8 +30,6 @@ from agenthub.hub.threads._base import ThreadStore
 from agenthub.hub.topics import Topics
 from agenthub.sdk.errors import ConfigError
 from agenthub.sdk.pb import registry_pb2, registry_pb2_grpc, threads_pb2, threads_pb2_grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 log = structlog.get_logger(__name__)
 
@@ -39,7 +40,20 @@ def open_log(settings: HubSettings) -> Log:
         from agenthub.hub.log.embedded import EmbeddedLog
 
         return EmbeddedLog(settings.data_dir / "log.db", default_partitions=settings.partitions)
-    raise ConfigError("the kafka log backend is not available in this version; use --log embedded")
+    from agenthub.hub.log.kafka import KafkaLog
+
+    if not settings.bootstrap:
+        raise ConfigError("--log kafka needs --bootstrap HOST:PORT (or AGENTHUB_BOOTSTRAP)")
+    return KafkaLog(
+        settings.bootstrap,
+        default_partitions=settings.partitions,
+        replication_factor=settings.replication_factor,
+        fetch_wait_ms=settings.fetch_wait_ms,
+        session_timeout_ms=settings.kafka_session_timeout_ms,
+        metadata_max_age_ms=settings.kafka_metadata_max_age_ms,
+        idempotence=settings.kafka_idempotence,
+        client_id=f"agenthub-{settings.instance_id}",
+    )
 
 
 def open_store(settings: HubSettings) -> ThreadStore:

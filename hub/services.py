@@ -8,13 +8,14 @@ import grpc
 from a2a.server.request_handlers import GrpcHandler
 from a2a.types import TaskState
 from a2a.utils.errors import A2AError
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from agenthub.hub.registry import Registry
 from agenthub.hub.threads._base import MessageRow, StatusRow, TaskRow, ThreadStore, ThreadSummary
 from agenthub.sdk.errors import AgentHubError, ThreadNotFound, status_of
 from agenthub.sdk.pb import registry_pb2 as reg
 from agenthub.sdk.pb import registry_pb2_grpc, threads_pb2_grpc
 from agenthub.sdk.pb import threads_pb2 as thr
-from google.protobuf.timestamp_pb2 import Timestamp
 
 
 class HubGrpcHandler(GrpcHandler):

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import grpc
 import httpx
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from agenthub.sdk.errors import ConfigError
 from agenthub.sdk.pb import registry_pb2, registry_pb2_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 REFERENCE_AGENTS = ("calculator", "notes", "triage")
 

@@ -13,6 +13,7 @@ from a2a.types import (
     TaskStatus,
     TaskStatusUpdateEvent,
 )
+
 from agenthub.hub.envelopes import now
 
 TERMINAL = frozenset(

@@ -35,9 +35,10 @@ class Topics:
     def dispatch_group(self, agent: str) -> str:
         return f"{self.prefix}.dispatch.{agent}"
 
-    @property
-    def recorder_group(self) -> str:
-        return f"{self.prefix}.recorder"
+    def recorder_group(self, store_id: str) -> str:
+        """One group per thread store: every store gets every record, hub instances sharing a
+        store (PostgreSQL) share the work, and each private store (SQLite) reads everything."""
+        return f"{self.prefix}.recorder.{store_id}"
 
     @property
     def routing_pattern(self) -> str:

@@ -54,14 +54,15 @@ from a2a.types import (
 )
 from a2a.utils.constants import PROTOCOL_VERSION_CURRENT, TransportProtocol
 from a2a.utils.errors import PushNotificationNotSupportedError, TaskNotFoundError
-from agenthub.sdk.client import HubClient
-from agenthub.sdk.errors import AgentHubError, AgentNotFound, HubUnavailable
-from agenthub.sdk.models import ChatMessage, Model, ModelSettings, OpenAIModel, ToolChoice
-from agenthub.sdk.tools import Tool, ToolError, make_tool
 from google.protobuf.json_format import MessageToJson, ParseDict
 from google.protobuf.struct_pb2 import Value
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from agenthub.sdk.client import HubClient
+from agenthub.sdk.errors import AgentHubError, AgentNotFound, HubUnavailable
+from agenthub.sdk.models import ChatMessage, Model, ModelSettings, OpenAIModel, ToolChoice
+from agenthub.sdk.tools import Tool, ToolError, make_tool
 
 log = structlog.get_logger(__name__)
 

@@ -24,6 +24,7 @@ from a2a.types import (
     Task,
     a2a_pb2_grpc,
 )
+
 from agenthub.sdk.errors import from_grpc
 from agenthub.sdk.pb import registry_pb2 as reg
 from agenthub.sdk.pb import registry_pb2_grpc, threads_pb2_grpc

@@ -16,9 +16,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from agenthub.sdk.tools import Tool
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from agenthub.sdk.tools import Tool
 
 ChatMessage = dict[str, Any]
 ToolChoice = Literal["auto", "required"]

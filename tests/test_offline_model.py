@@ -11,6 +11,7 @@ from contextlib import AsyncExitStack
 
 import pytest
 from a2a.types import TaskState
+
 from agenthub.agents import calculator, notes, triage
 from agenthub.hub.server import Hub
 from agenthub.sdk import Agent, HubClient, ModelSettings, OpenAIModel

@@ -1,4 +1,5 @@
 from a2a.types import TaskState
+
 from agenthub.sdk import Agent, HubClient, ScriptedModel, tool
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
@@ -46,6 +46,10 @@ def partition_for(key: bytes | None, partitions: int) -> int:
     if not key:
         return 0
     return zlib.crc32(key) % partitions
+
+
+OnRevoke = Callable[[set[TopicPartition]], Awaitable[None]]
+"""Called before a group member loses partitions, so it can finish and commit their work."""
 
 
 class Lifecycle:
@@ -104,11 +108,13 @@ class Log(Lifecycle, ABC):
         group: str | None = None,
         pattern: str | None = None,
         from_beginning: bool = True,
+        on_revoke: OnRevoke | None = None,
     ) -> Consumer:
         """A consumer of the topics (or of every topic matching `pattern`), in `group` if given.
 
         Without a group the consumer reads every partition and commits nothing; with one, the
-        group's members share the partitions and resume from the group's committed offsets.
+        group's members share the partitions and resume from the group's committed offsets, and
+        `on_revoke` runs before partitions move away from this member.
         """
 
     @abstractmethod
@@ -118,3 +124,7 @@ class Log(Lifecycle, ABC):
     @abstractmethod
     async def end_offsets(self, topic: str) -> dict[int, int]:
         """For each partition, the offset the next record will get."""
+
+    @abstractmethod
+    async def read(self, tp: TopicPartition, start: int, limit: int) -> list[Record]:
+        """Records of one partition from offset `start`, at most `limit` of them, without a group."""

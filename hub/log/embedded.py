@@ -20,7 +20,8 @@ from typing import Any
 
 import aiosqlite
 import structlog
-from agenthub.hub.log._base import Consumer, Headers, Log, Record, TopicPartition, partition_for
+
+from agenthub.hub.log._base import Consumer, Headers, Log, OnRevoke, Record, TopicPartition, partition_for
 
 log = structlog.get_logger(__name__)
 
@@ -134,8 +135,9 @@ class EmbeddedLog(Log):
         group: str | None = None,
         pattern: str | None = None,
         from_beginning: bool = True,
+        on_revoke: OnRevoke | None = None,
     ) -> EmbeddedConsumer:
-        return EmbeddedConsumer(self, list(topics), group, pattern, from_beginning)
+        return EmbeddedConsumer(self, list(topics), group, pattern, from_beginning, on_revoke)
 
     async def list_topics(self) -> dict[str, int]:
         return dict(self._topics)
@@ -179,10 +181,14 @@ class EmbeddedLog(Log):
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._appended.wait(), timeout)
 
-    def join(self, group: str, member: EmbeddedConsumer) -> None:
-        self._groups.setdefault(group, []).append(member)
+    async def join(self, group: str, member: EmbeddedConsumer) -> None:
+        """Add a member; the others first give up (drain and commit) what moves to it."""
+        members = self._groups.setdefault(group, [])
+        before = {m: m.assignment() for m in members}
+        members.append(member)
+        await _revoke(before)
 
-    def leave(self, group: str, member: EmbeddedConsumer) -> None:
+    async def leave(self, group: str, member: EmbeddedConsumer) -> None:
         members = self._groups.get(group, [])
         if member in members:
             members.remove(member)
@@ -225,6 +231,13 @@ class EmbeddedLog(Log):
                 future.set_result(None)
 
 
+async def _revoke(before: dict[EmbeddedConsumer, set[TopicPartition]]) -> None:
+    for member, owned in before.items():
+        lost = owned - member.assignment()
+        if lost:
+            await member.revoked(lost)
+
+
 class EmbeddedConsumer(Consumer):
     """A consumer of the embedded log; group members split partitions round-robin."""
 
@@ -235,8 +248,10 @@ class EmbeddedConsumer(Consumer):
         group: str | None,
         pattern: str | None,
         from_beginning: bool,
+        on_revoke: OnRevoke | None = None,
     ) -> None:
         self._log = log
+        self._on_revoke = on_revoke
         self._topics = topics
         self._group = group
         self._pattern = re.compile(pattern) if pattern else None
@@ -248,15 +263,22 @@ class EmbeddedConsumer(Consumer):
         for topic in self._topics:
             await self._log.ensure_topic(topic)
         if self._group:
-            self._log.join(self._group, self)
+            await self._log.join(self._group, self)
         self._started = True
         for tp in self.assignment():  # fix positions now, so a tail reader misses nothing after start()
             self._position(tp)
 
     async def stop(self) -> None:
         if self._group and self._started:
-            self._log.leave(self._group, self)
+            await self._log.leave(self._group, self)
         self._started = False
+
+    async def revoked(self, lost: set[TopicPartition]) -> None:
+        """Partitions moved to another member: let the owner finish them, then forget positions."""
+        if self._on_revoke is not None:
+            await self._on_revoke(lost)
+        for tp in lost:
+            self._positions.pop(tp, None)
 
     def _subscribed(self) -> list[TopicPartition]:
         topics = self._log.topics()

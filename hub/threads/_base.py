@@ -11,6 +11,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 from a2a.types import Task
+
 from agenthub.hub.log._base import Lifecycle
 
 
@@ -100,7 +101,13 @@ class TaskPage:
 
 
 class ThreadStore(Lifecycle, ABC):
-    """Where the recorder writes and readers read threads."""
+    """Where the recorder writes and readers read threads.
+
+    `store_id` names the store itself (made once, kept in the store), so every hub instance
+    writing to the same store can find the others' progress: it names the recorder's group.
+    """
+
+    store_id: str = ""
 
     @abstractmethod
     async def apply(self, projection: Projection) -> bool:

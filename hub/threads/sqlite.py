@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 from typing import Any
 
 import aiosqlite
 from a2a.types import Task, TaskState
+
 from agenthub.hub.threads._base import (
     MessageRow,
     Projection,
@@ -19,6 +21,7 @@ from agenthub.hub.threads._base import (
 )
 
 _SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS applied (envelope_id TEXT PRIMARY KEY) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS messages (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, message_id TEXT NOT NULL UNIQUE, context_id TEXT NOT NULL,
@@ -60,7 +63,11 @@ class SqliteThreadStore(ThreadStore):
         await self._db.execute("PRAGMA journal_mode=WAL")
         await self._db.execute("PRAGMA synchronous=NORMAL")
         await self._db.executescript(_SCHEMA)
+        await self._db.execute("INSERT OR IGNORE INTO meta VALUES ('store_id', ?)", (uuid.uuid4().hex[:12],))
         await self._db.commit()
+        async with self._db.execute("SELECT value FROM meta WHERE key = 'store_id'") as cur:
+            row = await cur.fetchone()
+        self.store_id = str(row[0]) if row else ""
 
     async def stop(self) -> None:
         if self._db is not None:
