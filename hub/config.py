@@ -22,7 +22,9 @@ class HubSettings(BaseSettings):
     http_port: int = Field(8080, ge=0, le=65535, description="HTTP port (agent cards); 0 = any free port")
     public_host: str | None = Field(None, description="host written into agent cards (default: host)")
     data_dir: Path = Field(Path(".agenthub"), description="where the embedded log and the SQLite store live")
-    log_backend: Literal["embedded", "kafka"] = Field("embedded", alias="log", description="log backend")
+    log: Literal["embedded", "kafka"] = Field(
+        "embedded", description="log backend: embedded (SQLite) or kafka"
+    )
     bootstrap: str | None = Field(None, description="Kafka bootstrap servers host:port[,...] (log=kafka)")
     replication_factor: int = Field(1, ge=1, description="replicas of each Kafka topic the hub creates")
     kafka_idempotence: Literal["auto", "on", "off"] = Field(

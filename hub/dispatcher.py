@@ -127,21 +127,22 @@ class Dispatcher(Lifecycle):
         running = self._running.get(envelope.task_id)
         if running is None:
             return
-        call, endpoint = running
-        stub = a2a_pb2_grpc.A2AServiceStub(self.channel(endpoint))
-        with contextlib.suppress(grpc.aio.AioRpcError):
-            await stub.CancelTask(CancelTaskRequest(id=envelope.task_id), timeout=2)
+        call, agent = running
+        registered = self._registry.find(agent)
+        if registered is not None:  # tell the agent too; its call is canceled either way
+            stub = a2a_pb2_grpc.A2AServiceStub(self.channel(registered.endpoint))
+            with contextlib.suppress(grpc.aio.AioRpcError):
+                await stub.CancelTask(CancelTaskRequest(id=envelope.task_id), timeout=2)
         call.cancel()
 
-    async def deliver(self, agent: str, envelope: Envelope) -> None:
+    async def deliver(self, agent: str, envelope: Envelope, request: SendMessageRequest) -> None:
         """Deliver one request to its agent and put its outcome in the log, whatever happens."""
         emitter = _Emitter(self._log, envelope, agent)
         task = await self._store.get_task(envelope.task_id)
         if task is not None and task.task.status.state == TaskState.TASK_STATE_CANCELED:
             return
-        request = envelopes.unpack(envelope, SendMessageRequest)
         call = asyncio.create_task(self._attempts(agent, envelope, request, emitter))
-        self._running[envelope.task_id] = (call, self._registry.get(agent).endpoint)
+        self._running[envelope.task_id] = (call, agent)
         try:
             await call
         except asyncio.CancelledError:
@@ -157,6 +158,7 @@ class Dispatcher(Lifecycle):
             )
         except AgentUnreachable as exc:
             await self._dead_letter(agent, envelope, str(exc))
+            exc.args = (f"{exc}; the request is parked in {self._topics.dlq(agent)}",)
             await emitter.outcome(
                 task_events.status_event(
                     envelope.task_id, envelope.context_id, TaskState.TASK_STATE_FAILED, str(exc)
@@ -197,14 +199,16 @@ class Dispatcher(Lifecycle):
                 )
             return
         raise AgentUnreachable(
-            f"agent {agent!r} unavailable after {settings.max_attempts} attempts: {last_error}"
+            f"agent {agent!r} failed {settings.max_attempts} attempts (last: {last_error})"
         )
 
     async def _call(
         self, agent: str, envelope: Envelope, request: SendMessageRequest, emitter: _Emitter
     ) -> str:
         """One streaming call; returns a failure reason if the agent ended without a final state."""
-        registered = self._registry.get(agent)
+        registered = self._registry.find(agent)
+        if registered is None:
+            return f"agent {agent!r} was deregistered before it could answer"
         stub = a2a_pb2_grpc.A2AServiceStub(self.channel(registered.endpoint))
         outgoing = _for_agent(request, envelope)
         metadata = (("agenthub-sender", envelope.sender), ("traceparent", envelope.traceparent))
@@ -233,6 +237,15 @@ class Dispatcher(Lifecycle):
             headers=envelopes.headers(dead),
         )
         log.error("request dead-lettered", agent=agent, task=envelope.task_id, reason=reason)
+
+    async def park(self, agent: str, record: Record, reason: str) -> None:
+        """Move an inbox record nobody can read to the dead-letter topic as it is, with the reason."""
+        source = f"{record.topic}/{record.partition}/{record.offset}"
+        extra = (("agenthub-error", reason.encode()), ("agenthub-source", source.encode()))
+        await self._log.produce(
+            self._topics.dlq(agent), record.value, key=record.key, headers=record.headers + extra
+        )
+        log.error("unreadable inbox record dead-lettered", agent=agent, source=source, reason=reason)
 
 
 def _for_agent(request: SendMessageRequest, envelope: Envelope) -> SendMessageRequest:
@@ -377,16 +390,13 @@ class AgentWorker(Lifecycle):
     async def _process(self, record: Record) -> None:
         try:
             envelope = envelopes.decode(record)
-        except DecodeError as exc:
-            log.error(
-                "unreadable inbox record left in the log",
-                agent=self.agent,
-                offset=record.offset,
-                error=str(exc),
-            )
+            if envelope.kind != Kind.KIND_REQUEST:
+                return
+            request = envelopes.unpack(envelope, SendMessageRequest)
+        except (DecodeError, ValueError) as exc:
+            await self._dispatcher.park(self.agent, record, f"unreadable inbox record: {exc}")
             return
-        if envelope.kind == Kind.KIND_REQUEST:
-            await self._dispatcher.deliver(self.agent, envelope)
+        await self._dispatcher.deliver(self.agent, envelope, request)
 
     async def _commit(self) -> None:
         offsets = self._tracker.committable()

@@ -34,7 +34,9 @@ def now() -> Timestamp:
 
 def make(kind: Kind.ValueType, payload: ProtoMessage, **fields: object) -> Envelope:
     """A new envelope of `kind` carrying `payload`; `fields` are Envelope fields."""
-    envelope = Envelope(kind=kind, created_at=now(), **fields)  # type: ignore[arg-type]
+    envelope = Envelope(kind=kind, **fields)  # type: ignore[arg-type]
+    if not envelope.HasField("created_at"):
+        envelope.created_at.CopyFrom(now())
     if not envelope.id:
         envelope.id = new_id()
     if not envelope.attempt:

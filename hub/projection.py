@@ -2,7 +2,8 @@
 
 The recorder reads an envelope and the task it touches, and gets back a `Projection` to apply.
 Topics are read in parallel, so an agent's event may be projected before the request that
-caused it; every rule here therefore works whichever of the two arrives first.
+caused it; every rule here therefore works whichever of the two arrives first, and readers order
+a thread by the envelopes' creation time (stamped where each hop happened), not by arrival.
 """
 
 from __future__ import annotations
@@ -39,13 +40,19 @@ def _project_request(envelope: Envelope, record: Record, current: TaskRow | None
     out.messages.append(_row(envelope, record, message, envelope.sender, envelope.recipient))
     at = envelope.created_at.ToDatetime().timestamp()
     task = current or _new_task(envelope, at)
-    if not any(m.message_id == message.message_id for m in task.task.history):
-        task.task.history.append(message)
+    history = task.task.history
+    if not any(m.message_id == message.message_id for m in history):
+        if any(m.role == Role.ROLE_USER for m in history):
+            history.append(message)
+        else:  # the agent's answer was recorded first: the request still opens the task
+            history.insert(0, message)
     if current is None:
         task.task.status.CopyFrom(
             TaskStatus(state=TaskState.TASK_STATE_SUBMITTED, timestamp=envelope.created_at)
         )
+    if not any(s.state == "TASK_STATE_SUBMITTED" for s in task.history):
         out.statuses.append(StatusRow(envelope.task_id, "TASK_STATE_SUBMITTED", "", at))
+    task.created_at = min(task.created_at, at)
     task.updated_at = max(task.updated_at, at)
     out.task = task
 
@@ -82,7 +89,11 @@ def _apply_status(
     if status.HasField("message") and status.message.parts:
         _add_message(envelope, record, task, status.message, out)
         text = text_of(status.message)
-    task.task.status.CopyFrom(status)
+    current = task.task.status
+    if not (current.HasField("timestamp") and status.HasField("timestamp")) or (
+        status.timestamp.ToNanoseconds() >= current.timestamp.ToNanoseconds()
+    ):  # an older status recorded late never overwrites a newer one
+        current.CopyFrom(status)
     at = status.timestamp.ToDatetime().timestamp() if status.HasField("timestamp") else task.updated_at
     out.statuses.append(StatusRow(task.task_id, TaskState.Name(status.state), text, at))
 

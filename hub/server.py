@@ -36,7 +36,7 @@ log = structlog.get_logger(__name__)
 
 def open_log(settings: HubSettings) -> Log:
     """The configured log backend (not started)."""
-    if settings.log_backend == "embedded":
+    if settings.log == "embedded":
         from agenthub.hub.log.embedded import EmbeddedLog
 
         return EmbeddedLog(settings.data_dir / "log.db", default_partitions=settings.partitions)

@@ -81,6 +81,9 @@ def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT, parallel: int = 4) 
     params.n_ctx = 2048 * parallel
     params.cpuparams.n_threads = 2
     params.warmup = False
+    params.cache_prompt = (
+        False  # reusing a cached prompt prefix changes the logits: answers must be repeatable
+    )
     server = xllamacpp.Server(params)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

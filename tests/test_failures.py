@@ -91,14 +91,14 @@ async def test_agent_killed_mid_task_fails_with_reason_and_keeps_the_request(tmp
         final = await eventually(failed, timeout=30)
         assert final, "task did not fail after the agent died"
         reason = final.status.message.parts[0].text
-        assert "slow" in reason and "unavailable after 2 attempts" in reason
+        assert "slow" in reason and "failed 2 attempts" in reason and ".dlq.slow" in reason
 
         topics = Topics(hub.settings.topic_prefix)
         inbox = [envelopes.decode(r) for r in await all_records(hub, topics.inbox("slow"))]
         assert [e.task_id for e in inbox] == [task.id], "the request left the log"
         dead = [envelopes.decode(r) for r in await all_records(hub, topics.dlq("slow"))]
         assert [(e.task_id, e.kind) for e in dead] == [(task.id, Kind.KIND_DEAD_LETTER)]
-        assert "unavailable" in dead[0].error
+        assert "UNAVAILABLE" in dead[0].error
 
 
 async def test_agent_restarted_within_retry_window_completes(tmp_path, hub_settings):

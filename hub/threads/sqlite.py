@@ -28,7 +28,7 @@ CREATE TABLE IF NOT EXISTS messages (
     task_id TEXT NOT NULL, parent_task_id TEXT NOT NULL, sender TEXT NOT NULL, recipient TEXT NOT NULL,
     role TEXT NOT NULL, text TEXT NOT NULL, message_json TEXT NOT NULL, created_at REAL NOT NULL,
     topic TEXT NOT NULL, partition INTEGER NOT NULL, "offset" INTEGER NOT NULL, traceparent TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS messages_context ON messages (context_id, seq);
+CREATE INDEX IF NOT EXISTS messages_context ON messages (context_id, created_at, seq);
 CREATE TABLE IF NOT EXISTS tasks (
     task_id TEXT PRIMARY KEY, context_id TEXT NOT NULL, agent TEXT NOT NULL, parent_task_id TEXT NOT NULL,
     state TEXT NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL, task BLOB NOT NULL);
@@ -110,7 +110,8 @@ class SqliteThreadStore(ThreadStore):
                 t = projection.task
                 await db.execute(
                     "INSERT INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (task_id) DO UPDATE SET"
-                    " state = excluded.state, updated_at = excluded.updated_at, task = excluded.task",
+                    " state = excluded.state, updated_at = excluded.updated_at, task = excluded.task,"
+                    " created_at = MIN(tasks.created_at, excluded.created_at)",
                     (
                         t.task_id,
                         t.context_id,
@@ -164,22 +165,23 @@ class SqliteThreadStore(ThreadStore):
         having = " HAVING SUM(recipient = ? OR sender = ?) > 0" if agent else ""
         query = (
             "SELECT context_id, MIN(created_at), MAX(created_at), COUNT(*),"
-            " GROUP_CONCAT(DISTINCT recipient), MIN(seq) FROM messages GROUP BY context_id"
+            " GROUP_CONCAT(DISTINCT recipient), MIN(created_at) FROM messages GROUP BY context_id"
             f"{having} ORDER BY MAX(created_at) DESC LIMIT ? OFFSET ?"
         )
         params: tuple[Any, ...] = (agent, agent, limit + 1, offset) if agent else (limit + 1, offset)
         async with self.db.execute(query, params) as cur:
             rows = list(await cur.fetchall())
         threads = []
-        for ctx, started, updated, count, agents, first_seq in rows[:limit]:
-            async with self.db.execute("SELECT text FROM messages WHERE seq = ?", (first_seq,)) as cur:
+        for ctx, started, updated, count, agents, _ in rows[:limit]:
+            first_query = "SELECT text FROM messages WHERE context_id = ? ORDER BY created_at, seq LIMIT 1"
+            async with self.db.execute(first_query, (ctx,)) as cur:
                 first = await cur.fetchone()
             names = sorted(a for a in (agents or "").split(",") if a and a != "user")
             threads.append(ThreadSummary(ctx, started, updated, count, names, first[0] if first else ""))
         return ThreadPage(threads, offset + limit if len(rows) > limit else None)
 
     async def thread_messages(self, context_id: str) -> list[MessageRow]:
-        query = f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE context_id = ? ORDER BY seq"
+        query = f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE context_id = ? ORDER BY created_at, seq"
         async with self.db.execute(query, (context_id,)) as cur:
             return [MessageRow(*row) async for row in cur]
 
@@ -192,7 +194,7 @@ class SqliteThreadStore(ThreadStore):
         return tasks
 
     async def _statuses(self, task_id: str) -> list[StatusRow]:
-        query = "SELECT task_id, state, text, at FROM task_status WHERE task_id = ? ORDER BY seq"
+        query = "SELECT task_id, state, text, at FROM task_status WHERE task_id = ? ORDER BY at, seq"
         async with self.db.execute(query, (task_id,)) as cur:
             return [StatusRow(*row) async for row in cur]
 
