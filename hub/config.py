@@ -22,6 +22,10 @@ class HubSettings(BaseSettings):
     http_port: int = Field(8080, ge=0, le=65535, description="HTTP port (agent cards); 0 = any free port")
     public_host: str | None = Field(None, description="host written into agent cards (default: host)")
     data_dir: Path = Field(Path(".agenthub"), description="where the embedded log and the SQLite store live")
+    threads_url: str | None = Field(
+        None,
+        description="thread store URL: postgresql://user@host/db or sqlite:///path (default in data_dir)",
+    )
     log: Literal["embedded", "kafka"] = Field(
         "embedded", description="log backend: embedded (SQLite) or kafka"
     )

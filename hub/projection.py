@@ -52,6 +52,13 @@ def _project_request(envelope: Envelope, record: Record, current: TaskRow | None
         )
     if not any(s.state == "TASK_STATE_SUBMITTED" for s in task.history):
         out.statuses.append(StatusRow(envelope.task_id, "TASK_STATE_SUBMITTED", "", at))
+    elif envelope.causation_id:  # an operator re-drove it: back in flight, linked to what it re-drives
+        resubmitted = TaskStatus(state=TaskState.TASK_STATE_SUBMITTED, timestamp=envelope.created_at)
+        task.task.status.CopyFrom(resubmitted)
+        text = (
+            f"re-driven to {envelope.recipient} as attempt {envelope.attempt} (from {envelope.causation_id})"
+        )
+        out.statuses.append(StatusRow(envelope.task_id, "TASK_STATE_SUBMITTED", text, at))
     task.created_at = min(task.created_at, at)
     task.updated_at = max(task.updated_at, at)
     out.task = task

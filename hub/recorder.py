@@ -61,17 +61,31 @@ class Recorder(Lifecycle):
             self._consumer = None
 
     async def wait_recorded(self, record: Record, timeout: float = 10.0) -> bool:
-        """Wait until `record` is in the store; False on timeout (the caller may read stale data)."""
+        """Wait until `record` is in the store; False on timeout (the caller may read stale data).
+
+        A record of a partition this instance does not record (another instance sharing the
+        store owns it) is looked up in the store itself.
+        """
 
         def done() -> bool:
             return self._recorded.get(record.tp, 0) > record.offset
 
-        async with self._progress:
-            try:
-                await asyncio.wait_for(self._progress.wait_for(done), timeout)
-            except TimeoutError:
-                return False
+        try:
+            async with asyncio.timeout(timeout):
+                if self._consumer is not None and record.tp in self._consumer.assignment():
+                    async with self._progress:
+                        await self._progress.wait_for(done)
+                else:
+                    await self._until_in_store(envelopes.decode(record).id)
+        except TimeoutError:
+            return False
         return True
+
+    async def _until_in_store(self, envelope_id: str) -> None:
+        delay = 0.002
+        while not await self._store.is_applied(envelope_id):
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.05)
 
     async def _run(self) -> None:
         assert self._consumer is not None
@@ -89,13 +103,8 @@ class Recorder(Lifecycle):
 
     async def _record(self, record: Record) -> None:
         try:
-            envelope = envelopes.decode(record)
-            current = await self._store.get_task(envelope.task_id) if envelope.task_id else None
-            projection = project(envelope, record, current)
-        except (
-            ValueError,
-            DecodeError,
-        ) as exc:  # a record we cannot read is logged loudly, never silently skipped
+            await record_into(self._store, record)
+        except (ValueError, DecodeError) as exc:  # logged loudly and left in the log, never skipped silently
             log.error(
                 "unreadable record left in the log",
                 topic=record.topic,
@@ -103,5 +112,11 @@ class Recorder(Lifecycle):
                 offset=record.offset,
                 error=str(exc),
             )
-            return
-        await self._store.apply(projection)
+
+
+async def record_into(store: ThreadStore, record: Record) -> bool:
+    """Project one record into a store; False if it was recorded already. ValueError or
+    DecodeError when the record is not a readable envelope."""
+    envelope = envelopes.decode(record)
+    current = await store.get_task(envelope.task_id) if envelope.task_id else None
+    return await store.apply(project(envelope, record, current))

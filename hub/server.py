@@ -22,6 +22,8 @@ from agenthub.hub.dispatcher import Dispatcher
 from agenthub.hub.front import HubRequestHandler
 from agenthub.hub.http import http_app
 from agenthub.hub.log._base import Lifecycle, Log
+from agenthub.hub.operator import Operator
+from agenthub.hub.operator_service import OperatorServicer
 from agenthub.hub.recorder import Recorder
 from agenthub.hub.registry import Registry
 from agenthub.hub.replies import ReplyRouter
@@ -29,7 +31,14 @@ from agenthub.hub.services import HubGrpcHandler, RegistryServicer, ThreadServic
 from agenthub.hub.threads._base import ThreadStore
 from agenthub.hub.topics import Topics
 from agenthub.sdk.errors import ConfigError
-from agenthub.sdk.pb import registry_pb2, registry_pb2_grpc, threads_pb2, threads_pb2_grpc
+from agenthub.sdk.pb import (
+    operator_pb2,
+    operator_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+    threads_pb2,
+    threads_pb2_grpc,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -57,10 +66,19 @@ def open_log(settings: HubSettings) -> Log:
 
 
 def open_store(settings: HubSettings) -> ThreadStore:
-    """The configured thread store (not started)."""
+    """The configured thread store (not started): PostgreSQL or SQLite, by URL."""
+    url = settings.threads_url or ""
+    if url.startswith(("postgresql://", "postgres://")):
+        from agenthub.hub.threads.postgres import PostgresThreadStore
+
+        return PostgresThreadStore(url)
     from agenthub.hub.threads.sqlite import SqliteThreadStore
 
-    return SqliteThreadStore(settings.data_dir / "threads.db")
+    if not url:
+        return SqliteThreadStore(settings.data_dir / "threads.db")
+    if url.startswith("sqlite:///"):
+        return SqliteThreadStore(url.removeprefix("sqlite:///"))
+    raise ConfigError(f"unsupported threads URL {url!r}: use postgresql://... or sqlite:///path")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -85,6 +103,7 @@ class Hub(Lifecycle):
             self.log, topics.replies(settings.instance_id), fetch_wait_ms=settings.fetch_wait_ms
         )
         self.dispatcher = Dispatcher(self.log, self.registry, self.store, settings)
+        self.operator = Operator(self.log, self.store, self.registry, topics, self.replies.topic)
         self.handler = HubRequestHandler(
             self.log, self.registry, self.store, self.recorder, self.replies, settings
         )
@@ -128,13 +147,17 @@ class Hub(Lifecycle):
         )
         a2a_pb2_grpc.add_A2AServiceServicer_to_server(HubGrpcHandler(self.handler), server)
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(self.registry), server)
-        threads_pb2_grpc.add_ThreadServiceServicer_to_server(ThreadServicer(self.store), server)
+        threads_pb2_grpc.add_ThreadServiceServicer_to_server(
+            ThreadServicer(self.store, self.registry, self.operator), server
+        )
+        operator_pb2_grpc.add_OperatorServiceServicer_to_server(OperatorServicer(self.operator), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         names = [
             a2a_pb2.DESCRIPTOR.services_by_name["A2AService"].full_name,
             registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
             threads_pb2.DESCRIPTOR.services_by_name["ThreadService"].full_name,
+            operator_pb2.DESCRIPTOR.services_by_name["OperatorService"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         ]
         reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import TypeVar
 
 import grpc
 from a2a.server.request_handlers import GrpcHandler
@@ -10,12 +11,23 @@ from a2a.types import TaskState
 from a2a.utils.errors import A2AError
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from agenthub.hub import export
+from agenthub.hub.operator import Operator
 from agenthub.hub.registry import Registry
-from agenthub.hub.threads._base import MessageRow, StatusRow, TaskRow, ThreadStore, ThreadSummary
-from agenthub.sdk.errors import AgentHubError, ThreadNotFound, status_of
+from agenthub.hub.threads._base import (
+    MessageRow,
+    StatusRow,
+    TaskRow,
+    ThreadFilter,
+    ThreadStore,
+    ThreadSummary,
+)
+from agenthub.sdk.errors import AgentHubError, InvalidRequest, ThreadNotFound, status_of
 from agenthub.sdk.pb import registry_pb2 as reg
 from agenthub.sdk.pb import registry_pb2_grpc, threads_pb2_grpc
 from agenthub.sdk.pb import threads_pb2 as thr
+
+T = TypeVar("T")
 
 
 class HubGrpcHandler(GrpcHandler):
@@ -27,8 +39,43 @@ class HubGrpcHandler(GrpcHandler):
         await super().abort_context(error, context)
 
 
-async def _abort(context: grpc.aio.ServicerContext, error: AgentHubError) -> None:
+async def abort_with(context: grpc.aio.ServicerContext, error: AgentHubError) -> None:
     await context.abort(status_of(error).grpc, error.message)
+
+
+async def streamed(items: AsyncIterator[T], context: grpc.aio.ServicerContext) -> AsyncIterator[T]:
+    """A server stream whose AgentHub errors end the call with their mapped status."""
+    try:
+        async for item in items:
+            yield item
+    except AgentHubError as exc:
+        await abort_with(context, exc)
+
+
+def page_offset(token: str) -> int:
+    """The offset a page token stands for; InvalidRequest for a token we did not hand out."""
+    try:
+        offset = int(token or 0)
+    except ValueError:
+        raise InvalidRequest(f"invalid page_token {token!r}") from None
+    if offset < 0:
+        raise InvalidRequest(f"invalid page_token {token!r}")
+    return offset
+
+
+def thread_filter(request: thr.ListThreadsRequest) -> ThreadFilter:
+    """The store filter a listing (or export) request asks for."""
+    if request.state and request.state not in TaskState.keys():  # noqa: SIM118 - an enum wrapper, not a dict
+        raise InvalidRequest(
+            f"unknown state {request.state!r}: use an A2A TaskState name like TASK_STATE_FAILED"
+        )
+    return ThreadFilter(
+        agent=request.agent or None,
+        state=request.state or None,
+        text=request.text or None,
+        since=request.since.ToNanoseconds() / 1e9 if request.HasField("since") else None,
+        until=request.until.ToNanoseconds() / 1e9 if request.HasField("until") else None,
+    )
 
 
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
@@ -43,7 +90,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         try:
             agent = await self._registry.register(request.card_json, request.endpoint)
         except AgentHubError as exc:
-            await _abort(context, exc)
+            await abort_with(context, exc)
             raise
         return reg.RegisterAgentResponse(agent=agent.record)
 
@@ -53,7 +100,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         try:
             await self._registry.deregister(request.name)
         except AgentHubError as exc:
-            await _abort(context, exc)
+            await abort_with(context, exc)
         return reg.DeregisterAgentResponse()
 
     async def ListAgents(
@@ -67,7 +114,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         try:
             return self._registry.get(request.name).record
         except AgentHubError as exc:
-            await _abort(context, exc)
+            await abort_with(context, exc)
             raise
 
     async def Heartbeat(
@@ -76,7 +123,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         try:
             self._registry.heartbeat(request.name)
         except AgentHubError as exc:
-            await _abort(context, exc)
+            await abort_with(context, exc)
         return reg.HeartbeatResponse()
 
     async def WatchAgents(
@@ -142,22 +189,21 @@ def _status_pb(s: StatusRow) -> thr.StatusChange:
 class ThreadServicer(threads_pb2_grpc.ThreadServiceServicer):
     """agenthub.v1.ThreadService over the thread store."""
 
-    def __init__(self, store: ThreadStore) -> None:
+    def __init__(self, store: ThreadStore, registry: Registry, operator: Operator) -> None:
         self._store = store
+        self._registry = registry
+        self._operator = operator
 
     async def ListThreads(
         self, request: thr.ListThreadsRequest, context: grpc.aio.ServicerContext
     ) -> thr.ListThreadsResponse:
         size = request.page_size or 50
         try:
-            offset = int(request.page_token or 0)
-        except ValueError:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, f"invalid page_token {request.page_token!r}"
-            )
-        page = await self._store.list_threads(
-            agent=request.agent or None, limit=min(size, 500), offset=offset
-        )
+            where, offset = thread_filter(request), page_offset(request.page_token)
+        except AgentHubError as exc:
+            await abort_with(context, exc)
+            raise
+        page = await self._store.list_threads(where, limit=min(size, 500), offset=offset)
         return thr.ListThreadsResponse(
             threads=[summary_pb(t) for t in page.threads],
             next_page_token=str(page.next_offset) if page.next_offset is not None else "",
@@ -166,7 +212,7 @@ class ThreadServicer(threads_pb2_grpc.ThreadServiceServicer):
     async def GetThread(self, request: thr.GetThreadRequest, context: grpc.aio.ServicerContext) -> thr.Thread:
         messages = await self._store.thread_messages(request.context_id)
         if not messages:
-            await _abort(context, ThreadNotFound(f"no thread with id {request.context_id!r}"))
+            await abort_with(context, ThreadNotFound(f"no thread with id {request.context_id!r}"))
         tasks = await self._store.thread_tasks(request.context_id)
         agents = sorted(({m.recipient for m in messages} | {m.sender for m in messages}) - {"user"})
         summary = ThreadSummary(
@@ -182,3 +228,17 @@ class ThreadServicer(threads_pb2_grpc.ThreadServiceServicer):
             messages=[message_pb(m) for m in messages],
             tasks=[task_pb(t) for t in tasks],
         )
+
+    def ExportThreads(
+        self, request: thr.ExportThreadsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[thr.ExportLine]:
+        return streamed(self._export(request), context)
+
+    async def _export(self, request: thr.ExportThreadsRequest) -> AsyncIterator[thr.ExportLine]:
+        ids = await export.thread_ids(self._store, request.context_id, thread_filter(request.filter))
+        if request.format == thr.EXPORT_FORMAT_CHAT:
+            lines = export.chat_lines(self._store, self._registry, ids)
+        else:
+            lines = export.envelope_lines(self._operator, ids)
+        async for line in lines:
+            yield thr.ExportLine(json=line)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
@@ -45,3 +46,7 @@ class Topics:
         """Regex matching every topic the recorder projects into threads."""
         prefix = self.prefix.replace(".", r"\.")
         return rf"{prefix}\.(inbox|replies|dlq)\..+"
+
+    def is_routing(self, topic: str) -> bool:
+        """Whether a topic carries envelopes (inbox, replies or dead letters) under this prefix."""
+        return re.fullmatch(self.routing_pattern, topic) is not None

@@ -50,6 +50,12 @@ class ThreadNotFound(AgentHubError):
     message = "thread not found"
 
 
+class TopicNotFound(AgentHubError):
+    """No topic has that name."""
+
+    message = "topic not found"
+
+
 class AgentUnavailable(AgentHubError):
     """The agent could not be reached after the configured attempts."""
 
@@ -81,6 +87,7 @@ STATUS: dict[type[Exception], Status] = {
     MessageTooLarge: Status(grpc.StatusCode.INVALID_ARGUMENT, 413, 2),
     AgentNotFound: Status(grpc.StatusCode.NOT_FOUND, 404, 4),
     ThreadNotFound: Status(grpc.StatusCode.NOT_FOUND, 404, 4),
+    TopicNotFound: Status(grpc.StatusCode.NOT_FOUND, 404, 4),
     AgentUnavailable: Status(grpc.StatusCode.UNAVAILABLE, 503, 5),
     HubUnavailable: Status(grpc.StatusCode.UNAVAILABLE, 503, 5),
     ConfigError: Status(grpc.StatusCode.FAILED_PRECONDITION, 400, 2),

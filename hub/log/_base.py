@@ -128,3 +128,11 @@ class Log(Lifecycle, ABC):
     @abstractmethod
     async def read(self, tp: TopicPartition, start: int, limit: int) -> list[Record]:
         """Records of one partition from offset `start`, at most `limit` of them, without a group."""
+
+    @abstractmethod
+    async def offset_for_time(self, tp: TopicPartition, timestamp_ms: int) -> int:
+        """The first offset whose record is at or after `timestamp_ms` (the end offset if none is)."""
+
+    @abstractmethod
+    async def group_offsets(self) -> dict[str, dict[TopicPartition, int]]:
+        """Every consumer group's committed next-offsets."""

@@ -157,6 +157,18 @@ class EmbeddedLog(Log):
                 async for o, k, v, ts, h in cur
             ]
 
+    async def offset_for_time(self, tp: TopicPartition, timestamp_ms: int) -> int:
+        query = "SELECT MIN(offset) FROM records WHERE topic = ? AND partition = ? AND ts >= ?"
+        async with self.db.execute(query, (tp.topic, tp.partition, timestamp_ms)) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row and row[0] is not None else self.end(tp)
+
+    async def group_offsets(self) -> dict[str, dict[TopicPartition, int]]:
+        out: dict[str, dict[TopicPartition, int]] = {}
+        for (group, tp), offset in self._committed.items():
+            out.setdefault(group, {})[tp] = offset
+        return out
+
     async def commit_group(self, group: str, offsets: dict[TopicPartition, int]) -> None:
         """Persist a group's next-offsets (used by its consumers)."""
         for tp, offset in offsets.items():

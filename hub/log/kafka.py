@@ -192,6 +192,22 @@ class KafkaLog(Log):
         ends = await self._reader.end_offsets(partitions)
         return {tp.partition: offset for tp, offset in ends.items()}
 
+    async def offset_for_time(self, tp: TopicPartition, timestamp_ms: int) -> int:
+        assert self._reader is not None, "KafkaLog is not started"
+        theirs = _theirs(tp)
+        found = (await self._reader.offsets_for_times({theirs: timestamp_ms})).get(theirs)
+        if found is not None:
+            return int(found.offset)
+        return int((await self._reader.end_offsets([theirs]))[theirs])
+
+    async def group_offsets(self) -> dict[str, dict[TopicPartition, int]]:
+        assert self._admin is not None, "KafkaLog is not started"
+        out: dict[str, dict[TopicPartition, int]] = {}
+        for group, *_ in await self._admin.list_consumer_groups():
+            offsets = await self._admin.list_consumer_group_offsets(group)
+            out[group] = {_ours(tp): meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+        return out
+
     async def read(self, tp: TopicPartition, start: int, limit: int) -> list[Record]:
         """Records of one partition from `start`, at most `limit` of them (stops at the end)."""
         assert self._reader is not None, "KafkaLog is not started"

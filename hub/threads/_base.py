@@ -8,7 +8,9 @@ applied idempotently (keyed by envelope id); reads serve the A2A front and the t
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 from a2a.types import Task
 
@@ -87,6 +89,17 @@ class ThreadSummary:
     first_text: str
 
 
+@dataclass(frozen=True)
+class ThreadFilter:
+    """Which threads a listing or an export wants; unset fields match everything."""
+
+    agent: str | None = None  # threads in which this agent sent or received a message
+    state: str | None = None  # threads with a task in this state (e.g. "TASK_STATE_FAILED")
+    text: str | None = None  # threads with a message containing this text (case-insensitive)
+    since: float | None = None  # last activity at or after (epoch seconds)
+    until: float | None = None  # last activity before (epoch seconds)
+
+
 @dataclass
 class ThreadPage:
     threads: list[ThreadSummary]
@@ -114,6 +127,18 @@ class ThreadStore(Lifecycle, ABC):
         """Apply a projection unless its envelope was already applied; True if applied."""
 
     @abstractmethod
+    async def is_applied(self, envelope_id: str) -> bool:
+        """Whether the envelope was recorded (by any hub instance writing to this store)."""
+
+    @abstractmethod
+    async def wipe(self) -> None:
+        """Forget everything recorded (before a rebuild from the log); keeps the store id."""
+
+    @abstractmethod
+    def rows(self) -> AsyncIterator[tuple[str, tuple[Any, ...]]]:
+        """Every recorded row as (table, values), in a stable order: two stores compare row for row."""
+
+    @abstractmethod
     async def get_task(self, task_id: str) -> TaskRow | None:
         """A task's snapshot with its status history."""
 
@@ -130,8 +155,8 @@ class ThreadStore(Lifecycle, ABC):
         """Tasks, newest first, filtered."""
 
     @abstractmethod
-    async def list_threads(self, *, agent: str | None = None, limit: int = 50, offset: int = 0) -> ThreadPage:
-        """Threads, most recently updated first."""
+    async def list_threads(self, where: ThreadFilter, *, limit: int = 50, offset: int = 0) -> ThreadPage:
+        """Threads matching `where`, most recently updated first."""
 
     @abstractmethod
     async def thread_messages(self, context_id: str) -> list[MessageRow]:

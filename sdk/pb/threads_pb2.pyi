@@ -3,12 +3,22 @@ import datetime
 
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class ExportFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EXPORT_FORMAT_UNSPECIFIED: _ClassVar[ExportFormat]
+    EXPORT_FORMAT_ENVELOPES: _ClassVar[ExportFormat]
+    EXPORT_FORMAT_CHAT: _ClassVar[ExportFormat]
+EXPORT_FORMAT_UNSPECIFIED: ExportFormat
+EXPORT_FORMAT_ENVELOPES: ExportFormat
+EXPORT_FORMAT_CHAT: ExportFormat
 
 class ThreadMessage(_message.Message):
     __slots__ = ("message_id", "context_id", "task_id", "parent_task_id", "sender", "recipient", "role", "text", "message_json", "created_at", "topic", "partition", "offset", "traceparent")
@@ -89,14 +99,22 @@ class ThreadSummary(_message.Message):
     def __init__(self, context_id: _Optional[str] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., message_count: _Optional[int] = ..., agents: _Optional[_Iterable[str]] = ..., first_text: _Optional[str] = ...) -> None: ...
 
 class ListThreadsRequest(_message.Message):
-    __slots__ = ("page_size", "page_token", "agent")
+    __slots__ = ("page_size", "page_token", "agent", "state", "text", "since", "until")
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     AGENT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
     page_size: int
     page_token: str
     agent: str
-    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., agent: _Optional[str] = ...) -> None: ...
+    state: str
+    text: str
+    since: _timestamp_pb2.Timestamp
+    until: _timestamp_pb2.Timestamp
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., agent: _Optional[str] = ..., state: _Optional[str] = ..., text: _Optional[str] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., until: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ListThreadsResponse(_message.Message):
     __slots__ = ("threads", "next_page_token")
@@ -121,3 +139,19 @@ class Thread(_message.Message):
     messages: _containers.RepeatedCompositeFieldContainer[ThreadMessage]
     tasks: _containers.RepeatedCompositeFieldContainer[ThreadTask]
     def __init__(self, summary: _Optional[_Union[ThreadSummary, _Mapping]] = ..., messages: _Optional[_Iterable[_Union[ThreadMessage, _Mapping]]] = ..., tasks: _Optional[_Iterable[_Union[ThreadTask, _Mapping]]] = ...) -> None: ...
+
+class ExportThreadsRequest(_message.Message):
+    __slots__ = ("context_id", "filter", "format")
+    CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    context_id: str
+    filter: ListThreadsRequest
+    format: ExportFormat
+    def __init__(self, context_id: _Optional[str] = ..., filter: _Optional[_Union[ListThreadsRequest, _Mapping]] = ..., format: _Optional[_Union[ExportFormat, str]] = ...) -> None: ...
+
+class ExportLine(_message.Message):
+    __slots__ = ("json",)
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    json: str
+    def __init__(self, json: _Optional[str] = ...) -> None: ...

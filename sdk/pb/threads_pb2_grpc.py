@@ -45,6 +45,11 @@ class ThreadServiceStub:
                 request_serializer=agenthub_dot_v1_dot_threads__pb2.GetThreadRequest.SerializeToString,
                 response_deserializer=agenthub_dot_v1_dot_threads__pb2.Thread.FromString,
                 _registered_method=True)
+        self.ExportThreads = channel.unary_stream(
+                '/agenthub.v1.ThreadService/ExportThreads',
+                request_serializer=agenthub_dot_v1_dot_threads__pb2.ExportThreadsRequest.SerializeToString,
+                response_deserializer=agenthub_dot_v1_dot_threads__pb2.ExportLine.FromString,
+                _registered_method=True)
 
 
 class ThreadServiceServicer:
@@ -62,6 +67,12 @@ class ThreadServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ExportThreads(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ThreadServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -74,6 +85,11 @@ def add_ThreadServiceServicer_to_server(servicer, server):
                     servicer.GetThread,
                     request_deserializer=agenthub_dot_v1_dot_threads__pb2.GetThreadRequest.FromString,
                     response_serializer=agenthub_dot_v1_dot_threads__pb2.Thread.SerializeToString,
+            ),
+            'ExportThreads': grpc.unary_stream_rpc_method_handler(
+                    servicer.ExportThreads,
+                    request_deserializer=agenthub_dot_v1_dot_threads__pb2.ExportThreadsRequest.FromString,
+                    response_serializer=agenthub_dot_v1_dot_threads__pb2.ExportLine.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -130,6 +146,33 @@ class ThreadService:
             '/agenthub.v1.ThreadService/GetThread',
             agenthub_dot_v1_dot_threads__pb2.GetThreadRequest.SerializeToString,
             agenthub_dot_v1_dot_threads__pb2.Thread.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExportThreads(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/agenthub.v1.ThreadService/ExportThreads',
+            agenthub_dot_v1_dot_threads__pb2.ExportThreadsRequest.SerializeToString,
+            agenthub_dot_v1_dot_threads__pb2.ExportLine.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,0 +1,114 @@
+"""Threads for people and for training: export recorded threads as JSONL.
+
+Two formats: the raw envelopes of the selected threads, read back from the log (the replay
+schema), and the chat format used for fine-tuning: one conversation per task, system / user /
+assistant / tool turns, where an agent-to-agent hop is the callee's own conversation.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+from google.protobuf.json_format import MessageToDict
+
+from agenthub.hub.operator import Counter, Operator, replayed
+from agenthub.hub.registry import Registry
+from agenthub.hub.threads._base import MessageRow, TaskRow, ThreadFilter, ThreadStore
+from agenthub.sdk.errors import ThreadNotFound
+from agenthub.sdk.pb import operator_pb2 as op
+
+PAGE = 200
+
+
+async def thread_ids(store: ThreadStore, context_id: str, where: ThreadFilter) -> list[str]:
+    """The one thread asked for (ThreadNotFound if unknown), or every thread matching `where`."""
+    if context_id:
+        if not await store.thread_messages(context_id):
+            raise ThreadNotFound(f"no thread with id {context_id!r}")
+        return [context_id]
+    ids: list[str] = []
+    offset: int | None = 0
+    while offset is not None:
+        page = await store.list_threads(where, limit=PAGE, offset=offset)
+        ids += [t.context_id for t in page.threads]
+        offset = page.next_offset
+    return ids
+
+
+async def envelope_lines(operator: Operator, ids: list[str]) -> AsyncIterator[str]:
+    """Every envelope of the threads, in log order per partition, as replay prints them."""
+    wanted = set(ids)
+    async for item in operator.scan(op.Selection(), Counter(0)):
+        if item is not None and item.envelope is not None and item.envelope.context_id in wanted:
+            yield json.dumps(replay_json(replayed(item)))
+
+
+def replay_json(record: op.ReplayedRecord) -> dict[str, Any]:
+    """The stable JSONL schema of a replayed record (documented in the README)."""
+    return {
+        "topic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+        "timestamp": record.timestamp.ToJsonString(),
+        "key": record.key,
+        "headers": dict(record.headers),
+        "envelope": json.loads(record.envelope_json) if record.envelope_json else None,
+        **({"error": record.error} if record.error else {}),
+    }
+
+
+async def chat_lines(store: ThreadStore, registry: Registry, ids: list[str]) -> AsyncIterator[str]:
+    """One chat-format conversation per task of each thread."""
+    for context_id in ids:
+        messages = await store.thread_messages(context_id)
+        for task in await store.thread_tasks(context_id):
+            own = [m for m in messages if m.task_id == task.task_id]
+            yield json.dumps({"messages": conversation(task, own, registry), "metadata": _metadata(task)})
+
+
+def conversation(task: TaskRow, messages: list[MessageRow], registry: Registry) -> list[dict[str, Any]]:
+    """The task as the agent that ran it lived it: its card as system prompt, the request as the
+    user turn, its tool calls and results, and its answer."""
+    agent = registry.find(task.agent)
+    turns: list[dict[str, Any]] = []
+    if agent is not None:
+        turns.append({"role": "system", "content": f"You are {agent.name}: {agent.card.description}"})
+    for message in messages:
+        if message.sender != task.agent:
+            turns.append({"role": "user", "content": message.text})
+            continue
+        data = _data_part(message)
+        if "tool_call" in data:
+            call = data["tool_call"]
+            arguments = json.dumps(call.get("arguments", {}))
+            function = {"name": call.get("name", ""), "arguments": arguments}
+            tool_call = {"id": call.get("id", ""), "type": "function", "function": function}
+            turns.append({"role": "assistant", "content": None, "tool_calls": [tool_call]})
+        elif "tool_result" in data:
+            result = data["tool_result"]
+            turns.append(
+                {"role": "tool", "tool_call_id": result.get("id", ""), "content": result.get("content", "")}
+            )
+        else:
+            turns.append({"role": "assistant", "content": message.text})
+    return turns
+
+
+def _data_part(message: MessageRow) -> dict[str, Any]:
+    parsed = json.loads(message.message_json)
+    for part in parsed.get("parts", []):
+        if isinstance(part.get("data"), dict):
+            return dict(part["data"])
+    return {}
+
+
+def _metadata(task: TaskRow) -> dict[str, Any]:
+    return {
+        "context_id": task.context_id,
+        "task_id": task.task_id,
+        "agent": task.agent,
+        "parent_task_id": task.parent_task_id,
+        "state": MessageToDict(task.task.status).get("state", ""),
+    }

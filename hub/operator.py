@@ -1,0 +1,294 @@
+"""Operators' tools over the log: replay (read records back), rebuild the thread store, re-drive
+requests into an agent's inbox, and topic / consumer-group statistics.
+
+One implementation on either backend, behind the OperatorService and so behind `agenthub replay`.
+Everything that writes is a dry run unless asked to apply, and idempotent: rebuilding records
+only what the store lacks, and a re-driven request has an id derived from its original, so
+re-driving twice sends it once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from google.protobuf.json_format import MessageToJson
+from google.protobuf.message import DecodeError
+
+from agenthub.hub import envelopes
+from agenthub.hub.log._base import Log, Record, TopicPartition
+from agenthub.hub.recorder import record_into
+from agenthub.hub.registry import Registry
+from agenthub.hub.threads._base import ThreadStore
+from agenthub.hub.topics import Topics
+from agenthub.sdk.errors import InvalidRequest, TopicNotFound
+from agenthub.sdk.pb import operator_pb2 as op
+from agenthub.sdk.pb.envelope_pb2 import Envelope, Kind
+
+KINDS = {
+    "request": Kind.KIND_REQUEST,
+    "event": Kind.KIND_EVENT,
+    "cancel": Kind.KIND_CANCEL,
+    "dead_letter": Kind.KIND_DEAD_LETTER,
+}
+REDRIVABLE = frozenset({Kind.KIND_REQUEST, Kind.KIND_DEAD_LETTER})
+CHUNK = 500
+PROGRESS_EVERY_S = 0.2
+
+
+@dataclass(frozen=True)
+class Range:
+    """Offsets [start, end) of one partition."""
+
+    tp: TopicPartition
+    start: int
+    end: int
+
+
+@dataclass
+class Scanned:
+    """One record read back, with its envelope (None when it cannot be decoded)."""
+
+    record: Record
+    envelope: Envelope | None
+    error: str = ""
+
+
+class Counter:
+    """Progress of one operation, emitted at most every PROGRESS_EVERY_S seconds."""
+
+    def __init__(self, total: int, dry_run: bool = False) -> None:
+        self.progress = op.Progress(total=total, dry_run=dry_run)
+        self._last = 0.0
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now - self._last >= PROGRESS_EVERY_S:
+            self._last = now
+            return True
+        return False
+
+    def finished(self) -> op.Progress:
+        self.progress.done = True
+        return self.progress
+
+
+class Operator:
+    """Replay, rebuild, re-drive and stats over one hub's log and thread store.
+
+    Args:
+        log: the log backend.
+        store: the thread store (rebuild target; re-drive looks up what was already sent).
+        registry: registered agents (re-drive targets).
+        topics: topic naming.
+        reply_topic: where events of re-driven requests go (this instance's reply topic).
+    """
+
+    def __init__(
+        self, log: Log, store: ThreadStore, registry: Registry, topics: Topics, reply_topic: str
+    ) -> None:
+        self._log = log
+        self._store = store
+        self._registry = registry
+        self._topics = topics
+        self._reply_topic = reply_topic
+
+    # ---- reading ---------------------------------------------------------------------------
+
+    async def ranges(self, selection: op.Selection) -> list[Range]:
+        """The partition ranges a selection reads; InvalidRequest / TopicNotFound for bad ones."""
+        _check(selection)
+        existing = await self._log.list_topics()
+        names = list(selection.topics) or sorted(t for t in existing if self._topics.is_routing(t))
+        for name in names:
+            if name not in existing:
+                raise TopicNotFound(f"no topic named {name!r} (see `agenthub replay --stats`)")
+        out = []
+        for name in names:
+            ends = await self._log.end_offsets(name)
+            for partition, end in sorted(ends.items()):
+                if selection.HasField("partition") and partition != selection.partition:
+                    continue
+                out.append(await self._range(TopicPartition(name, partition), end, selection))
+        return out
+
+    async def _range(self, tp: TopicPartition, end: int, selection: op.Selection) -> Range:
+        start = selection.from_offset if selection.HasField("from_offset") else 0
+        stop = min(end, selection.to_offset) if selection.HasField("to_offset") else end
+        if selection.HasField("from_time"):
+            start = max(start, await self._log.offset_for_time(tp, selection.from_time.ToMilliseconds()))
+        if selection.HasField("to_time"):
+            stop = min(stop, await self._log.offset_for_time(tp, selection.to_time.ToMilliseconds()))
+        return Range(tp, start, max(start, stop))
+
+    async def scan(self, selection: op.Selection, counter: Counter) -> AsyncIterator[Scanned | None]:
+        """The selected records that pass the filters, in partition order; None = progress is due."""
+        for part in await self.ranges(selection):
+            position = part.start
+            while position < part.end:
+                batch = await self._log.read(part.tp, position, min(CHUNK, part.end - position))
+                if not batch:
+                    break
+                for record in batch:
+                    counter.progress.scanned += 1
+                    scanned = _decoded(record)
+                    if _matches(scanned, selection):
+                        counter.progress.matched += 1
+                        yield scanned
+                    if counter.due():
+                        yield None
+                position = batch[-1].offset + 1
+
+    async def replay(self, selection: op.Selection) -> AsyncIterator[op.ReplayEvent]:
+        """Every selected record, decoded, with progress along the way and at the end."""
+        counter = Counter(await _total(self, selection))
+        async for item in self.scan(selection, counter):
+            if item is None:
+                yield op.ReplayEvent(progress=counter.progress)
+            else:
+                yield op.ReplayEvent(record=replayed(item))
+        yield op.ReplayEvent(progress=counter.finished())
+
+    # ---- writing ---------------------------------------------------------------------------
+
+    async def rebuild(
+        self, selection: op.Selection, *, apply: bool, from_scratch: bool
+    ) -> AsyncIterator[op.Progress]:
+        """Record the selected records into the thread store (what it lacks), optionally from scratch."""
+        counter = Counter(await _total(self, selection), dry_run=not apply)
+        if apply and from_scratch:
+            await self._store.wipe()
+        async for item in self.scan(selection, counter):
+            if item is None:
+                yield counter.progress
+            elif item.envelope is not None:
+                await self._rebuild_one(item, counter, apply=apply, from_scratch=from_scratch)
+        yield counter.finished()
+
+    async def _rebuild_one(self, item: Scanned, counter: Counter, *, apply: bool, from_scratch: bool) -> None:
+        assert item.envelope is not None
+        if apply:
+            written = await record_into(self._store, item.record)
+        else:
+            written = from_scratch or not await self._store.is_applied(item.envelope.id)
+        if written:
+            counter.progress.written += 1
+        else:
+            counter.progress.skipped += 1
+
+    async def redrive(
+        self, selection: op.Selection, agent: str, *, apply: bool
+    ) -> AsyncIterator[op.Progress]:
+        """Send selected requests (or dead letters) to `agent`'s inbox again, as new attempts."""
+        self._registry.get(agent)  # AgentNotFound for a name nobody registered
+        counter = Counter(await _total(self, selection), dry_run=not apply)
+        async for item in self.scan(selection, counter):
+            if item is None:
+                yield counter.progress
+            elif item.envelope is not None and item.envelope.kind in REDRIVABLE:
+                await self._redrive_one(item.envelope, agent, counter, apply=apply)
+        yield counter.finished()
+
+    async def _redrive_one(self, original: Envelope, agent: str, counter: Counter, *, apply: bool) -> None:
+        again = self.redriven(original, agent)
+        if await self._store.is_applied(again.id):
+            counter.progress.skipped += 1
+            return
+        if apply:
+            await self._log.produce(
+                self._topics.inbox(agent), again.SerializeToString(), key=again.context_id.encode(),
+                headers=envelopes.headers(again),
+            )  # fmt: skip
+        counter.progress.written += 1
+
+    def redriven(self, original: Envelope, agent: str) -> Envelope:
+        """A new attempt of `original` for `agent`: same task and message, linked by causation id."""
+        again = Envelope()
+        again.CopyFrom(original)
+        again.id = envelopes.derived_id(original.id, f"redrive-{agent}")
+        again.kind = Kind.KIND_REQUEST
+        again.recipient = agent
+        again.attempt = original.attempt + 1
+        again.causation_id = original.id
+        again.reply_topic = self._reply_topic
+        again.created_at.CopyFrom(envelopes.now())
+        again.ClearField("error")
+        again.ClearField("deadline")
+        return again
+
+    # ---- stats -----------------------------------------------------------------------------
+
+    async def stats(self) -> op.TopicStatsResponse:
+        """Every topic under the prefix: partitions, records, and each group's committed offsets and lag."""
+        groups = await self._log.group_offsets()
+        out = op.TopicStatsResponse()
+        for name, partitions in sorted((await self._log.list_topics()).items()):
+            if not name.startswith(f"{self._topics.prefix}."):
+                continue
+            ends = await self._log.end_offsets(name)
+            stats = out.topics.add(topic=name, partitions=partitions, records=sum(ends.values()))
+            for group, offsets in sorted(groups.items()):
+                for tp, committed in sorted(offsets.items()):
+                    if tp.topic == name:
+                        lag = max(0, ends.get(tp.partition, 0) - committed)
+                        stats.groups.add(group=group, partition=tp.partition, committed=committed, lag=lag)
+        return out
+
+
+async def _total(operator: Operator, selection: op.Selection) -> int:
+    return sum(r.end - r.start for r in await operator.ranges(selection))
+
+
+def _check(selection: op.Selection) -> None:
+    if selection.kind and selection.kind not in KINDS:
+        raise InvalidRequest(f"unknown kind {selection.kind!r}: use one of {', '.join(KINDS)}")
+    if selection.HasField("from_offset") and selection.from_offset < 0:
+        raise InvalidRequest("from_offset must be 0 or more")
+    offsets = selection.HasField("from_offset") and selection.HasField("to_offset")
+    if offsets and selection.from_offset > selection.to_offset:
+        raise InvalidRequest(f"inverted offset range: {selection.from_offset} > {selection.to_offset}")
+    times = selection.HasField("from_time") and selection.HasField("to_time")
+    if times and selection.from_time.ToNanoseconds() > selection.to_time.ToNanoseconds():
+        start, end = selection.from_time.ToJsonString(), selection.to_time.ToJsonString()
+        raise InvalidRequest(f"inverted time range: {start} is after {end}")
+
+
+def _decoded(record: Record) -> Scanned:
+    try:
+        return Scanned(record, envelopes.decode(record))
+    except DecodeError as exc:
+        return Scanned(record, None, f"not an envelope: {exc}")
+
+
+def _matches(item: Scanned, selection: op.Selection) -> bool:
+    envelope = item.envelope
+    if envelope is None:  # unreadable records only show up in unfiltered reads
+        return not (selection.context_id or selection.agent or selection.sender or selection.kind)
+    return (
+        (not selection.context_id or envelope.context_id == selection.context_id)
+        and (not selection.agent or selection.agent in (envelope.sender, envelope.recipient))
+        and (not selection.sender or envelope.sender == selection.sender)
+        and (not selection.kind or envelope.kind == KINDS[selection.kind])
+        and (
+            not selection.HasField("from_time")
+            or item.record.timestamp_ms >= selection.from_time.ToMilliseconds()
+        )
+        and (
+            not selection.HasField("to_time") or item.record.timestamp_ms < selection.to_time.ToMilliseconds()
+        )
+    )
+
+
+def replayed(item: Scanned) -> op.ReplayedRecord:
+    """A scanned record as the operator service and `agenthub replay` show it."""
+    record = item.record
+    out = op.ReplayedRecord(
+        topic=record.topic, partition=record.partition, offset=record.offset,
+        key=(record.key or b"").decode(errors="replace"), error=item.error,
+        headers={k: v.decode(errors="replace") for k, v in record.headers},
+    )  # fmt: skip
+    out.timestamp.FromMilliseconds(record.timestamp_ms)
+    if item.envelope is not None:
+        out.envelope_json = MessageToJson(item.envelope, indent=None, preserving_proto_field_name=True)
+    return out

@@ -1,0 +1,223 @@
+"""The thread store written once in portable SQL; SQLite and PostgreSQL only supply a driver.
+
+Queries use `?` placeholders and only what both databases understand; the few differences
+(string aggregation, LEAST) come from the driver's `Dialect`. Schema changes are numbered
+migrations per database, applied in order at start and recorded in `schema_migrations`.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from a2a.types import Task, TaskState
+
+from agenthub.hub.threads._base import (
+    MessageRow,
+    Projection,
+    StatusRow,
+    TaskPage,
+    TaskRow,
+    ThreadFilter,
+    ThreadPage,
+    ThreadStore,
+    ThreadSummary,
+)
+
+MESSAGE_COLUMNS = (
+    "message_id, context_id, task_id, parent_task_id, sender, recipient, role, text, message_json,"
+    ' created_at, topic, "partition", "offset", traceparent'
+)
+TASK_COLUMNS = "task_id, context_id, agent, parent_task_id, state, created_at, updated_at, task"
+TABLES = ("applied", "messages", "tasks", "task_status")
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """The SQL that differs between the databases."""
+
+    group_concat: str  # format with {column}
+    least: str  # format with {a} and {b}
+
+
+class Executor(Protocol):
+    """One connection (or transaction) that runs statements."""
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run a statement; rows affected."""
+
+    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
+        """Run a query; all rows."""
+
+
+class SqlThreadStore(ThreadStore):
+    """Every query of the thread store; subclasses connect, migrate and open transactions."""
+
+    dialect: Dialect
+
+    @abstractmethod
+    def reader(self) -> Executor:
+        """An executor for reads."""
+
+    @abstractmethod
+    def transaction(self) -> AbstractAsyncContextManager[Executor]:
+        """An executor whose statements commit together, or not at all."""
+
+    async def _load_store_id(self, db: Executor, new_id: str) -> None:
+        await db.execute(
+            "INSERT INTO meta (key, value) VALUES ('store_id', ?) ON CONFLICT DO NOTHING", (new_id,)
+        )
+        rows = await db.fetch("SELECT value FROM meta WHERE key = 'store_id'")
+        self.store_id = str(rows[0][0])
+
+    # ---- writes ----------------------------------------------------------------------------
+
+    async def apply(self, projection: Projection) -> bool:
+        async with self.transaction() as db:
+            inserted = await db.execute(
+                "INSERT INTO applied (envelope_id) VALUES (?) ON CONFLICT DO NOTHING",
+                (projection.envelope_id,),
+            )
+            if not inserted:
+                return False
+            for m in projection.messages:
+                await db.execute(
+                    f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES ({', '.join('?' * 14)})"
+                    " ON CONFLICT DO NOTHING",
+                    (m.message_id, m.context_id, m.task_id, m.parent_task_id, m.sender, m.recipient, m.role,
+                     m.text, m.message_json, m.created_at, m.topic, m.partition, m.offset, m.traceparent),
+                )  # fmt: skip
+            if projection.task is not None:
+                await self._upsert_task(db, projection.task)
+            for s in projection.statuses:
+                await db.execute(
+                    "INSERT INTO task_status (task_id, state, text, at) VALUES (?, ?, ?, ?)",
+                    (s.task_id, s.state, s.text, s.at),
+                )
+        return True
+
+    async def _upsert_task(self, db: Executor, t: TaskRow) -> None:
+        earliest = self.dialect.least.format(a="tasks.created_at", b="excluded.created_at")
+        await db.execute(
+            f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (task_id) DO UPDATE SET"
+            f" state = excluded.state, updated_at = excluded.updated_at, task = excluded.task,"
+            f" created_at = {earliest}",
+            (t.task_id, t.context_id, t.agent, t.parent_task_id, TaskState.Name(t.task.status.state),
+             t.created_at, t.updated_at, t.task.SerializeToString()),
+        )  # fmt: skip
+
+    async def wipe(self) -> None:
+        async with self.transaction() as db:
+            for table in TABLES:
+                await db.execute(f"DELETE FROM {table}")
+
+    # ---- reads -----------------------------------------------------------------------------
+
+    async def is_applied(self, envelope_id: str) -> bool:
+        rows = await self.reader().fetch("SELECT 1 FROM applied WHERE envelope_id = ?", (envelope_id,))
+        return bool(rows)
+
+    async def get_task(self, task_id: str) -> TaskRow | None:
+        rows = await self.reader().fetch(f"SELECT {TASK_COLUMNS} FROM tasks WHERE task_id = ?", (task_id,))
+        if not rows:
+            return None
+        task = _task_row(rows[0])
+        task.history = await self._statuses(task_id)
+        return task
+
+    async def list_tasks(
+        self,
+        *,
+        agent: str | None = None,
+        context_id: str | None = None,
+        state: str | None = None,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> TaskPage:
+        used = {k: v for k, v in {"agent": agent, "context_id": context_id, "state": state}.items() if v}
+        where = (" WHERE " + " AND ".join(f"{k} = ?" for k in used)) if used else ""
+        params = tuple(used.values())
+        db = self.reader()
+        (total,) = (await db.fetch(f"SELECT COUNT(*) FROM tasks{where}", params))[0]
+        query = f"SELECT {TASK_COLUMNS} FROM tasks{where} ORDER BY updated_at DESC, task_id LIMIT ? OFFSET ?"
+        tasks = [_task_row(row) for row in await db.fetch(query, (*params, limit, offset))]
+        more = offset + len(tasks) < total
+        return TaskPage(tasks, int(total), offset + len(tasks) if more else None)
+
+    async def list_threads(self, where: ThreadFilter, *, limit: int = 50, offset: int = 0) -> ThreadPage:
+        having, params = _having(where)
+        state = " WHERE context_id IN (SELECT context_id FROM tasks WHERE state = ?)" if where.state else ""
+        query = (
+            "SELECT context_id, MIN(created_at), MAX(created_at), COUNT(*),"
+            f" {self.dialect.group_concat.format(column='recipient')} FROM messages{state}"
+            f" GROUP BY context_id{having} ORDER BY MAX(created_at) DESC, context_id LIMIT ? OFFSET ?"
+        )
+        db = self.reader()
+        rows = await db.fetch(query, (*([where.state] if where.state else []), *params, limit + 1, offset))
+        threads = []
+        for ctx, started, updated, count, agents in rows[:limit]:
+            first = await db.fetch(
+                "SELECT text FROM messages WHERE context_id = ? ORDER BY created_at, seq LIMIT 1", (ctx,)
+            )
+            names = sorted(a for a in (agents or "").split(",") if a and a != "user")
+            threads.append(
+                ThreadSummary(ctx, started, updated, int(count), names, first[0][0] if first else "")
+            )
+        return ThreadPage(threads, offset + limit if len(rows) > limit else None)
+
+    async def thread_messages(self, context_id: str) -> list[MessageRow]:
+        query = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE context_id = ? ORDER BY created_at, seq"
+        return [MessageRow(*row) for row in await self.reader().fetch(query, (context_id,))]
+
+    async def thread_tasks(self, context_id: str) -> list[TaskRow]:
+        query = f"SELECT {TASK_COLUMNS} FROM tasks WHERE context_id = ? ORDER BY created_at, task_id"
+        tasks = [_task_row(row) for row in await self.reader().fetch(query, (context_id,))]
+        for task in tasks:
+            task.history = await self._statuses(task.task_id)
+        return tasks
+
+    async def rows(self) -> AsyncIterator[tuple[str, tuple[Any, ...]]]:
+        db = self.reader()
+        queries = {
+            "applied": "SELECT envelope_id FROM applied ORDER BY envelope_id",
+            "messages": f"SELECT {MESSAGE_COLUMNS} FROM messages ORDER BY message_id",
+            "tasks": f"SELECT {TASK_COLUMNS} FROM tasks ORDER BY task_id",
+            "task_status": "SELECT task_id, state, text, at FROM task_status ORDER BY task_id, at, state",
+        }
+        for table, query in queries.items():
+            for row in await db.fetch(query):
+                yield table, tuple(bytes(v) if isinstance(v, memoryview) else v for v in row)
+
+    async def _statuses(self, task_id: str) -> list[StatusRow]:
+        query = "SELECT task_id, state, text, at FROM task_status WHERE task_id = ? ORDER BY at, seq"
+        return [StatusRow(*row) for row in await self.reader().fetch(query, (task_id,))]
+
+
+def _having(where: ThreadFilter) -> tuple[str, list[Any]]:
+    """HAVING clauses (and their parameters) for the per-thread filters."""
+    clauses: list[str] = []
+    params: list[Any] = []
+    if where.agent:
+        clauses.append("SUM(CASE WHEN recipient = ? OR sender = ? THEN 1 ELSE 0 END) > 0")
+        params += [where.agent, where.agent]
+    if where.text:
+        clauses.append("SUM(CASE WHEN LOWER(text) LIKE ? THEN 1 ELSE 0 END) > 0")
+        params.append(f"%{where.text.lower()}%")
+    if where.since is not None:
+        clauses.append("MAX(created_at) >= ?")
+        params.append(where.since)
+    if where.until is not None:
+        clauses.append("MAX(created_at) < ?")
+        params.append(where.until)
+    return (" HAVING " + " AND ".join(clauses) if clauses else ""), params
+
+
+def _task_row(row: Sequence[Any]) -> TaskRow:
+    _, _, agent, parent, _, created, updated, blob = row
+    task = Task()
+    task.ParseFromString(bytes(blob))
+    return TaskRow(task, agent, parent, created, updated)
