@@ -19,7 +19,9 @@ import typer
 from pydantic import ValidationError
 
 from agenthub.hub import render
-from agenthub.sdk.errors import AgentHubError, ConfigError, status_of
+from agenthub.sdk.errors import AgentHubError, ConfigError, InvalidRequest, status_of
+from agenthub.sdk.pb import operator_pb2 as op
+from agenthub.sdk.pb import threads_pb2 as thr
 
 app = typer.Typer(
     help="AgentHub: a self-hosted multi-agent A2A hub.",
@@ -231,25 +233,59 @@ def send(
 # ---- threads --------------------------------------------------------------------------------
 
 
+StateOpt = Annotated[str, typer.Option(help="only threads with a task in this state (e.g. failed)")]
+SinceOpt = Annotated[str, typer.Option(help="only threads active in the last DURATION (90s, 15m, 2h, 1d)")]
+FromOpt = Annotated[str, typer.Option("--from", help="only threads active at or after this ISO time")]
+ToOpt = Annotated[str, typer.Option("--to", help="only threads active before this ISO time")]
+AgentOpt = Annotated[str, typer.Option(help="only threads involving this agent")]
+SearchOpt = Annotated[str, typer.Option("--search", help="only threads with a message containing this text")]
+
+
+def thread_filter(
+    agent: str, state: str, search: str, since: str, start: str, end: str
+) -> thr.ListThreadsRequest:
+    """The listing request the filter options ask for."""
+    from agenthub.hub import timespec
+
+    request = thr.ListThreadsRequest(agent=agent, text=search)
+    if state:
+        request.state = (
+            state.upper() if state.upper().startswith("TASK_STATE_") else f"TASK_STATE_{state.upper()}"
+        )
+    if since and start:
+        raise InvalidRequest("use --since or --from, not both")
+    if since or start:
+        request.since.CopyFrom(timespec.ago(since) if since else timespec.moment(start))
+    if end:
+        request.until.CopyFrom(timespec.moment(end))
+    return request
+
+
 @threads_app.command("list")
 def threads_list(
-    agent: Annotated[str, typer.Option(help="only threads involving this agent")] = "",
+    agent: AgentOpt = "",
+    state: StateOpt = "",
+    search: SearchOpt = "",
+    since: SinceOpt = "",
+    start: FromOpt = "",
+    end: ToOpt = "",
     limit: Annotated[int, typer.Option(min=1, max=500, help="how many")] = 20,
     page: Annotated[str, typer.Option(help="page token from a previous listing")] = "",
     hub: HubOpt = DEFAULT_HUB,
     json: JsonOpt = False,
 ) -> None:
-    """List threads, most recent first."""
+    """List threads, most recent first, filtered by agent, state, text and time."""
     from agenthub.sdk import HubClient
 
     async def main() -> None:
+        where = thread_filter(agent, state, search, since, start, end)
         async with HubClient(hub) as client:
-            reply = await client.list_threads(agent=agent, page_size=limit, page_token=page)
+            reply = await client.list_threads(where, page_size=limit, page_token=page)
         if json:
             render.print_json(render.as_json(reply))
             return
         if not reply.threads:
-            typer.echo("no threads yet")
+            typer.echo("no threads match" if where.ListFields() else "no threads yet")
             return
         render.console.print(render.threads_table(list(reply.threads)))
         if reply.next_page_token:
@@ -270,6 +306,114 @@ def threads_show(context_id: str, hub: HubOpt = DEFAULT_HUB, json: JsonOpt = Fal
             render.print_json(render.as_json(thread))
         else:
             render.console.print(render.thread_tree(thread))
+
+    run(main())
+
+
+@threads_app.command("export")
+def threads_export(
+    context_id: Annotated[
+        str, typer.Argument(help="one thread; without it, every thread the filters select")
+    ] = "",
+    format: Annotated[
+        str, typer.Option("--format", help="envelopes (raw, from the log) or chat")
+    ] = "envelopes",
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="write to this file, not stdout")
+    ] = None,
+    agent: AgentOpt = "",
+    state: StateOpt = "",
+    search: SearchOpt = "",
+    since: SinceOpt = "",
+    start: FromOpt = "",
+    end: ToOpt = "",
+    hub: HubOpt = DEFAULT_HUB,
+) -> None:
+    """Export threads as JSONL: raw envelopes, or the chat format used for fine-tuning."""
+    from agenthub.sdk import HubClient
+
+    formats = {"envelopes": thr.EXPORT_FORMAT_ENVELOPES, "chat": thr.EXPORT_FORMAT_CHAT}
+    if format not in formats:
+        fail(InvalidRequest(f"unknown format {format!r}: use envelopes or chat"))
+
+    async def main() -> int:
+        request = thr.ExportThreadsRequest(
+            context_id=context_id, format=formats[format],
+            filter=thread_filter(agent, state, search, since, start, end),
+        )  # fmt: skip
+        count = 0
+        with render.output(output) as out:
+            async with HubClient(hub) as client:
+                async for line in client.export_threads(request):
+                    out.write(line + "\n")
+                    count += 1
+        return count
+
+    count = run(main())
+    typer.echo(f"exported {count} lines" + (f" to {output}" if output else ""), err=True)
+
+
+# ---- operators ------------------------------------------------------------------------------
+
+
+@app.command()
+def replay(
+    topic: Annotated[
+        list[str] | None, typer.Option(help="topic to read (repeatable) [default: every routing topic]")
+    ] = None,
+    partition: Annotated[int | None, typer.Option(min=0, help="only this partition")] = None,
+    from_offset: Annotated[int | None, typer.Option(min=0, help="first offset (per partition)")] = None,
+    to_offset: Annotated[int | None, typer.Option(min=0, help="stop before this offset")] = None,
+    since: Annotated[str, typer.Option(help="records of the last DURATION (90s, 15m, 2h, 1d)")] = "",
+    start: Annotated[str, typer.Option("--from", help="records at or after this ISO time")] = "",
+    end: Annotated[str, typer.Option("--to", help="records before this ISO time")] = "",
+    thread: Annotated[str, typer.Option(help="only this thread (context id)")] = "",
+    agent: Annotated[str, typer.Option(help="only envelopes from or to this agent")] = "",
+    sender: Annotated[str, typer.Option(help="only envelopes from this sender")] = "",
+    kind: Annotated[str, typer.Option(help="only request, event, cancel or dead_letter")] = "",
+    rebuild_threads: Annotated[bool, typer.Option(help="record the selection into the thread store")] = False,
+    from_scratch: Annotated[bool, typer.Option(help="with --rebuild-threads: wipe the store first")] = False,
+    redrive: Annotated[str, typer.Option(help="send selected requests / dead letters to AGENT again")] = "",
+    apply: Annotated[
+        bool, typer.Option(help="really write (rebuild, redrive); without it: a dry run")
+    ] = False,
+    stats: Annotated[bool, typer.Option(help="show topics, end offsets and consumer-group lag")] = False,
+    hub: HubOpt = DEFAULT_HUB,
+) -> None:
+    """Read routing topics back: print JSONL, rebuild the thread store, or re-drive requests."""
+    from agenthub.hub import replaying, timespec
+    from agenthub.sdk import HubClient
+
+    if rebuild_threads and redrive:
+        fail(InvalidRequest("use --rebuild-threads or --redrive, not both"))
+    if since and start:
+        fail(InvalidRequest("use --since or --from, not both"))
+    try:
+        selection = op.Selection(
+            topics=topic or [], context_id=thread, agent=agent, sender=sender, kind=kind,
+            from_time=timespec.ago(since) if since else (timespec.moment(start) if start else None),
+            to_time=timespec.moment(end) if end else None,
+        )  # fmt: skip
+    except AgentHubError as exc:
+        fail(exc)
+    for field, value in (("partition", partition), ("from_offset", from_offset), ("to_offset", to_offset)):
+        if value is not None:
+            setattr(selection, field, value)
+
+    async def main() -> None:
+        async with HubClient(hub) as client:
+            if stats:
+                render.console.print(render.stats_table(await client.topic_stats()))
+            elif rebuild_threads:
+                await replaying.follow(
+                    client.rebuild(selection, apply=apply, from_scratch=from_scratch), "rebuild"
+                )
+            elif redrive:
+                await replaying.follow(
+                    client.redrive(selection, redrive, apply=apply), f"redrive to {redrive}"
+                )
+            else:
+                await replaying.print_records(client.replay(selection))
 
     run(main())
 

@@ -221,11 +221,14 @@ class Operator:
 
     async def stats(self) -> op.TopicStatsResponse:
         """Every topic under the prefix: partitions, records, and each group's committed offsets and lag."""
-        groups = await self._log.group_offsets()
+        topics = {
+            n: p
+            for n, p in (await self._log.list_topics()).items()
+            if n.startswith(f"{self._topics.prefix}.")
+        }
+        groups = await self._log.group_offsets(list(topics))
         out = op.TopicStatsResponse()
-        for name, partitions in sorted((await self._log.list_topics()).items()):
-            if not name.startswith(f"{self._topics.prefix}."):
-                continue
+        for name, partitions in sorted(topics.items()):
             ends = await self._log.end_offsets(name)
             stats = out.topics.add(topic=name, partitions=partitions, records=sum(ends.values()))
             for group, offsets in sorted(groups.items()):

@@ -20,25 +20,27 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
     def __init__(self, operator: Operator) -> None:
         self._operator = operator
 
-    def Replay(
+    async def Replay(
         self, request: op.ReplayRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[op.ReplayEvent]:
-        return streamed(self._operator.replay(request.selection), context)
+        async for event in streamed(self._operator.replay(request.selection), context):
+            yield event
 
-    def Rebuild(
+    async def Rebuild(
         self, request: op.RebuildRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[op.Progress]:
         rebuild = self._operator.rebuild(
             request.selection, apply=request.apply, from_scratch=request.from_scratch
         )
-        return streamed(rebuild, context)
+        async for progress in streamed(rebuild, context):
+            yield progress
 
-    def Redrive(
+    async def Redrive(
         self, request: op.RedriveRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[op.Progress]:
-        return streamed(
-            self._operator.redrive(request.selection, request.agent, apply=request.apply), context
-        )
+        redrive = self._operator.redrive(request.selection, request.agent, apply=request.apply)
+        async for progress in streamed(redrive, context):
+            yield progress
 
     async def TopicStats(
         self, request: op.TopicStatsRequest, context: grpc.aio.ServicerContext

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import Any
+from pathlib import Path
+from typing import Any, TextIO
 
 from a2a.types import Message, StreamResponse, Task, TaskState
 from google.protobuf.json_format import MessageToDict
@@ -16,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
+from agenthub.sdk.pb import operator_pb2 as op
 from agenthub.sdk.pb import registry_pb2 as reg
 from agenthub.sdk.pb import threads_pb2 as thr
 
@@ -53,6 +57,33 @@ def agents_table(agents: list[reg.AgentRecord]) -> Table:
             agent.name, agent.state, agent.endpoint, card.get("description", ""), when(agent.last_heartbeat)
         )
     return table
+
+
+def stats_table(stats: op.TopicStatsResponse) -> Table:
+    table = Table(box=None, pad_edge=False)
+    for column in ("TOPIC", "PARTITIONS", "RECORDS", "GROUP", "COMMITTED", "LAG"):
+        table.add_column(column, no_wrap=True)
+    for topic in stats.topics:
+        table.add_row(topic.topic, str(topic.partitions), str(topic.records), "", "", "")
+        by_group: dict[str, tuple[int, int]] = {}
+        for g in topic.groups:
+            committed, lag = by_group.get(g.group, (0, 0))
+            by_group[g.group] = (committed + g.committed, lag + g.lag)
+        for group, (committed, lag) in sorted(by_group.items()):
+            table.add_row("", "", "", group, str(committed), str(lag))
+    return table
+
+
+@contextlib.contextmanager
+def output(path: Path | None) -> Iterator[TextIO]:
+    """A file to write (created with its folder), or stdout."""
+    if path is None:
+        yield sys.stdout
+        sys.stdout.flush()
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as handle:
+        yield handle
 
 
 def threads_table(threads: list[thr.ThreadSummary]) -> Table:

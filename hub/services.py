@@ -229,10 +229,11 @@ class ThreadServicer(threads_pb2_grpc.ThreadServiceServicer):
             tasks=[task_pb(t) for t in tasks],
         )
 
-    def ExportThreads(
+    async def ExportThreads(
         self, request: thr.ExportThreadsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[thr.ExportLine]:
-        return streamed(self._export(request), context)
+        async for line in streamed(self._export(request), context):
+            yield line
 
     async def _export(self, request: thr.ExportThreadsRequest) -> AsyncIterator[thr.ExportLine]:
         ids = await export.thread_ids(self._store, request.context_id, thread_filter(request.filter))

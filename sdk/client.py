@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from types import TracebackType
-from typing import Self
+from typing import Self, TypeVar
 
 import grpc
 from a2a.types import (
@@ -26,9 +26,12 @@ from a2a.types import (
 )
 
 from agenthub.sdk.errors import from_grpc
+from agenthub.sdk.pb import operator_pb2 as op
+from agenthub.sdk.pb import operator_pb2_grpc, registry_pb2_grpc, threads_pb2_grpc
 from agenthub.sdk.pb import registry_pb2 as reg
-from agenthub.sdk.pb import registry_pb2_grpc, threads_pb2_grpc
 from agenthub.sdk.pb import threads_pb2 as thr
+
+T = TypeVar("T")
 
 
 class HubClient:
@@ -141,11 +144,8 @@ class HubClient:
         stub = a2a_pb2_grpc.A2AServiceStub(self.channel)
         request = text_request(agent, text, context_id=context_id)
         call = stub.SendStreamingMessage(request, metadata=self._metadata(parent_task_id), timeout=timeout)
-        try:
-            async for event in call:
-                yield event
-        except grpc.aio.AioRpcError as exc:
-            raise from_grpc(exc) from None
+        async for event in _streamed(call):
+            yield event
 
     async def get_task(self, agent: str, task_id: str) -> Task:
         stub = a2a_pb2_grpc.A2AServiceStub(self.channel)
@@ -163,12 +163,55 @@ class HubClient:
     # ---- threads -------------------------------------------------------------------------
 
     async def list_threads(
-        self, *, agent: str = "", page_size: int = 50, page_token: str = ""
+        self,
+        where: thr.ListThreadsRequest | None = None,
+        *,
+        agent: str = "",
+        page_size: int = 50,
+        page_token: str = "",
     ) -> thr.ListThreadsResponse:
+        """Threads, most recent first: all, those of `agent`, or those matching `where` (any filter)."""
         stub = threads_pb2_grpc.ThreadServiceStub(self.channel)
-        request = thr.ListThreadsRequest(agent=agent, page_size=page_size, page_token=page_token)
+        request = thr.ListThreadsRequest()
+        request.CopyFrom(where or thr.ListThreadsRequest(agent=agent))
+        request.page_size, request.page_token = page_size, page_token
         response: thr.ListThreadsResponse = await _call(stub.ListThreads(request, timeout=self.timeout))
         return response
+
+    def export_threads(self, request: thr.ExportThreadsRequest) -> AsyncIterator[str]:
+        """JSON lines of the selected threads, in the requested format."""
+        stub = threads_pb2_grpc.ThreadServiceStub(self.channel)
+        return _lines(_streamed(stub.ExportThreads(request)))
+
+    # ---- operators -----------------------------------------------------------------------
+
+    def replay(self, selection: op.Selection) -> AsyncIterator[op.ReplayEvent]:
+        """Read selected records of the routing topics back, with progress events."""
+        stub = operator_pb2_grpc.OperatorServiceStub(self.channel)
+        return _streamed(stub.Replay(op.ReplayRequest(selection=selection)))
+
+    def rebuild(
+        self, selection: op.Selection, *, apply: bool = False, from_scratch: bool = False
+    ) -> AsyncIterator[op.Progress]:
+        """Rebuild the thread store from the log (a dry run unless `apply`)."""
+        stub = operator_pb2_grpc.OperatorServiceStub(self.channel)
+        request = op.RebuildRequest(selection=selection, apply=apply, from_scratch=from_scratch)
+        return _streamed(stub.Rebuild(request))
+
+    def redrive(
+        self, selection: op.Selection, agent: str, *, apply: bool = False
+    ) -> AsyncIterator[op.Progress]:
+        """Send selected requests or dead letters to `agent`'s inbox again (a dry run unless `apply`)."""
+        stub = operator_pb2_grpc.OperatorServiceStub(self.channel)
+        return _streamed(stub.Redrive(op.RedriveRequest(selection=selection, agent=agent, apply=apply)))
+
+    async def topic_stats(self) -> op.TopicStatsResponse:
+        """Topics with their records, and each consumer group's committed offsets and lag."""
+        stub = operator_pb2_grpc.OperatorServiceStub(self.channel)
+        stats: op.TopicStatsResponse = await _call(
+            stub.TopicStats(op.TopicStatsRequest(), timeout=self.timeout)
+        )
+        return stats
 
     async def get_thread(self, context_id: str) -> thr.Thread:
         stub = threads_pb2_grpc.ThreadServiceStub(self.channel)
@@ -188,6 +231,20 @@ def text_request(
     if task_id:
         message.task_id = task_id
     return SendMessageRequest(tenant=agent, message=message)
+
+
+async def _streamed(call: AsyncIterator[T]) -> AsyncIterator[T]:
+    """A server stream whose failure becomes an AgentHub error."""
+    try:
+        async for item in call:
+            yield item
+    except grpc.aio.AioRpcError as exc:
+        raise from_grpc(exc) from None
+
+
+async def _lines(lines: AsyncIterator[thr.ExportLine]) -> AsyncIterator[str]:
+    async for line in lines:
+        yield line.json
 
 
 async def _call(awaitable):  # type: ignore[no-untyped-def]

@@ -56,8 +56,30 @@ def log_settings(backend: str, request: pytest.FixtureRequest) -> dict[str, obje
     }
 
 
+POSTGRES = os.environ.get("AGENTHUB_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def threads_url(request: pytest.FixtureRequest) -> AsyncIterator[str | None]:
+    """The thread store: SQLite in the data dir, or a fresh database on the real PostgreSQL server
+    ($AGENTHUB_TEST_POSTGRES, default the machine's server on 127.0.0.1:5432)."""
+    if request.param == "sqlite":
+        yield None
+        return
+    import asyncpg
+
+    name = f"agenthub_{uuid.uuid4().hex[:12]}"
+    admin = await asyncpg.connect(POSTGRES)
+    try:
+        await admin.execute(f"CREATE DATABASE {name}")
+        yield POSTGRES.rsplit("/", 1)[0] + f"/{name}"
+        await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
+    finally:
+        await admin.close()
+
+
 @pytest.fixture
-def hub_settings(log_settings: dict[str, object]) -> Callable[..., HubSettings]:
+def hub_settings(log_settings: dict[str, object], threads_url: str | None) -> Callable[..., HubSettings]:
     """Settings for a test hub on the test's backend: free ports, fast retries, no health checks."""
 
     def make(data_dir: Path, **overrides: object) -> HubSettings:
@@ -68,6 +90,7 @@ def hub_settings(log_settings: dict[str, object]) -> Callable[..., HubSettings]:
             "retry_backoff_s": 0.05,
             "health_interval_s": 0,
             "instance_id": f"test{uuid.uuid4().hex[:6]}",
+            "threads_url": threads_url,
             **log_settings,
         }
         values.update(overrides)

@@ -125,7 +125,8 @@ async def test_routing_metadata_travels_in_record_headers(tmp_path, hub_settings
 
 def env_of(settings: HubSettings) -> dict[str, str]:
     """Environment that gives a `agenthub serve` process the same backend settings."""
-    keys = ("log", "bootstrap", "topic_prefix", "kafka_session_timeout_ms", "retry_backoff_s", "max_attempts")
+    keys = ("log", "bootstrap", "topic_prefix", "kafka_session_timeout_ms", "retry_backoff_s", "max_attempts",
+            "threads_url")  # fmt: skip
     values = settings.model_dump()
     return {f"AGENTHUB_{k.upper()}": str(values[k]) for k in keys if values.get(k) is not None}
 

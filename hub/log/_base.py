@@ -134,5 +134,5 @@ class Log(Lifecycle, ABC):
         """The first offset whose record is at or after `timestamp_ms` (the end offset if none is)."""
 
     @abstractmethod
-    async def group_offsets(self) -> dict[str, dict[TopicPartition, int]]:
-        """Every consumer group's committed next-offsets."""
+    async def group_offsets(self, topics: Sequence[str]) -> dict[str, dict[TopicPartition, int]]:
+        """Every consumer group's committed next-offsets in these topics."""

@@ -163,10 +163,12 @@ class EmbeddedLog(Log):
             row = await cur.fetchone()
         return int(row[0]) if row and row[0] is not None else self.end(tp)
 
-    async def group_offsets(self) -> dict[str, dict[TopicPartition, int]]:
+    async def group_offsets(self, topics: Sequence[str]) -> dict[str, dict[TopicPartition, int]]:
+        wanted = set(topics)
         out: dict[str, dict[TopicPartition, int]] = {}
         for (group, tp), offset in self._committed.items():
-            out.setdefault(group, {})[tp] = offset
+            if tp.topic in wanted:
+                out.setdefault(group, {})[tp] = offset
         return out
 
     async def commit_group(self, group: str, offsets: dict[TopicPartition, int]) -> None:

@@ -196,17 +196,38 @@ class KafkaLog(Log):
         assert self._reader is not None, "KafkaLog is not started"
         theirs = _theirs(tp)
         found = (await self._reader.offsets_for_times({theirs: timestamp_ms})).get(theirs)
-        if found is not None:
+        # Some brokers answer "none" with an offset whose timestamp is before the one asked for.
+        if found is not None and found.offset >= 0 and found.timestamp >= timestamp_ms:
             return int(found.offset)
         return int((await self._reader.end_offsets([theirs]))[theirs])
 
-    async def group_offsets(self) -> dict[str, dict[TopicPartition, int]]:
+    async def group_offsets(self, topics: Sequence[str]) -> dict[str, dict[TopicPartition, int]]:
         assert self._admin is not None, "KafkaLog is not started"
+        partitions = [KafkaTopicPartition(t, p) for t in topics for p in sorted(await self._partitions(t))]
         out: dict[str, dict[TopicPartition, int]] = {}
         for group, *_ in await self._admin.list_consumer_groups():
-            offsets = await self._admin.list_consumer_group_offsets(group)
-            out[group] = {_ours(tp): meta.offset for tp, meta in offsets.items() if meta.offset >= 0}
+            committed = await self._committed(group, partitions)
+            if committed:
+                out[group] = committed
         return out
+
+    async def _committed(
+        self, group: str, partitions: list[KafkaTopicPartition]
+    ) -> dict[TopicPartition, int]:
+        """A group's commits, asked as a (non-joining) member of it: the admin client's OffsetFetch
+        is not understood by every Kafka-protocol broker, a consumer's is."""
+        member = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, client_id=self.client_id, group_id=group,
+                                  enable_auto_commit=False)  # fmt: skip
+        await member.start()
+        try:
+            out = {}
+            for tp in partitions:
+                offset = await member.committed(tp)
+                if offset is not None and offset >= 0:
+                    out[_ours(tp)] = int(offset)
+            return out
+        finally:
+            await member.stop()
 
     async def read(self, tp: TopicPartition, start: int, limit: int) -> list[Record]:
         """Records of one partition from `start`, at most `limit` of them (stops at the end)."""
