@@ -85,7 +85,10 @@ def serve(
     http_port: Annotated[int | None, typer.Option(help="HTTP port for agent cards [default: 8080]")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="data folder [default: .agenthub]")] = None,
     log: Annotated[str | None, typer.Option("--log", help="log backend: embedded or kafka")] = None,
-    bootstrap: Annotated[str | None, typer.Option(help="Kafka bootstrap servers")] = None,
+    bootstrap: Annotated[str | None, typer.Option(help="Kafka bootstrap servers host:port[,...]")] = None,
+    threads_url: Annotated[
+        str | None, typer.Option(help="thread store: postgresql://user@host/db [default: SQLite in data dir]")
+    ] = None,
     default_agent: Annotated[str | None, typer.Option(help="agent for requests without a tenant")] = None,
     json_logs: Annotated[bool, typer.Option(help="log JSON lines")] = False,
 ) -> None:
@@ -102,6 +105,7 @@ def serve(
         log=log,
         bootstrap=bootstrap,
         default_agent=default_agent,
+        threads_url=threads_url,
     )
 
     async def main() -> None:

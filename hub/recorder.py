@@ -41,7 +41,7 @@ class Recorder(Lifecycle):
         self._consumer: Consumer | None = None
         self._task: asyncio.Task[None] | None = None
         self._recorded: dict[TopicPartition, int] = {}
-        self._progress = asyncio.Condition()
+        self._advanced = asyncio.Event()  # set (and replaced) each time recording moves forward
 
     async def start(self) -> None:
         self._consumer = self._log.consumer(
@@ -73,8 +73,8 @@ class Recorder(Lifecycle):
         try:
             async with asyncio.timeout(timeout):
                 if self._consumer is not None and record.tp in self._consumer.assignment():
-                    async with self._progress:
-                        await self._progress.wait_for(done)
+                    while not done():
+                        await self._advanced.wait()
                 else:
                     await self._until_in_store(envelopes.decode(record).id)
         except TimeoutError:
@@ -97,9 +97,9 @@ class Recorder(Lifecycle):
                 await self._record(record)
             offsets = {r.tp: r.offset + 1 for r in records}
             await self._consumer.commit(offsets)
-            async with self._progress:
-                self._recorded.update(offsets)
-                self._progress.notify_all()
+            self._recorded.update(offsets)
+            self._advanced.set()
+            self._advanced = asyncio.Event()
 
     async def _record(self, record: Record) -> None:
         try:

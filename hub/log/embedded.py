@@ -64,7 +64,7 @@ class EmbeddedLog(Log):
         self._pending: list[tuple[str, tuple[Any, ...], asyncio.Future[None]]] = []
         self._writer: asyncio.Task[None] | None = None
         self._wake_writer = asyncio.Event()
-        self._appended = asyncio.Condition()
+        self._changed = asyncio.Event()
         self._groups: dict[str, list[EmbeddedConsumer]] = {}
         self._topic_lock = asyncio.Lock()
 
@@ -108,8 +108,7 @@ class EmbeddedLog(Log):
             count = partitions or self.default_partitions
             await self._write("INSERT OR IGNORE INTO topics VALUES (?, ?, ?)", (topic, count, int(compacted)))
             self._topics[topic] = count
-        async with self._appended:
-            self._appended.notify_all()
+        self._signal()
 
     async def produce(
         self, topic: str, value: bytes, key: bytes | None = None, headers: Headers = ()
@@ -124,8 +123,7 @@ class EmbeddedLog(Log):
             "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?)",
             (topic, tp.partition, offset, key, value, record.timestamp_ms, _encode_headers(headers)),
         )
-        async with self._appended:
-            self._appended.notify_all()
+        self._signal()
         return record
 
     def consumer(
@@ -189,11 +187,13 @@ class EmbeddedLog(Log):
     def topics(self) -> dict[str, int]:
         return self._topics
 
-    async def wait_for_append(self, timeout: float) -> None:
-        """Sleep until something is appended or a topic created, or until timeout."""
-        async with self._appended:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._appended.wait(), timeout)
+    def changed(self) -> asyncio.Event:
+        """An event the next append or topic creation sets: take it *before* looking for records."""
+        return self._changed
+
+    def _signal(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     async def join(self, group: str, member: EmbeddedConsumer) -> None:
         """Add a member; the others first give up (drain and commit) what moves to it."""
@@ -323,11 +323,13 @@ class EmbeddedConsumer(Consumer):
     async def getmany(self, timeout_ms: int | None = None, max_records: int = 500) -> list[Record]:
         deadline = time.monotonic() + (timeout_ms if timeout_ms is not None else 1000) / 1000
         while True:
+            changed = self._log.changed()
             records = await self._fetch(max_records)
             remaining = deadline - time.monotonic()
             if records or remaining <= 0:
                 return records
-            await self._log.wait_for_append(remaining)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), remaining)
 
     async def _fetch(self, max_records: int) -> list[Record]:
         assigned = self.assignment()

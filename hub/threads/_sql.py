@@ -107,7 +107,7 @@ class SqlThreadStore(ThreadStore):
             f" state = excluded.state, updated_at = excluded.updated_at, task = excluded.task,"
             f" created_at = {earliest}",
             (t.task_id, t.context_id, t.agent, t.parent_task_id, TaskState.Name(t.task.status.state),
-             t.created_at, t.updated_at, t.task.SerializeToString()),
+             t.created_at, t.updated_at, t.task.SerializeToString(deterministic=True)),
         )  # fmt: skip
 
     async def wipe(self) -> None:
