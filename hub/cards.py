@@ -1,6 +1,9 @@
-"""Agent cards as the hub publishes them: the agent's own card, reachable through the hub."""
+"""Agent cards as the hub publishes them: the agent's own card, reachable through the hub on
+every binding (gRPC with tenant = name, JSON-RPC and HTTP+JSON under /agents/<name>/)."""
 
 from __future__ import annotations
+
+import hashlib
 
 from a2a.types import AgentCard, AgentInterface
 from a2a.utils.constants import PROTOCOL_VERSION_CURRENT, TransportProtocol
@@ -8,19 +11,50 @@ from a2a.utils.constants import PROTOCOL_VERSION_CURRENT, TransportProtocol
 from agenthub.hub.config import HubSettings
 
 
-def hub_card(card: AgentCard, settings: HubSettings, grpc_port: int | None = None) -> AgentCard:
-    """The card with its interfaces replaced by the hub's gRPC endpoint, tenant = agent name."""
-    out = AgentCard()
-    out.CopyFrom(card)
-    del out.supported_interfaces[:]
-    out.supported_interfaces.append(
-        AgentInterface(
-            url=f"{settings.card_host}:{grpc_port or settings.port}",
-            protocol_binding=TransportProtocol.GRPC.value,
-            tenant=card.name,
-            protocol_version=PROTOCOL_VERSION_CURRENT,
-        )
-    )
-    out.capabilities.streaming = True
-    out.capabilities.push_notifications = False
-    return out
+class CardPublisher:
+    """Rewrites agents' cards so every interface points at this hub.
+
+    Args:
+        settings: hub settings (the host written into cards).
+        grpc_port / http_port: the ports the hub listens on.
+    """
+
+    def __init__(self, settings: HubSettings, grpc_port: int, http_port: int) -> None:
+        self._host = settings.card_host
+        self._grpc_port = grpc_port
+        self._http_port = http_port
+
+    def base_url(self, name: str) -> str:
+        """Where an agent's HTTP heads and card live on this hub."""
+        return f"http://{self._host}:{self._http_port}/agents/{name}"
+
+    def publish(self, card: AgentCard) -> AgentCard:
+        """The card with its interfaces replaced by the hub's: gRPC first, then JSON-RPC, HTTP+JSON."""
+        out = AgentCard()
+        out.CopyFrom(card)
+        del out.supported_interfaces[:]
+        base = self.base_url(card.name)
+        out.supported_interfaces.extend(
+            [
+                AgentInterface(
+                    url=f"{self._host}:{self._grpc_port}", protocol_binding=TransportProtocol.GRPC.value,
+                    tenant=card.name, protocol_version=PROTOCOL_VERSION_CURRENT,
+                ),
+                AgentInterface(
+                    url=f"{base}/", protocol_binding=TransportProtocol.JSONRPC.value,
+                    protocol_version=PROTOCOL_VERSION_CURRENT,
+                ),
+                AgentInterface(
+                    url=base, protocol_binding=TransportProtocol.HTTP_JSON.value,
+                    protocol_version=PROTOCOL_VERSION_CURRENT,
+                ),
+            ]
+        )  # fmt: skip
+        out.capabilities.streaming = True
+        out.capabilities.push_notifications = False
+        return out
+
+
+def etag(card: AgentCard) -> str:
+    """A strong validator of a published card's content."""
+    return '"' + hashlib.sha256(card.SerializeToString(deterministic=True)).hexdigest()[:32] + '"'

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncGenerator
+from typing import Any
 
 from a2a.server.context import ServerCallContext
 from a2a.server.events.event_queue import Event
@@ -36,16 +37,18 @@ from a2a.types import (
     TaskState,
     TaskStatus,
 )
+from a2a.utils.constants import PROTOCOL_VERSION_CURRENT, VERSION_HEADER
 from a2a.utils.errors import (
     InvalidParamsError,
     PushNotificationNotSupportedError,
     TaskNotCancelableError,
     TaskNotFoundError,
     UnsupportedOperationError,
+    VersionNotSupportedError,
 )
 
 from agenthub.hub import envelopes, task_events
-from agenthub.hub.cards import hub_card
+from agenthub.hub.cards import CardPublisher
 from agenthub.hub.config import HubSettings
 from agenthub.hub.log._base import Log, Record
 from agenthub.hub.recorder import Recorder
@@ -60,6 +63,7 @@ ID = re.compile(r"^[A-Za-z0-9._:~@+=/-]{1,128}$")
 SENDER_HEADER = "agenthub-sender"
 PARENT_HEADER = "agenthub-parent-task"
 MAX_PAGE = 100
+PATH_AGENT = "agenthub_path_agent"  # context state key: the agent named by an HTTP head's URL
 
 
 class HubRequestHandler(RequestHandler):
@@ -72,6 +76,7 @@ class HubRequestHandler(RequestHandler):
         recorder: the local recorder (read-your-writes waits).
         replies: this instance's reply router.
         settings: hub settings.
+        cards: publishes agents' cards with this hub's interfaces.
     """
 
     def __init__(
@@ -82,8 +87,10 @@ class HubRequestHandler(RequestHandler):
         recorder: Recorder,
         replies: ReplyRouter,
         settings: HubSettings,
+        cards: CardPublisher,
     ) -> None:
         self._log = log
+        self._cards = cards
         self._registry = registry
         self._store = store
         self._recorder = recorder
@@ -125,14 +132,14 @@ class HubRequestHandler(RequestHandler):
     async def on_subscribe_to_task(
         self, params: SubscribeToTaskRequest, context: ServerCallContext
     ) -> AsyncGenerator[Event]:
-        row = await self._owned_task(params.id, params.tenant)
+        row = await self._owned_task(params.id, self._route(params, context))
         if row.task.status.state in task_events.TERMINAL:
             raise UnsupportedOperationError(
                 f"task {params.id} is already {TaskState.Name(row.task.status.state)}"
             )
         waiter = self._replies.open(params.id)
         try:
-            yield (await self._owned_task(params.id, params.tenant)).task
+            yield (await self._owned_task(params.id, self._route(params, context))).task
             async for event, _ in self._until_turn_ends(waiter):
                 yield _payload(event)
         finally:
@@ -141,7 +148,7 @@ class HubRequestHandler(RequestHandler):
     async def _submit(
         self, params: SendMessageRequest, context: ServerCallContext
     ) -> tuple[Waiter, Record, str]:
-        agent = self._agent_name(params.tenant)
+        agent = self._agent_name(self._route(params, context))
         self._validate(params)
         message = params.message
         parent = _header(context, PARENT_HEADER)
@@ -197,6 +204,16 @@ class HubRequestHandler(RequestHandler):
             if task_events.ends_call(event):
                 return
 
+    def _route(self, params: Any, context: ServerCallContext) -> str:
+        """The agent a request names (its `tenant`, or the agent in the URL of an HTTP head), after
+        checking the A2A-Version it asks for: absent means current, another major is refused."""
+        version = _header(context, VERSION_HEADER.lower())
+        if version and version.split(".")[0] != PROTOCOL_VERSION_CURRENT.split(".")[0]:
+            raise VersionNotSupportedError(
+                f"A2A version {version!r} is not supported; this hub speaks {PROTOCOL_VERSION_CURRENT}"
+            )
+        return str(getattr(params, "tenant", "") or context.state.get(PATH_AGENT, "") or context.tenant)
+
     def _agent_name(self, tenant: str) -> str:
         name = tenant or self._settings.default_agent
         if not name:
@@ -222,11 +239,12 @@ class HubRequestHandler(RequestHandler):
     # ---- reading -------------------------------------------------------------------------
 
     async def on_get_task(self, params: GetTaskRequest, context: ServerCallContext) -> Task | None:
-        row = await self._owned_task(params.id, params.tenant)
+        row = await self._owned_task(params.id, self._route(params, context))
         return _shaped(row.task, params.history_length if params.HasField("history_length") else None, True)
 
     async def on_list_tasks(self, params: ListTasksRequest, context: ServerCallContext) -> ListTasksResponse:
-        agent = self._agent_name(params.tenant) if params.tenant else None
+        tenant = self._route(params, context)
+        agent = self._agent_name(tenant) if tenant else None
         size = params.page_size if params.HasField("page_size") else 50
         if not 1 <= size <= MAX_PAGE:
             raise InvalidParamsError(f"page_size must be between 1 and {MAX_PAGE}")
@@ -248,7 +266,7 @@ class HubRequestHandler(RequestHandler):
         )
 
     async def on_cancel_task(self, params: CancelTaskRequest, context: ServerCallContext) -> Task | None:
-        row = await self._owned_task(params.id, params.tenant)
+        row = await self._owned_task(params.id, self._route(params, context))
         if row.task.status.state in task_events.TERMINAL:
             raise TaskNotCancelableError(
                 f"task {params.id} is already {TaskState.Name(row.task.status.state)}"
@@ -268,7 +286,7 @@ class HubRequestHandler(RequestHandler):
                 await self._cancel_queued(row)
         finally:
             waiter.close()
-        return (await self._owned_task(params.id, params.tenant)).task
+        return (await self._owned_task(params.id, self._route(params, context))).task
 
     async def _canceled_by_dispatcher(self, waiter: Waiter, timeout: float = 3.0) -> bool:
         try:
@@ -324,8 +342,8 @@ class HubRequestHandler(RequestHandler):
     async def on_get_extended_agent_card(
         self, params: GetExtendedAgentCardRequest, context: ServerCallContext
     ) -> AgentCard:
-        agent = self._registry.get(self._agent_name(params.tenant))
-        return hub_card(agent.card, self._settings)
+        agent = self._registry.get(self._agent_name(self._route(params, context)))
+        return self._cards.publish(agent.card)
 
     async def on_create_task_push_notification_config(
         self, params: TaskPushNotificationConfig, context: ServerCallContext

@@ -123,11 +123,16 @@ class Registry(Lifecycle):
         stamp = Timestamp()
         stamp.GetCurrentTime()
         previous = self._agents.get(card.name)
+        card_json = MessageToJson(card, indent=None)
+        unchanged = previous is not None and (previous.record.card_json, previous.endpoint) == (
+            card_json,
+            endpoint,
+        )
         record = AgentRecord(
             name=card.name,
-            card_json=MessageToJson(card, indent=None),
+            card_json=card_json,
             endpoint=endpoint,
-            registered_at=previous.record.registered_at if previous else stamp,
+            registered_at=previous.record.registered_at if previous and unchanged else stamp,
             last_heartbeat=stamp,
             state="up",
         )

@@ -17,6 +17,7 @@ from a2a.types import a2a_pb2, a2a_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from agenthub.hub.cards import CardPublisher
 from agenthub.hub.config import HubSettings
 from agenthub.hub.dispatcher import Dispatcher
 from agenthub.hub.front import HubRequestHandler
@@ -104,8 +105,9 @@ class Hub(Lifecycle):
         )
         self.dispatcher = Dispatcher(self.log, self.registry, self.store, settings)
         self.operator = Operator(self.log, self.store, self.registry, topics, self.replies.topic)
+        self.cards = CardPublisher(settings, self.grpc_port, self.http_port)
         self.handler = HubRequestHandler(
-            self.log, self.registry, self.store, self.recorder, self.replies, settings
+            self.log, self.registry, self.store, self.recorder, self.replies, settings, self.cards
         )
         self._parts: list[Lifecycle] = [
             self.log,
@@ -169,7 +171,7 @@ class Hub(Lifecycle):
         self._grpc = server
 
     async def _start_http(self) -> None:
-        app = http_app(self.registry, self.settings, self.grpc_port)
+        app = http_app(self.handler, self.registry, self.cards, max_body=self.settings.max_message_bytes * 2)
         config = uvicorn.Config(
             app, host=self.settings.host, port=self.http_port, log_level="warning", lifespan="off"
         )

@@ -17,6 +17,7 @@ from a2a.utils.errors import (
     TaskNotCancelableError,
     TaskNotFoundError,
     UnsupportedOperationError,
+    VersionNotSupportedError,
 )
 
 
@@ -79,26 +80,39 @@ class Status(NamedTuple):
 
     grpc: grpc.StatusCode
     http: int
+    jsonrpc: int
+    reason: str
     exit_code: int
 
 
+# JSON-RPC codes: the A2A v1 specification's where it defines one; AgentHub's own errors use
+# the server range -32040..-32059 (A2A reserves -32001..-32009).
 STATUS: dict[type[Exception], Status] = {
-    InvalidRequest: Status(grpc.StatusCode.INVALID_ARGUMENT, 400, 2),
-    MessageTooLarge: Status(grpc.StatusCode.INVALID_ARGUMENT, 413, 2),
-    AgentNotFound: Status(grpc.StatusCode.NOT_FOUND, 404, 4),
-    ThreadNotFound: Status(grpc.StatusCode.NOT_FOUND, 404, 4),
-    TopicNotFound: Status(grpc.StatusCode.NOT_FOUND, 404, 4),
-    AgentUnavailable: Status(grpc.StatusCode.UNAVAILABLE, 503, 5),
-    HubUnavailable: Status(grpc.StatusCode.UNAVAILABLE, 503, 5),
-    ConfigError: Status(grpc.StatusCode.FAILED_PRECONDITION, 400, 2),
-    AgentHubError: Status(grpc.StatusCode.INTERNAL, 500, 1),
+    InvalidRequest: Status(grpc.StatusCode.INVALID_ARGUMENT, 400, -32602, "INVALID_PARAMS", 2),
+    MessageTooLarge: Status(grpc.StatusCode.INVALID_ARGUMENT, 413, -32602, "MESSAGE_TOO_LARGE", 2),
+    AgentNotFound: Status(grpc.StatusCode.NOT_FOUND, 404, -32040, "AGENT_NOT_FOUND", 4),
+    ThreadNotFound: Status(grpc.StatusCode.NOT_FOUND, 404, -32041, "THREAD_NOT_FOUND", 4),
+    TopicNotFound: Status(grpc.StatusCode.NOT_FOUND, 404, -32042, "TOPIC_NOT_FOUND", 4),
+    AgentUnavailable: Status(grpc.StatusCode.UNAVAILABLE, 503, -32050, "AGENT_UNAVAILABLE", 5),
+    HubUnavailable: Status(grpc.StatusCode.UNAVAILABLE, 503, -32051, "HUB_UNAVAILABLE", 5),
+    ConfigError: Status(grpc.StatusCode.FAILED_PRECONDITION, 400, -32052, "INVALID_CONFIGURATION", 2),
+    AgentHubError: Status(grpc.StatusCode.INTERNAL, 500, -32603, "INTERNAL_ERROR", 1),
     # a2a-sdk's own errors, as the A2A v1 specification maps them.
-    TaskNotFoundError: Status(grpc.StatusCode.NOT_FOUND, 404, 4),
-    TaskNotCancelableError: Status(grpc.StatusCode.FAILED_PRECONDITION, 400, 2),
-    InvalidParamsError: Status(grpc.StatusCode.INVALID_ARGUMENT, 400, 2),
-    InvalidRequestError: Status(grpc.StatusCode.INVALID_ARGUMENT, 400, 2),
-    UnsupportedOperationError: Status(grpc.StatusCode.FAILED_PRECONDITION, 400, 2),
+    TaskNotFoundError: Status(grpc.StatusCode.NOT_FOUND, 404, -32001, "TASK_NOT_FOUND", 4),
+    TaskNotCancelableError: Status(
+        grpc.StatusCode.FAILED_PRECONDITION, 400, -32002, "TASK_NOT_CANCELABLE", 2
+    ),
+    UnsupportedOperationError: Status(
+        grpc.StatusCode.FAILED_PRECONDITION, 400, -32004, "UNSUPPORTED_OPERATION", 2
+    ),
+    VersionNotSupportedError: Status(
+        grpc.StatusCode.FAILED_PRECONDITION, 400, -32009, "VERSION_NOT_SUPPORTED", 2
+    ),
+    InvalidParamsError: Status(grpc.StatusCode.INVALID_ARGUMENT, 400, -32602, "INVALID_PARAMS", 2),
+    InvalidRequestError: Status(grpc.StatusCode.INVALID_ARGUMENT, 400, -32600, "INVALID_REQUEST", 2),
 }
+
+AGENTHUB_ERRORS = [cls for cls in STATUS if issubclass(cls, AgentHubError)]
 
 
 def status_of(error: BaseException) -> Status:
@@ -106,7 +120,7 @@ def status_of(error: BaseException) -> Status:
     for cls in type(error).__mro__:
         if cls in STATUS:
             return STATUS[cls]
-    return Status(grpc.StatusCode.INTERNAL, 500, 1)
+    return STATUS[AgentHubError]
 
 
 _BY_GRPC_CODE: dict[grpc.StatusCode, type[AgentHubError]] = {

@@ -124,11 +124,12 @@ async def reference_agents(hub: Hub) -> AsyncIterator[dict[str, Agent]]:
         yield agents
 
 
-async def stock_client(hub: Hub, agent: str, *, streaming: bool) -> Client:
-    """A client built with a2a-sdk alone from the card the hub serves over HTTP."""
+async def stock_client(hub: Hub, agent: str, *, streaming: bool, binding: str = "GRPC") -> Client:
+    """A client built with a2a-sdk alone from the card the hub serves over HTTP, on one binding."""
     config = ClientConfig(
         streaming=streaming,
-        supported_protocol_bindings=["GRPC"],
+        supported_protocol_bindings=[binding],
+        use_client_preference=True,
         grpc_channel_factory=grpc.aio.insecure_channel,
     )
     return await ClientFactory(config).create_from_url(f"{hub.http_url}/agents/{agent}")

@@ -35,10 +35,11 @@ async def collect(client, request) -> list[StreamResponse]:  # type: ignore[no-u
 async def test_card_names_the_hub_and_tenant(hub):
     client = await stock_client(hub, "triage", streaming=False)
     card = await client.get_extended_agent_card(__import__("a2a.types").types.GetExtendedAgentCardRequest())
-    (interface,) = card.supported_interfaces
+    interface = card.supported_interfaces[0]
     assert interface.url == hub.address
     assert interface.tenant == "triage"
     assert interface.protocol_binding == "GRPC"
+    assert [i.protocol_binding for i in card.supported_interfaces] == ["GRPC", "JSONRPC", "HTTP+JSON"]
     await client.close()
 
 
