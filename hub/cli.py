@@ -180,6 +180,27 @@ def agents_list(hub: HubOpt = DEFAULT_HUB, json: JsonOpt = False) -> None:
     run(main())
 
 
+@agents_app.command("register")
+def agents_register(
+    url: Annotated[str, typer.Argument(help="the agent's base URL or its card URL")],
+    name: Annotated[str, typer.Option(help="register under this name instead of the card's")] = "",
+    hub: HubOpt = DEFAULT_HUB,
+    json: JsonOpt = False,
+) -> None:
+    """Register any A2A agent by URL: the hub fetches its card and calls it over its best binding."""
+    from agenthub.sdk import HubClient
+
+    async def main() -> None:
+        async with HubClient(hub) as client:
+            record = await client.register_url(url, name=name)
+        if json:
+            render.print_json(render.as_json(record))
+        else:
+            typer.echo(f"registered {record.name} ({record.binding} {record.endpoint})")
+
+    run(main())
+
+
 @agents_app.command("deregister")
 def agents_deregister(name: str, hub: HubOpt = DEFAULT_HUB) -> None:
     """Remove an agent from the registry."""

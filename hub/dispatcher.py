@@ -14,32 +14,24 @@ import contextlib
 import functools
 from collections.abc import Awaitable, Callable
 
-import grpc
 import structlog
-from a2a.types import CancelTaskRequest, SendMessageRequest, StreamResponse, TaskState, a2a_pb2_grpc
+from a2a.types import SendMessageRequest, StreamResponse, TaskState
 from google.protobuf.message import DecodeError
 
 from agenthub.hub import envelopes, task_events
 from agenthub.hub.config import HubSettings
+from agenthub.hub.connections import AgentCallFailed, Connections
 from agenthub.hub.log._base import Consumer, Lifecycle, Log, Record, TopicPartition
 from agenthub.hub.offsets import OffsetTracker
 from agenthub.hub.registry import Registry
 from agenthub.hub.threads._base import ThreadStore
 from agenthub.hub.topics import Topics
+from agenthub.sdk._aio import cancel_and_wait
 from agenthub.sdk.pb.envelope_pb2 import Envelope, Kind
 from agenthub.sdk.pb.registry_pb2 import AgentChange
 
 log = structlog.get_logger(__name__)
 
-TRANSIENT = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        grpc.StatusCode.ABORTED,
-        grpc.StatusCode.INTERNAL,
-        grpc.StatusCode.UNKNOWN,
-    }
-)
 Emit = Callable[[StreamResponse], Awaitable[None]]
 
 
@@ -67,7 +59,7 @@ class Dispatcher(Lifecycle):
         self._running: dict[str, tuple[asyncio.Task[None], str]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._control: Consumer | None = None
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._connections = Connections()
 
     async def start(self) -> None:
         await self._log.ensure_topic(self._topics.control, partitions=1)
@@ -79,25 +71,12 @@ class Dispatcher(Lifecycle):
         ]
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        for worker in list(self._workers.values()):
-            await worker.stop()
+        await cancel_and_wait(*self._tasks)
+        await asyncio.gather(*(worker.stop() for worker in self._workers.values()))
         self._workers.clear()
         if self._control is not None:
             await self._control.stop()
-        for channel in self._channels.values():
-            await channel.close()
-        self._channels.clear()
-
-    def channel(self, endpoint: str) -> grpc.aio.Channel:
-        """A shared channel to an agent endpoint."""
-        if endpoint not in self._channels:
-            self._channels[endpoint] = grpc.aio.insecure_channel(endpoint)
-        return self._channels[endpoint]
+        await self._connections.stop()
 
     async def _follow_registry(self) -> None:
         async for change in self._registry.watch():
@@ -130,9 +109,7 @@ class Dispatcher(Lifecycle):
         call, agent = running
         registered = self._registry.find(agent)
         if registered is not None:  # tell the agent too; its call is canceled either way
-            stub = a2a_pb2_grpc.A2AServiceStub(self.channel(registered.endpoint))
-            with contextlib.suppress(grpc.aio.AioRpcError):
-                await stub.CancelTask(CancelTaskRequest(id=envelope.task_id), timeout=2)
+            await self._connections.to(registered.record, registered.card).cancel(envelope.task_id)
         call.cancel()
 
     async def deliver(self, agent: str, envelope: Envelope, request: SendMessageRequest) -> None:
@@ -178,9 +155,9 @@ class Dispatcher(Lifecycle):
             emitter.begin_attempt(envelope.attempt + attempt)
             try:
                 reason = await self._call(agent, envelope, request, emitter)
-            except grpc.aio.AioRpcError as exc:
-                last_error = f"{exc.code().name}: {exc.details()}"
-                if exc.code() not in TRANSIENT:
+            except AgentCallFailed as exc:
+                last_error = str(exc)
+                if not exc.transient:
                     reason = f"agent {agent!r} rejected the request: {last_error}"
                 else:
                     log.warning(
@@ -209,17 +186,18 @@ class Dispatcher(Lifecycle):
         registered = self._registry.find(agent)
         if registered is None:
             return f"agent {agent!r} was deregistered before it could answer"
-        stub = a2a_pb2_grpc.A2AServiceStub(self.channel(registered.endpoint))
-        outgoing = _for_agent(request, envelope)
+        connection = self._connections.to(registered.record, registered.card)
         metadata = (("agenthub-sender", envelope.sender), ("traceparent", envelope.traceparent))
-        stream = stub.SendStreamingMessage(
-            outgoing, metadata=tuple(m for m in metadata if m[1]), timeout=self._settings.agent_call_timeout_s
+        events = connection.stream(
+            _for_agent(request, envelope),
+            tuple(m for m in metadata if m[1]),
+            self._settings.agent_call_timeout_s,
         )
-        async for event in stream:
-            await emitter.emit(task_events.retarget(event, envelope.task_id, envelope.context_id))
-            if task_events.ends_call(event):
-                stream.cancel()
-                return ""
+        async with contextlib.aclosing(events):
+            async for event in events:
+                await emitter.emit(task_events.retarget(event, envelope.task_id, envelope.context_id))
+                if task_events.ends_call(event):
+                    return ""
         return f"agent {agent!r} ended its stream without a final task state"
 
     async def _dead_letter(self, agent: str, envelope: Envelope, reason: str) -> None:
@@ -254,6 +232,9 @@ def _for_agent(request: SendMessageRequest, envelope: Envelope) -> SendMessageRe
     outgoing.CopyFrom(request)
     outgoing.tenant = ""
     outgoing.message.context_id = envelope.context_id
+    outgoing.message.task_id = (
+        ""  # the hub's task id means nothing to the agent: each hop starts its own task
+    )
     outgoing.configuration.return_immediately = False
     outgoing.metadata.update(
         {
@@ -340,11 +321,8 @@ class AgentWorker(Lifecycle):
 
     async def stop(self) -> None:
         """Stop fetching, let in-flight requests finish, commit, release."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         if self._chains:
             await asyncio.gather(*self._chains.values(), return_exceptions=True)
         await self._commit()

@@ -9,7 +9,6 @@ replays are harmless: projections are keyed by envelope id). Readers that need r
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import structlog
 from google.protobuf.message import DecodeError
@@ -19,6 +18,7 @@ from agenthub.hub.log._base import Consumer, Lifecycle, Log, Record, TopicPartit
 from agenthub.hub.projection import project
 from agenthub.hub.threads._base import ThreadStore
 from agenthub.hub.topics import Topics
+from agenthub.sdk._aio import cancel_and_wait
 
 log = structlog.get_logger(__name__)
 
@@ -51,11 +51,8 @@ class Recorder(Lifecycle):
         self._task = asyncio.create_task(self._run(), name="recorder")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None

@@ -8,21 +8,21 @@ topic at start and follows it; liveness (heartbeats, health checks) is kept in m
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import grpc
 import structlog
 from a2a.types import AgentCard
 from google.protobuf.json_format import MessageToJson, Parse, ParseError
 from google.protobuf.timestamp_pb2 import Timestamp
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from agenthub.hub.connections import GRPC, is_up
+from agenthub.hub.discovery import discover
 from agenthub.hub.log._base import Consumer, Lifecycle, Log
 from agenthub.hub.topics import Topics
+from agenthub.sdk._aio import cancel_and_wait
 from agenthub.sdk.errors import AgentNotFound, InvalidRequest
 from agenthub.sdk.pb.registry_pb2 import AgentChange, AgentRecord
 
@@ -91,11 +91,7 @@ class Registry(Lifecycle):
             self._tasks.append(asyncio.create_task(self._check_health(), name="registry-health"))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(*self._tasks)
         self._tasks = []
         if self._consumer is not None:
             await self._consumer.stop()
@@ -114,31 +110,41 @@ class Registry(Lifecycle):
         return sorted(self._agents.values(), key=lambda a: a.name)
 
     async def register(self, card_json: str, endpoint: str) -> Agent:
-        """Register (or update) an agent; InvalidRequest for a bad card or endpoint."""
+        """Register (or update) an agent served over gRPC; InvalidRequest for a bad card or endpoint."""
         card = parse_card(card_json)
         if not ENDPOINT.match(endpoint):
             raise InvalidRequest(
                 f"invalid endpoint {endpoint!r}: expected host:port of the agent's A2A gRPC server"
             )
+        return await self._save(card, AgentRecord(endpoint=endpoint, binding=GRPC))
+
+    async def register_url(self, url: str, name: str = "") -> Agent:
+        """Register (or update) any A2A agent by its base or card URL: fetch and check its card,
+        and reach it over its best binding. AgentUnavailable / InvalidRequest say why not."""
+        found = await discover(url)
+        card = found.card
+        if name:
+            card.name = name
+        if not AGENT_NAME.match(card.name):
+            raise InvalidRequest(f"the card's name {card.name!r} is not a valid agent name: pass --name NAME")
+        where = AgentRecord(
+            endpoint=found.endpoint, binding=found.binding, tenant=found.tenant, card_url=found.card_url
+        )
+        return await self._save(card, where)
+
+    async def _save(self, card: AgentCard, where: AgentRecord) -> Agent:
         stamp = Timestamp()
         stamp.GetCurrentTime()
         previous = self._agents.get(card.name)
-        card_json = MessageToJson(card, indent=None)
-        unchanged = previous is not None and (previous.record.card_json, previous.endpoint) == (
-            card_json,
-            endpoint,
-        )
-        record = AgentRecord(
-            name=card.name,
-            card_json=card_json,
-            endpoint=endpoint,
-            registered_at=previous.record.registered_at if previous and unchanged else stamp,
-            last_heartbeat=stamp,
-            state="up",
-        )
+        record = AgentRecord()
+        record.CopyFrom(where)
+        record.name, record.card_json, record.state = card.name, MessageToJson(card, indent=None), "up"
+        record.last_heartbeat.CopyFrom(stamp)
+        unchanged = previous is not None and _same_registration(previous.record, record)
+        record.registered_at.CopyFrom(previous.record.registered_at if previous and unchanged else stamp)
         await self._log.produce(self._topics.registry, record.SerializeToString(), key=card.name.encode())
         self._apply(card.name.encode(), record.SerializeToString())
-        log.info("agent registered", agent=card.name, endpoint=endpoint)
+        log.info("agent registered", agent=card.name, endpoint=record.endpoint, binding=record.binding)
         return self._agents[card.name]
 
     async def deregister(self, name: str) -> None:
@@ -195,19 +201,13 @@ class Registry(Lifecycle):
         while True:
             await asyncio.sleep(self._health_interval)
             for agent in list(self._agents.values()):
-                up = await _is_serving(agent.endpoint)
+                up = await is_up(agent.record)
                 agent.record.state = "up" if up else "down"
                 if up:
                     agent.record.last_heartbeat.FromSeconds(int(time.time()))
 
 
-async def _is_serving(endpoint: str, timeout: float = 1.0) -> bool:
-    """Whether the agent answers gRPC health checks with SERVING."""
-    async with grpc.aio.insecure_channel(endpoint) as channel:
-        try:
-            reply = await health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=timeout
-            )
-        except grpc.aio.AioRpcError:
-            return False
-    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+def _same_registration(a: AgentRecord, b: AgentRecord) -> bool:
+    """Whether two registrations publish the same card at the same place (Last-Modified stays)."""
+    fields = ("card_json", "endpoint", "binding", "tenant", "card_url")
+    return all(getattr(a, f) == getattr(b, f) for f in fields)

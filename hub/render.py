@@ -47,14 +47,16 @@ def short_state(state: str | int) -> str:
 
 def agents_table(agents: list[reg.AgentRecord]) -> Table:
     table = Table(box=None, pad_edge=False)
-    for column in ("NAME", "STATE", "ENDPOINT"):
+    for column in ("NAME", "STATE", "BINDING", "ENDPOINT"):
         table.add_column(column, no_wrap=True)
     table.add_column("DESCRIPTION", max_width=60)
     table.add_column("LAST SEEN", no_wrap=True)
     for agent in agents:
         card = json.loads(agent.card_json or "{}")
+        binding = agent.binding or "GRPC"
+        description = card.get("description", "")
         table.add_row(
-            agent.name, agent.state, agent.endpoint, card.get("description", ""), when(agent.last_heartbeat)
+            agent.name, agent.state, binding, agent.endpoint, description, when(agent.last_heartbeat)
         )
     return table
 

@@ -7,7 +7,6 @@ work (dispatched requests finish and commit) before the log closes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 
 import grpc
@@ -185,8 +184,7 @@ class Hub(Lifecycle):
     async def stop(self) -> None:
         if self._http is not None and self._http_task is not None:
             self._http.should_exit = True
-            with contextlib.suppress(asyncio.CancelledError, SystemExit):
-                await self._http_task
+            await asyncio.wait([self._http_task])  # uvicorn ends by itself once told to exit
             self._http = self._http_task = None
         if self._grpc is not None:
             await self._grpc.stop(grace=2)

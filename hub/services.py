@@ -88,7 +88,10 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         self, request: reg.RegisterAgentRequest, context: grpc.aio.ServicerContext
     ) -> reg.RegisterAgentResponse:
         try:
-            agent = await self._registry.register(request.card_json, request.endpoint)
+            if request.url:
+                agent = await self._registry.register_url(request.url, request.name)
+            else:
+                agent = await self._registry.register(request.card_json, request.endpoint)
         except AgentHubError as exc:
             await abort_with(context, exc)
             raise

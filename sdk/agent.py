@@ -9,7 +9,6 @@ Python functions or other agents reached *through the hub* (`delegate`), never d
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import contextvars
 import json
 import re
@@ -59,6 +58,7 @@ from google.protobuf.struct_pb2 import Value
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from agenthub.sdk._aio import cancel_and_wait
 from agenthub.sdk.client import HubClient
 from agenthub.sdk.errors import AgentHubError, AgentNotFound, HubUnavailable
 from agenthub.sdk.models import ChatMessage, Model, ModelSettings, OpenAIModel, ToolChoice
@@ -205,11 +205,8 @@ class Agent:
 
     async def stop(self) -> None:
         """Stop heartbeating and serving; stays registered so queued work waits for its return."""
-        if self._heartbeat is not None:
-            self._heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._heartbeat
-            self._heartbeat = None
+        await cancel_and_wait(self._heartbeat)
+        self._heartbeat = None
         if self._server is not None:
             await self._server.stop(grace=2)
             self._server = None

@@ -91,6 +91,13 @@ class HubClient:
         )
         return reply.agent
 
+    async def register_url(self, url: str, *, name: str = "") -> reg.AgentRecord:
+        """Register any A2A agent by its base URL or card URL; the hub fetches and checks the card."""
+        stub = registry_pb2_grpc.RegistryServiceStub(self.channel)
+        request = reg.RegisterAgentRequest(url=url, name=name)
+        reply = await _call(stub.RegisterAgent(request, timeout=self.timeout))
+        return reply.agent
+
     async def deregister(self, name: str) -> None:
         stub = registry_pb2_grpc.RegistryServiceStub(self.channel)
         await _call(stub.DeregisterAgent(reg.DeregisterAgentRequest(name=name), timeout=self.timeout))

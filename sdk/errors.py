@@ -136,7 +136,10 @@ def from_grpc(error: grpc.RpcError) -> AgentHubError:
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     details = error.details() if hasattr(error, "details") else str(error)
     cls = _BY_GRPC_CODE.get(code, AgentHubError)
-    if code == grpc.StatusCode.UNAVAILABLE and details and "connect" in details.lower():
+    if (
+        code == grpc.StatusCode.UNAVAILABLE
+        and "failed to connect to all addresses" in (details or "").lower()
+    ):
         details = (
             f"cannot reach the hub ({details.split(':')[-1].strip() or 'connection failed'}); is it running?"
         )

@@ -11,28 +11,38 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class AgentRecord(_message.Message):
-    __slots__ = ("name", "card_json", "endpoint", "registered_at", "last_heartbeat", "state")
+    __slots__ = ("name", "card_json", "endpoint", "registered_at", "last_heartbeat", "state", "binding", "tenant", "card_url")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CARD_JSON_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     REGISTERED_AT_FIELD_NUMBER: _ClassVar[int]
     LAST_HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    BINDING_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    CARD_URL_FIELD_NUMBER: _ClassVar[int]
     name: str
     card_json: str
     endpoint: str
     registered_at: _timestamp_pb2.Timestamp
     last_heartbeat: _timestamp_pb2.Timestamp
     state: str
-    def __init__(self, name: _Optional[str] = ..., card_json: _Optional[str] = ..., endpoint: _Optional[str] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[str] = ...) -> None: ...
+    binding: str
+    tenant: str
+    card_url: str
+    def __init__(self, name: _Optional[str] = ..., card_json: _Optional[str] = ..., endpoint: _Optional[str] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[str] = ..., binding: _Optional[str] = ..., tenant: _Optional[str] = ..., card_url: _Optional[str] = ...) -> None: ...
 
 class RegisterAgentRequest(_message.Message):
-    __slots__ = ("card_json", "endpoint")
+    __slots__ = ("card_json", "endpoint", "url", "name")
     CARD_JSON_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    URL_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
     card_json: str
     endpoint: str
-    def __init__(self, card_json: _Optional[str] = ..., endpoint: _Optional[str] = ...) -> None: ...
+    url: str
+    name: str
+    def __init__(self, card_json: _Optional[str] = ..., endpoint: _Optional[str] = ..., url: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
 
 class RegisterAgentResponse(_message.Message):
     __slots__ = ("agent",)

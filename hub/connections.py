@@ -1,0 +1,173 @@
+"""How the hub reaches an agent: over its best A2A binding, the same way for every agent.
+
+An SDK agent (and any agent whose card offers gRPC) is called with a raw gRPC stub, the fast path;
+an agent that only speaks JSON-RPC or HTTP+JSON is called with a2a-sdk's client. Either way the
+dispatcher sees one `Connection`: a stream of A2A events, and failures that say whether trying
+again may help. Nothing here produces to the log.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+
+import grpc
+import httpx
+from a2a.client import ClientConfig, ClientFactory
+from a2a.client.errors import A2AClientError, A2AClientTimeoutError
+from a2a.types import AgentCard, CancelTaskRequest, SendMessageRequest, StreamResponse, a2a_pb2_grpc
+from a2a.utils.constants import TransportProtocol
+from a2a.utils.errors import A2AError
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from agenthub.hub.log._base import Lifecycle
+from agenthub.sdk.pb.registry_pb2 import AgentRecord
+
+GRPC = TransportProtocol.GRPC.value
+PREFERENCE = (GRPC, TransportProtocol.JSONRPC.value, TransportProtocol.HTTP_JSON.value)
+TRANSIENT_GRPC = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+    }
+)
+_TRANSIENT_HTTP = re.compile(r"Network communication error|HTTP Error (5\d\d|429)")
+Metadata = tuple[tuple[str, str], ...]
+
+
+class AgentCallFailed(Exception):
+    """A call to an agent failed; `transient` says whether another attempt may succeed."""
+
+    def __init__(self, message: str, *, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+class Connection(ABC):
+    """One agent, reachable."""
+
+    @abstractmethod
+    def stream(
+        self, request: SendMessageRequest, metadata: Metadata, timeout: float
+    ) -> AsyncIterator[StreamResponse]:
+        """The agent's events for one request (AgentCallFailed when the call fails)."""
+
+    @abstractmethod
+    async def cancel(self, task_id: str) -> None:
+        """Ask the agent to cancel a task (best effort)."""
+
+
+class GrpcConnection(Connection):
+    """An agent's A2A gRPC service, called with a raw stub (no client machinery on the hot path)."""
+
+    def __init__(self, channel: grpc.aio.Channel, tenant: str = "") -> None:
+        self._stub = a2a_pb2_grpc.A2AServiceStub(channel)
+        self._tenant = tenant
+
+    async def stream(
+        self, request: SendMessageRequest, metadata: Metadata, timeout: float
+    ) -> AsyncIterator[StreamResponse]:
+        request.tenant = self._tenant
+        call = self._stub.SendStreamingMessage(request, metadata=metadata, timeout=timeout)
+        try:
+            async for event in call:
+                yield event
+        except grpc.aio.AioRpcError as exc:
+            message = f"{exc.code().name}: {exc.details()}"
+            raise AgentCallFailed(message, transient=exc.code() in TRANSIENT_GRPC) from None
+        finally:
+            call.cancel()
+
+    async def cancel(self, task_id: str) -> None:
+        try:
+            await self._stub.CancelTask(CancelTaskRequest(id=task_id, tenant=self._tenant), timeout=2)
+        except grpc.aio.AioRpcError:
+            return  # best effort: the hub cancels its own call either way
+
+
+class ClientConnection(Connection):
+    """An agent reached over JSON-RPC or HTTP+JSON with a2a-sdk's client."""
+
+    def __init__(self, card: AgentCard, binding: str, http: httpx.AsyncClient) -> None:
+        config = ClientConfig(
+            streaming=card.capabilities.streaming, supported_protocol_bindings=[binding],
+            use_client_preference=True, httpx_client=http,
+        )  # fmt: skip
+        self._client = ClientFactory(config).create(card)
+
+    async def stream(
+        self, request: SendMessageRequest, metadata: Metadata, timeout: float
+    ) -> AsyncIterator[StreamResponse]:
+        try:
+            async for event in self._client.send_message(request):
+                yield event
+        except A2AClientTimeoutError as exc:
+            raise AgentCallFailed(f"timed out: {exc}", transient=True) from None
+        except A2AClientError as exc:
+            raise AgentCallFailed(str(exc), transient=bool(_TRANSIENT_HTTP.search(str(exc)))) from None
+        except A2AError as exc:
+            raise AgentCallFailed(f"{type(exc).__name__}: {exc}", transient=False) from None
+
+    async def cancel(self, task_id: str) -> None:
+        try:
+            await self._client.cancel_task(CancelTaskRequest(id=task_id))
+        except A2AError:
+            return  # best effort, as over gRPC
+
+
+class Connections(Lifecycle):
+    """Shared channels and HTTP clients to every agent, by endpoint and binding."""
+
+    def __init__(self) -> None:
+        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._clients: dict[tuple[str, str], ClientConnection] = {}
+        self._http: httpx.AsyncClient | None = None
+
+    async def stop(self) -> None:
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()
+        self._clients.clear()
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+
+    def channel(self, endpoint: str) -> grpc.aio.Channel:
+        if endpoint not in self._channels:
+            self._channels[endpoint] = grpc.aio.insecure_channel(endpoint)
+        return self._channels[endpoint]
+
+    def to(self, record: AgentRecord, card: AgentCard) -> Connection:
+        """The connection to a registered agent, over the binding it was registered with."""
+        binding = record.binding or GRPC
+        if binding == GRPC:
+            return GrpcConnection(self.channel(record.endpoint), record.tenant)
+        key = (record.endpoint, binding)
+        if key not in self._clients:
+            if self._http is None:
+                self._http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, read=None))
+            self._clients[key] = ClientConnection(card, binding, self._http)
+        return self._clients[key]
+
+
+async def is_up(record: AgentRecord, timeout: float = 1.0) -> bool:
+    """Whether the agent answers: gRPC health checks for gRPC agents, its card for the others."""
+    if (record.binding or GRPC) != GRPC:
+        try:
+            async with httpx.AsyncClient(timeout=timeout) as http:
+                return (await http.get(record.card_url)).status_code == 200
+        except httpx.HTTPError:
+            return False
+    async with grpc.aio.insecure_channel(record.endpoint) as channel:
+        try:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            # An agent without the health service is still up if it answers at all.
+            return exc.code() == grpc.StatusCode.UNIMPLEMENTED
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)

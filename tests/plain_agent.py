@@ -1,0 +1,84 @@
+"""A plain A2A agent written with a2a-sdk alone (no AgentHub code): it serves its card, JSON-RPC and
+HTTP+JSON, and answers every message with "plain: <text>". Tests register it with a hub by URL."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import uvicorn
+from a2a.helpers.proto_helpers import new_task_from_user_message, new_text_message
+from a2a.server.agent_execution import AgentExecutor, RequestContext
+from a2a.server.events import EventQueue
+from a2a.server.request_handlers import DefaultRequestHandler
+from a2a.server.routes import create_jsonrpc_routes, create_rest_routes
+from a2a.server.routes.agent_card_routes import create_agent_card_routes
+from a2a.server.tasks import InMemoryTaskStore, TaskUpdater
+from a2a.types import AgentCapabilities, AgentCard, AgentInterface, AgentSkill, Part, Role
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from agenthub.hub.server import free_port
+
+
+class PlainEcho(AgentExecutor):
+    """Works, adds an artifact, completes: the usual shape of an a2a-sdk agent."""
+
+    async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
+        assert context.message is not None
+        task = context.current_task or new_task_from_user_message(context.message)
+        if context.current_task is None:
+            await event_queue.enqueue_event(task)
+        updater = TaskUpdater(event_queue, task.id, task.context_id)
+        await updater.start_work()
+        answer = f"plain: {context.get_user_input()}"
+        await updater.add_artifact([Part(text=answer)], name="answer")
+        await updater.complete(
+            new_text_message(answer, context_id=task.context_id, task_id=task.id, role=Role.ROLE_AGENT)
+        )
+
+    async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
+        updater = TaskUpdater(event_queue, context.task_id or "", context.context_id or "")
+        await updater.cancel()
+
+
+def card(base: str, bindings: tuple[str, ...]) -> AgentCard:
+    urls = {"JSONRPC": f"{base}/", "HTTP+JSON": base}
+    interfaces = [AgentInterface(url=urls[b], protocol_binding=b, protocol_version="1.0") for b in bindings]
+    return AgentCard(
+        name="plain", description="An a2a-sdk agent that knows nothing of AgentHub.", version="1.0.0",
+        supported_interfaces=interfaces,
+        capabilities=AgentCapabilities(streaming=True), default_input_modes=["text/plain"],
+        default_output_modes=["text/plain"],
+        skills=[AgentSkill(id="echo", name="echo", description="Echoes", tags=["test"])],
+    )  # fmt: skip
+
+
+@contextlib.asynccontextmanager
+async def serve_plain_agent(bindings: tuple[str, ...] = ("JSONRPC", "HTTP+JSON")) -> AsyncIterator[str]:
+    """Serve the plain agent on a free loopback port; yields its base URL."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    agent_card = card(base, bindings)
+    handler = DefaultRequestHandler(PlainEcho(), InMemoryTaskStore(), agent_card)
+    app = Starlette(
+        routes=[
+            *create_agent_card_routes(agent_card),
+            *create_jsonrpc_routes(handler, rpc_url="/"),
+            *create_rest_routes(handler),
+            Route("/not-a-card.json", lambda _: JSONResponse({"hello": "world"})),
+        ]
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110 - uvicorn offers a flag, not an event
+        await asyncio.sleep(0.01)
+    try:
+        yield base
+    finally:
+        server.should_exit = True
+        await task
