@@ -17,8 +17,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import grpc
 import structlog
@@ -58,7 +57,7 @@ from google.protobuf.struct_pb2 import Value
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from agenthub.sdk._aio import cancel_and_wait
+from agenthub.sdk._aio import Lifecycle, cancel_and_wait
 from agenthub.sdk.client import HubClient
 from agenthub.sdk.errors import AgentHubError, AgentNotFound, HubUnavailable
 from agenthub.sdk.models import ChatMessage, Model, ModelSettings, OpenAIModel, ToolChoice
@@ -102,7 +101,7 @@ def delegate(agent: str, description: str, *, timeout: float = 300.0) -> Tool:
     return make_tool(f"ask_{agent}", description, ask, timeout=timeout, return_direct=True, delegate_to=agent)
 
 
-class Agent:
+class Agent(Lifecycle):
     """An A2A agent served over gRPC and registered with a hub.
 
     Args:
@@ -176,15 +175,6 @@ class Agent:
 
     # ---- lifecycle -----------------------------------------------------------------------
 
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
-
     async def start(self) -> None:
         """Serve A2A gRPC and health, then register with the hub and keep heartbeating."""
         if self.model is None:
@@ -210,7 +200,7 @@ class Agent:
         if self._server is not None:
             await self._server.stop(grace=2)
             self._server = None
-        await self.hub.close()
+        await self.hub.stop()
         if self.model is not None:
             await self.model.close()
 

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from types import TracebackType
-from typing import Self, TypeVar
+from typing import TypeVar
 
 import grpc
 from a2a.types import (
@@ -25,6 +24,7 @@ from a2a.types import (
     a2a_pb2_grpc,
 )
 
+from agenthub.sdk._aio import Lifecycle
 from agenthub.sdk.errors import from_grpc
 from agenthub.sdk.pb import operator_pb2 as op
 from agenthub.sdk.pb import operator_pb2_grpc, registry_pb2_grpc, threads_pb2_grpc
@@ -34,7 +34,7 @@ from agenthub.sdk.pb import threads_pb2 as thr
 T = TypeVar("T")
 
 
-class HubClient:
+class HubClient(Lifecycle):
     """A connection to a hub.
 
     Args:
@@ -51,20 +51,12 @@ class HubClient:
         self.timeout = timeout
         self._channel: grpc.aio.Channel | None = None
 
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.close()
-
     async def start(self) -> None:
         if self._channel is None:
             self._channel = grpc.aio.insecure_channel(self.address)
 
-    async def close(self) -> None:
+    async def stop(self) -> None:
+        """Close the connection (also what leaving `async with` does)."""
         if self._channel is not None:
             await self._channel.close()
             self._channel = None

@@ -10,8 +10,8 @@ import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
-from typing import Self
+
+from agenthub.sdk._aio import Lifecycle
 
 Headers = tuple[tuple[str, bytes], ...]
 
@@ -50,25 +50,6 @@ def partition_for(key: bytes | None, partitions: int) -> int:
 
 OnRevoke = Callable[[set[TopicPartition]], Awaitable[None]]
 """Called before a group member loses partitions, so it can finish and commit their work."""
-
-
-class Lifecycle:
-    """`start()`/`stop()` plus `async with`, for every long-lived part."""
-
-    async def start(self) -> None:
-        """Acquire resources; nothing happens before this."""
-
-    async def stop(self) -> None:
-        """Release everything; safe to call twice."""
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.stop()
 
 
 class Consumer(Lifecycle, ABC):
