@@ -134,15 +134,20 @@ class Dispatcher(Lifecycle):
                 )
             )
         except AgentUnreachable as exc:
-            await self._dead_letter(agent, envelope, str(exc))
-            exc.args = (f"{exc}; the request is parked in {self._topics.dlq(agent)}",)
-            await emitter.outcome(
-                task_events.status_event(
-                    envelope.task_id, envelope.context_id, TaskState.TASK_STATE_FAILED, str(exc)
-                )
-            )
+            await self.fail(agent, envelope, str(exc), emitter)
         finally:
             self._running.pop(envelope.task_id, None)
+
+    async def fail(
+        self, agent: str, envelope: Envelope, reason: str, emitter: _Emitter | None = None
+    ) -> None:
+        """Park the request in the dead-letter topic and end its task as failed, saying why."""
+        await self._dead_letter(agent, envelope, reason)
+        reason = f"{reason}; the request is parked in {self._topics.dlq(agent)}"
+        event = task_events.status_event(
+            envelope.task_id, envelope.context_id, TaskState.TASK_STATE_FAILED, reason
+        )
+        await (emitter or _Emitter(self._log, envelope, agent)).outcome(event)
 
     async def _attempts(
         self, agent: str, envelope: Envelope, request: SendMessageRequest, emitter: _Emitter
@@ -374,7 +379,11 @@ class AgentWorker(Lifecycle):
         except (DecodeError, ValueError) as exc:
             await self._dispatcher.park(self.agent, record, f"unreadable inbox record: {exc}")
             return
-        await self._dispatcher.deliver(self.agent, envelope, request)
+        try:
+            await self._dispatcher.deliver(self.agent, envelope, request)
+        except Exception as exc:  # a hub fault must fail the task visibly, never drop the request
+            log.exception("delivery failed inside the hub", agent=self.agent, task=envelope.task_id)
+            await self._dispatcher.fail(self.agent, envelope, f"hub error while delivering: {exc!r}")
 
     async def _commit(self) -> None:
         offsets = self._tracker.committable()

@@ -18,7 +18,7 @@ from google.protobuf.message import DecodeError
 
 from agenthub.hub import envelopes
 from agenthub.hub.log._base import Log, Record, TopicPartition
-from agenthub.hub.recorder import record_into
+from agenthub.hub.recorder import record_batch
 from agenthub.hub.registry import Registry
 from agenthub.hub.threads._base import ThreadStore
 from agenthub.hub.topics import Topics
@@ -169,7 +169,7 @@ class Operator:
     async def _rebuild_one(self, item: Scanned, counter: Counter, *, apply: bool, from_scratch: bool) -> None:
         assert item.envelope is not None
         if apply:
-            written = await record_into(self._store, item.record)
+            written = await record_batch(self._store, [item.record]) == 1
         else:
             written = from_scratch or not await self._store.is_applied(item.envelope.id)
         if written:

@@ -9,6 +9,7 @@ replays are harmless: projections are keyed by envelope id). Readers that need r
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import structlog
 from google.protobuf.message import DecodeError
@@ -19,6 +20,7 @@ from agenthub.hub.projection import project
 from agenthub.hub.threads._base import ThreadStore
 from agenthub.hub.topics import Topics
 from agenthub.sdk._aio import cancel_and_wait
+from agenthub.sdk.pb.envelope_pb2 import Envelope
 
 log = structlog.get_logger(__name__)
 
@@ -90,30 +92,47 @@ class Recorder(Lifecycle):
             records = await self._consumer.getmany(timeout_ms=self._fetch_wait_ms)
             if not records:
                 continue
-            for record in records:
-                await self._record(record)
+            await record_batch(self._store, records)
             offsets = {r.tp: r.offset + 1 for r in records}
             await self._consumer.commit(offsets)
             self._recorded.update(offsets)
             self._advanced.set()
             self._advanced = asyncio.Event()
 
-    async def _record(self, record: Record) -> None:
+
+async def record_batch(store: ThreadStore, records: Sequence[Record]) -> int:
+    """Project records into a store in one transaction; how many were new. A record that is not a
+    readable envelope is logged loudly and left in the log, never skipped silently."""
+    readable = [(record, envelope) for record in records if (envelope := _readable(record)) is not None]
+    seen = await store.applied_among([envelope.id for _, envelope in readable])
+    current = await store.get_tasks(
+        sorted({e.task_id for _, e in readable if e.task_id and e.id not in seen})
+    )
+    projections = []
+    for record, envelope in readable:
+        if envelope.id in seen:
+            continue
+        seen.add(envelope.id)
         try:
-            await record_into(self._store, record)
-        except (ValueError, DecodeError) as exc:  # logged loudly and left in the log, never skipped silently
-            log.error(
-                "unreadable record left in the log",
-                topic=record.topic,
-                partition=record.partition,
-                offset=record.offset,
-                error=str(exc),
-            )
+            projection = project(envelope, record, current.get(envelope.task_id))
+        except ValueError as exc:  # an envelope whose payload is not what its kind says
+            _unreadable(record, exc)
+            continue
+        if projection.task is not None:  # later records of the batch build on this one
+            projection.task.history.extend(projection.statuses)
+            current[envelope.task_id] = projection.task
+        projections.append(projection)
+    return await store.apply(projections)
 
 
-async def record_into(store: ThreadStore, record: Record) -> bool:
-    """Project one record into a store; False if it was recorded already. ValueError or
-    DecodeError when the record is not a readable envelope."""
-    envelope = envelopes.decode(record)
-    current = await store.get_task(envelope.task_id) if envelope.task_id else None
-    return await store.apply(project(envelope, record, current))
+def _readable(record: Record) -> Envelope | None:
+    try:
+        return envelopes.decode(record)
+    except DecodeError as exc:
+        _unreadable(record, exc)
+        return None
+
+
+def _unreadable(record: Record, exc: Exception) -> None:
+    log.error("unreadable record left in the log", topic=record.topic, partition=record.partition,
+              offset=record.offset, error=str(exc))  # fmt: skip

@@ -166,9 +166,9 @@ async def bench_kafka_hop(bootstrap: str, requests: int, concurrency: int) -> di
 
     async def call() -> None:
         key = uuid.uuid4().bytes
-        waiters[key] = asyncio.get_running_loop().create_future()
+        arrived = waiters[key] = asyncio.get_running_loop().create_future()
         await producer.send_and_wait(topic, PAYLOAD.encode(), key=key)
-        await waiters[key]
+        await arrived
 
     pumping = asyncio.create_task(pump())
     try:

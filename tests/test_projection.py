@@ -45,7 +45,7 @@ def conversation() -> list[Envelope]:
 async def record_in(store: SqliteThreadStore, order: list[Envelope]) -> None:
     for offset, envelope in enumerate(order):
         record = Record("t", 0, offset, CONTEXT.encode(), envelope.SerializeToString(), 0)
-        await store.apply(project(envelope, record, await store.get_task(envelope.task_id)))
+        await store.apply([project(envelope, record, await store.get_task(envelope.task_id))])
 
 
 async def snapshot(store: SqliteThreadStore) -> tuple[object, ...]:

@@ -8,7 +8,7 @@ applied idempotently (keyed by envelope id); reads serve the A2A front and the t
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,12 +123,21 @@ class ThreadStore(Lifecycle, ABC):
     store_id: str = ""
 
     @abstractmethod
-    async def apply(self, projection: Projection) -> bool:
-        """Apply a projection unless its envelope was already applied; True if applied."""
+    async def apply(self, projections: Sequence[Projection]) -> int:
+        """Apply projections in order, in one transaction, each unless its envelope was applied
+        already; how many were applied."""
 
     @abstractmethod
     async def is_applied(self, envelope_id: str) -> bool:
         """Whether the envelope was recorded (by any hub instance writing to this store)."""
+
+    @abstractmethod
+    async def applied_among(self, envelope_ids: Sequence[str]) -> set[str]:
+        """Which of these envelopes were recorded already."""
+
+    @abstractmethod
+    async def get_tasks(self, task_ids: Sequence[str]) -> dict[str, TaskRow]:
+        """Several tasks' snapshots with their status histories (missing ones left out)."""
 
     @abstractmethod
     async def wipe(self) -> None:

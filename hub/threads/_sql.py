@@ -52,6 +52,9 @@ class Executor(Protocol):
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
         """Run a query; all rows."""
 
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """Run a statement once per row."""
+
 
 class SqlThreadStore(ThreadStore):
     """Every query of the thread store; subclasses connect, migrate and open transactions."""
@@ -75,39 +78,39 @@ class SqlThreadStore(ThreadStore):
 
     # ---- writes ----------------------------------------------------------------------------
 
-    async def apply(self, projection: Projection) -> bool:
+    async def apply(self, projections: Sequence[Projection]) -> int:
         async with self.transaction() as db:
-            inserted = await db.execute(
-                "INSERT INTO applied (envelope_id) VALUES (?) ON CONFLICT DO NOTHING",
-                (projection.envelope_id,),
-            )
-            if not inserted:
-                return False
-            for m in projection.messages:
-                await db.execute(
+            mark = "INSERT INTO applied (envelope_id) VALUES (?) ON CONFLICT DO NOTHING"
+            accepted = [p for p in projections if await db.execute(mark, (p.envelope_id,))]
+            messages = [m for p in accepted for m in p.messages]
+            if messages:
+                await db.executemany(
                     f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES ({', '.join('?' * 14)})"
                     " ON CONFLICT DO NOTHING",
-                    (m.message_id, m.context_id, m.task_id, m.parent_task_id, m.sender, m.recipient, m.role,
-                     m.text, m.message_json, m.created_at, m.topic, m.partition, m.offset, m.traceparent),
+                    [(m.message_id, m.context_id, m.task_id, m.parent_task_id, m.sender, m.recipient, m.role,
+                      m.text, m.message_json, m.created_at, m.topic, m.partition, m.offset, m.traceparent)
+                     for m in messages],
                 )  # fmt: skip
-            if projection.task is not None:
-                await self._upsert_task(db, projection.task)
-            for s in projection.statuses:
-                await db.execute(
+            tasks = [p.task for p in accepted if p.task is not None]
+            if tasks:
+                await self._upsert_tasks(db, tasks)
+            statuses = [s for p in accepted for s in p.statuses]
+            if statuses:
+                await db.executemany(
                     "INSERT INTO task_status (task_id, state, text, at) VALUES (?, ?, ?, ?)",
-                    (s.task_id, s.state, s.text, s.at),
+                    [(s.task_id, s.state, s.text, s.at) for s in statuses],
                 )
-        return True
+        return len(accepted)
 
-    async def _upsert_task(self, db: Executor, t: TaskRow) -> None:
+    async def _upsert_tasks(self, db: Executor, tasks: list[TaskRow]) -> None:
         earliest = self.dialect.least.format(a="tasks.created_at", b="excluded.created_at")
-        await db.execute(
+        await db.executemany(
             f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (task_id) DO UPDATE SET"
             f" state = excluded.state, updated_at = excluded.updated_at, task = excluded.task,"
             f" created_at = {earliest}",
-            (t.task_id, t.context_id, t.agent, t.parent_task_id, TaskState.Name(t.task.status.state),
-             t.created_at, t.updated_at, t.task.SerializeToString(deterministic=True)),
+            [(t.task_id, t.context_id, t.agent, t.parent_task_id, TaskState.Name(t.task.status.state),
+              t.created_at, t.updated_at, t.task.SerializeToString(deterministic=True)) for t in tasks],
         )  # fmt: skip
 
     async def wipe(self) -> None:
@@ -121,13 +124,28 @@ class SqlThreadStore(ThreadStore):
         rows = await self.reader().fetch("SELECT 1 FROM applied WHERE envelope_id = ?", (envelope_id,))
         return bool(rows)
 
+    async def applied_among(self, envelope_ids: Sequence[str]) -> set[str]:
+        if not envelope_ids:
+            return set()
+        query = f"SELECT envelope_id FROM applied WHERE envelope_id IN ({_marks(envelope_ids)})"
+        return {row[0] for row in await self.reader().fetch(query, tuple(envelope_ids))}
+
     async def get_task(self, task_id: str) -> TaskRow | None:
-        rows = await self.reader().fetch(f"SELECT {TASK_COLUMNS} FROM tasks WHERE task_id = ?", (task_id,))
-        if not rows:
-            return None
-        task = _task_row(rows[0])
-        task.history = await self._statuses(task_id)
-        return task
+        return (await self.get_tasks([task_id])).get(task_id)
+
+    async def get_tasks(self, task_ids: Sequence[str]) -> dict[str, TaskRow]:
+        if not task_ids:
+            return {}
+        db, marks, ids = self.reader(), _marks(task_ids), tuple(task_ids)
+        tasks = {row[0]: _task_row(row) for row in await db.fetch(
+            f"SELECT {TASK_COLUMNS} FROM tasks WHERE task_id IN ({marks})", ids)}  # fmt: skip
+        query = (
+            f"SELECT task_id, state, text, at FROM task_status WHERE task_id IN ({marks}) ORDER BY at, seq"
+        )
+        for row in await db.fetch(query, ids):
+            if row[0] in tasks:  # a status committed between the two reads belongs to a newer snapshot
+                tasks[row[0]].history.append(StatusRow(*row))
+        return tasks
 
     async def list_tasks(
         self,
@@ -214,6 +232,10 @@ def _having(where: ThreadFilter) -> tuple[str, list[Any]]:
         clauses.append("MAX(created_at) < ?")
         params.append(where.until)
     return (" HAVING " + " AND ".join(clauses) if clauses else ""), params
+
+
+def _marks(values: Sequence[Any]) -> str:
+    return ", ".join("?" * len(values))
 
 
 def _task_row(row: Sequence[Any]) -> TaskRow:

@@ -64,6 +64,9 @@ class _Connection:
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
         return [tuple(row) for row in await self._db.fetch(_numbered(sql), *params)]
 
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        await self._db.executemany(_numbered(sql), rows)
+
 
 class PostgresThreadStore(SqlThreadStore):
     """Thread store in a PostgreSQL database.

@@ -51,6 +51,9 @@ class _Connection:
         async with self._db.execute(sql, params) as cursor:
             return list(await cursor.fetchall())
 
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        await self._db.executemany(sql, rows)
+
 
 class SqliteThreadStore(SqlThreadStore):
     """Thread store in one SQLite file.
