@@ -108,12 +108,14 @@ class Hub(Lifecycle):
         self.handler = HubRequestHandler(
             self.log, self.registry, self.store, self.recorder, self.replies, settings, self.cards
         )
+        # The reply topic exists before the recorder subscribes, so this instance's answers are
+        # recorded from the first one (a topic created later waits for the group to find it).
         self._parts: list[Lifecycle] = [
             self.log,
             self.store,
             self.registry,
-            self.recorder,
             self.replies,
+            self.recorder,
             self.dispatcher,
         ]
         self._started: list[Lifecycle] = []

@@ -55,6 +55,14 @@ class _Connection:
         await self._db.executemany(sql, rows)
 
 
+async def _connect(path: Path) -> aiosqlite.Connection:
+    db = await aiosqlite.connect(path)
+    await db.execute("PRAGMA journal_mode=WAL")
+    await db.execute("PRAGMA synchronous=NORMAL")
+    await db.execute("PRAGMA busy_timeout=5000")
+    return db
+
+
 class SqliteThreadStore(SqlThreadStore):
     """Thread store in one SQLite file.
 
@@ -67,16 +75,16 @@ class SqliteThreadStore(SqlThreadStore):
     def __init__(self, path: str | Path) -> None:
         self._path = Path(path)
         self._db: aiosqlite.Connection | None = None
+        self._read_db: aiosqlite.Connection | None = None
 
     async def start(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = await aiosqlite.connect(self._path)
-        await self._db.execute("PRAGMA journal_mode=WAL")
-        await self._db.execute("PRAGMA synchronous=NORMAL")
-        await self._db.execute("PRAGMA busy_timeout=5000")
+        self._db = await _connect(self._path)
         await self._migrate(self._db)
         async with self.transaction() as db:
             await self._load_store_id(db, uuid.uuid4().hex[:12])
+        # Readers get their own connection: on the writer's they would see a batch half-applied.
+        self._read_db = await _connect(self._path)
 
     async def _migrate(self, db: aiosqlite.Connection) -> None:
         await db.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)")
@@ -89,9 +97,10 @@ class SqliteThreadStore(SqlThreadStore):
             )
 
     async def stop(self) -> None:
-        if self._db is not None:
-            await self._db.close()
-            self._db = None
+        for db in (self._read_db, self._db):
+            if db is not None:
+                await db.close()
+        self._db = self._read_db = None
 
     @property
     def db(self) -> aiosqlite.Connection:
@@ -100,7 +109,9 @@ class SqliteThreadStore(SqlThreadStore):
         return self._db
 
     def reader(self) -> Executor:
-        return _Connection(self.db)
+        if self._read_db is None:
+            raise RuntimeError("SqliteThreadStore is not started")
+        return _Connection(self._read_db)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Executor]:
