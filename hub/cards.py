@@ -51,7 +51,7 @@ class CardPublisher:
             ]
         )  # fmt: skip
         out.capabilities.streaming = True
-        out.capabilities.push_notifications = False
+        out.capabilities.push_notifications = True
         return out
 
 

@@ -40,7 +40,6 @@ from a2a.types import (
 from a2a.utils.constants import PROTOCOL_VERSION_CURRENT, VERSION_HEADER
 from a2a.utils.errors import (
     InvalidParamsError,
-    PushNotificationNotSupportedError,
     TaskNotCancelableError,
     TaskNotFoundError,
     UnsupportedOperationError,
@@ -51,6 +50,7 @@ from agenthub.hub import envelopes, task_events
 from agenthub.hub.cards import CardPublisher
 from agenthub.hub.config import HubSettings
 from agenthub.hub.log._base import Log, Record
+from agenthub.hub.push import PushConfigs
 from agenthub.hub.recorder import Recorder
 from agenthub.hub.registry import Registry
 from agenthub.hub.replies import ReplyRouter, Waiter
@@ -77,6 +77,7 @@ class HubRequestHandler(RequestHandler):
         replies: this instance's reply router.
         settings: hub settings.
         cards: publishes agents' cards with this hub's interfaces.
+        push: push-notification configs (the hub notifies webhooks for every agent).
     """
 
     def __init__(
@@ -88,9 +89,11 @@ class HubRequestHandler(RequestHandler):
         replies: ReplyRouter,
         settings: HubSettings,
         cards: CardPublisher,
+        push: PushConfigs,
     ) -> None:
         self._log = log
         self._cards = cards
+        self._push = push
         self._registry = registry
         self._store = store
         self._recorder = recorder
@@ -179,6 +182,11 @@ class HubRequestHandler(RequestHandler):
             reply_topic=self._replies.topic,
             traceparent=_header(context, "traceparent"),
         )
+        if params.configuration.HasField("task_push_notification_config"):  # stored before any update exists
+            config = TaskPushNotificationConfig()
+            config.CopyFrom(params.configuration.task_push_notification_config)
+            config.task_id, config.tenant = task_id, ""
+            await self._push.put(config)
         waiter = self._replies.open(task_id)
         try:
             record = await self._log.produce(
@@ -348,22 +356,36 @@ class HubRequestHandler(RequestHandler):
     async def on_create_task_push_notification_config(
         self, params: TaskPushNotificationConfig, context: ServerCallContext
     ) -> TaskPushNotificationConfig:
-        raise PushNotificationNotSupportedError("push notifications are not available on this hub yet")
+        row = await self._owned_task(params.task_id, self._route(params, context))
+        config = TaskPushNotificationConfig()
+        config.CopyFrom(params)
+        config.task_id, config.tenant = row.task_id, ""
+        return await self._push.put(config)
 
     async def on_get_task_push_notification_config(
         self, params: GetTaskPushNotificationConfigRequest, context: ServerCallContext
     ) -> TaskPushNotificationConfig:
-        raise PushNotificationNotSupportedError("push notifications are not available on this hub yet")
+        row = await self._owned_task(params.task_id, self._route(params, context))
+        return self._push_config(row.task_id, params.id)
 
     async def on_list_task_push_notification_configs(
         self, params: ListTaskPushNotificationConfigsRequest, context: ServerCallContext
     ) -> ListTaskPushNotificationConfigsResponse:
-        raise PushNotificationNotSupportedError("push notifications are not available on this hub yet")
+        row = await self._owned_task(params.task_id, self._route(params, context))
+        return ListTaskPushNotificationConfigsResponse(configs=self._push.of(row.task_id))
 
     async def on_delete_task_push_notification_config(
         self, params: DeleteTaskPushNotificationConfigRequest, context: ServerCallContext
     ) -> None:
-        raise PushNotificationNotSupportedError("push notifications are not available on this hub yet")
+        row = await self._owned_task(params.task_id, self._route(params, context))
+        self._push_config(row.task_id, params.id)
+        await self._push.delete(row.task_id, params.id)
+
+    def _push_config(self, task_id: str, config_id: str) -> TaskPushNotificationConfig:
+        config = self._push.get(task_id, config_id)
+        if config is None:
+            raise TaskNotFoundError(f"task {task_id} has no push notification config {config_id!r}")
+        return config
 
 
 def _header(context: ServerCallContext, key: str) -> str:

@@ -24,6 +24,7 @@ from agenthub.hub.http import http_app
 from agenthub.hub.log._base import Lifecycle, Log
 from agenthub.hub.operator import Operator
 from agenthub.hub.operator_service import OperatorServicer
+from agenthub.hub.push import Notifier, PushConfigs
 from agenthub.hub.recorder import Recorder
 from agenthub.hub.registry import Registry
 from agenthub.hub.replies import ReplyRouter
@@ -105,8 +106,10 @@ class Hub(Lifecycle):
         self.dispatcher = Dispatcher(self.log, self.registry, self.store, settings)
         self.operator = Operator(self.log, self.store, self.registry, topics, self.replies.topic)
         self.cards = CardPublisher(settings, self.grpc_port, self.http_port)
+        self.push = PushConfigs(self.log, topics)
+        self.notifier = Notifier(self.log, self.push, topics, fetch_wait_ms=settings.fetch_wait_ms)
         self.handler = HubRequestHandler(
-            self.log, self.registry, self.store, self.recorder, self.replies, settings, self.cards
+            self.log, self.registry, self.store, self.recorder, self.replies, settings, self.cards, self.push
         )
         # The reply topic exists before the recorder subscribes, so this instance's answers are
         # recorded from the first one (a topic created later waits for the group to find it).
@@ -114,9 +117,11 @@ class Hub(Lifecycle):
             self.log,
             self.store,
             self.registry,
+            self.push,
             self.replies,
             self.recorder,
             self.dispatcher,
+            self.notifier,
         ]
         self._started: list[Lifecycle] = []
         self._grpc: grpc.aio.Server | None = None

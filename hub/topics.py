@@ -30,6 +30,25 @@ class Topics:
         return f"{self.prefix}.control"
 
     @property
+    def push(self) -> str:
+        """Compacted topic of push-notification configs."""
+        return f"{self.prefix}.push"
+
+    @property
+    def push_attempts(self) -> str:
+        """Every webhook POST the hub tried, with its outcome."""
+        return f"{self.prefix}.push-attempts"
+
+    @property
+    def notifier_group(self) -> str:
+        return f"{self.prefix}.notifier"
+
+    @property
+    def replies_pattern(self) -> str:
+        """Regex matching every instance's reply topic (where task updates travel)."""
+        return rf"{re.escape(self.prefix)}\.replies\..+"
+
+    @property
     def audit(self) -> str:
         return f"{self.prefix}.audit"
 
