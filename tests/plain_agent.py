@@ -7,15 +7,16 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+import grpc
 import uvicorn
 from a2a.helpers.proto_helpers import new_task_from_user_message, new_text_message
 from a2a.server.agent_execution import AgentExecutor, RequestContext
 from a2a.server.events import EventQueue
-from a2a.server.request_handlers import DefaultRequestHandler
+from a2a.server.request_handlers import DefaultRequestHandler, GrpcHandler
 from a2a.server.routes import create_jsonrpc_routes, create_rest_routes
 from a2a.server.routes.agent_card_routes import create_agent_card_routes
 from a2a.server.tasks import InMemoryTaskStore, TaskUpdater
-from a2a.types import AgentCapabilities, AgentCard, AgentInterface, AgentSkill, Part, Role
+from a2a.types import AgentCapabilities, AgentCard, AgentInterface, AgentSkill, Part, Role, a2a_pb2_grpc
 from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -44,8 +45,8 @@ class PlainEcho(AgentExecutor):
         await updater.cancel()
 
 
-def card(base: str, bindings: tuple[str, ...]) -> AgentCard:
-    urls = {"JSONRPC": f"{base}/", "HTTP+JSON": base}
+def card(base: str, bindings: tuple[str, ...], grpc_address: str = "") -> AgentCard:
+    urls = {"JSONRPC": f"{base}/", "HTTP+JSON": base, "GRPC": grpc_address}
     interfaces = [AgentInterface(url=urls[b], protocol_binding=b, protocol_version="1.0") for b in bindings]
     return AgentCard(
         name="plain", description="An a2a-sdk agent that knows nothing of AgentHub.", version="1.0.0",
@@ -58,11 +59,18 @@ def card(base: str, bindings: tuple[str, ...]) -> AgentCard:
 
 @contextlib.asynccontextmanager
 async def serve_plain_agent(bindings: tuple[str, ...] = ("JSONRPC", "HTTP+JSON")) -> AsyncIterator[str]:
-    """Serve the plain agent on a free loopback port; yields its base URL."""
+    """Serve the plain agent (card and HTTP bindings, plus gRPC when asked) on free loopback ports;
+    yields its base URL."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    agent_card = card(base, bindings)
+    grpc_address = f"127.0.0.1:{free_port()}"
+    agent_card = card(base, bindings, grpc_address)
     handler = DefaultRequestHandler(PlainEcho(), InMemoryTaskStore(), agent_card)
+    grpc_server = grpc.aio.server()
+    a2a_pb2_grpc.add_A2AServiceServicer_to_server(GrpcHandler(handler), grpc_server)
+    grpc_server.add_insecure_port(grpc_address)
+    if "GRPC" in bindings:
+        await grpc_server.start()
     app = Starlette(
         routes=[
             *create_agent_card_routes(agent_card),
@@ -82,3 +90,4 @@ async def serve_plain_agent(bindings: tuple[str, ...] = ("JSONRPC", "HTTP+JSON")
     finally:
         server.should_exit = True
         await task
+        await grpc_server.stop(grace=None)

@@ -169,3 +169,18 @@ async def test_grpc_refuses_another_major_version(hub: Hub, client: HubClient) -
         await stub.SendMessage(request, metadata=(("a2a-version", "2.0"),))
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "not supported" in caught.value.details()
+
+
+async def test_requests_without_tenant_go_to_the_default_agent(tmp_path, hub_settings) -> None:  # type: ignore[no-untyped-def]
+    from a2a.types import a2a_pb2_grpc
+
+    from agenthub.agents import calculator
+    from tests.scripted import calculator_model
+
+    async with (
+        Hub(hub_settings(tmp_path, default_agent="calculator")) as hub,
+        calculator.build(hub=hub.address, model=calculator_model()),
+        HubClient(hub.address) as client,
+    ):
+        reply = await a2a_pb2_grpc.A2AServiceStub(client.channel).SendMessage(question("3 + 4"))  # no tenant
+        assert reply.task.status.message.parts[0].text == "3 + 4 = 7"

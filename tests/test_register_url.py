@@ -23,16 +23,21 @@ def question(text: str) -> SendMessageRequest:
     )
 
 
-@pytest.mark.parametrize("bindings", [("JSONRPC", "HTTP+JSON"), ("HTTP+JSON",)], ids=["jsonrpc", "http-json"])
+@pytest.mark.parametrize(
+    "bindings",
+    [("JSONRPC", "HTTP+JSON", "GRPC"), ("JSONRPC", "HTTP+JSON"), ("HTTP+JSON",)],
+    ids=["grpc", "jsonrpc", "http-json"],
+)
 async def test_plain_agent_registered_by_url_works_through_the_hub(
     hub: Hub, client: HubClient, bindings: tuple[str, ...]
 ) -> None:
     async with serve_plain_agent(bindings) as base:
         code, out, err = await agenthub("agents", "register", base, "--hub", hub.address)
         assert code == 0, err
-        assert f"registered plain ({bindings[0]}" in out
+        best = "GRPC" if "GRPC" in bindings else bindings[0]
+        assert f"registered plain ({best}" in out
         (record,) = [a for a in await client.list_agents() if a.name == "plain"]
-        assert record.binding == bindings[0] and record.card_url == f"{base}/.well-known/agent-card.json"
+        assert record.binding == best and record.card_url == f"{base}/.well-known/agent-card.json"
 
         for binding in ("GRPC", "JSONRPC", "HTTP+JSON"):  # every client binding of the hub reaches it
             a2a = await stock_client(hub, "plain", streaming=binding != "GRPC", binding=binding)
