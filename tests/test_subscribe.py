@@ -27,7 +27,7 @@ BINDINGS = ["GRPC", "JSONRPC", "HTTP+JSON"]
 @tool(return_direct=True, timeout=30)
 async def ponder(text: str) -> str:
     """Think for a while, then answer."""
-    await asyncio.sleep(1.0)
+    await asyncio.sleep(3.0)  # long enough to be caught working on a busy 2-core machine
     return f"pondered: {text}"
 
 
@@ -48,7 +48,7 @@ async def test_subscribe_and_cancel_a_running_task(hub: Hub, client: HubClient, 
             (started,) = [e async for e in a2a.send_message(later("deep question"))]
             task_id = started.task.id
 
-            assert await eventually(lambda: _working(a2a, task_id), timeout=10)
+            assert await eventually(lambda: _working(a2a, task_id), timeout=20)
             events = [e async for e in watcher.subscribe(SubscribeToTaskRequest(id=task_id))]
             assert events[0].HasField("task") and events[0].task.id == task_id
             final = events[-1].status_update.status
@@ -56,7 +56,7 @@ async def test_subscribe_and_cancel_a_running_task(hub: Hub, client: HubClient, 
             assert final.message.parts[0].text == "pondered: deep question"
 
             (second,) = [e async for e in a2a.send_message(later("never mind"))]
-            assert await eventually(lambda: _working(a2a, second.task.id), timeout=10)
+            assert await eventually(lambda: _working(a2a, second.task.id), timeout=20)
             canceled = await a2a.cancel_task(CancelTaskRequest(id=second.task.id))
             assert canceled.status.state == TaskState.TASK_STATE_CANCELED
         finally:
