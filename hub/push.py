@@ -173,12 +173,13 @@ class Notifier(Lifecycle):
         for record in records:
             try:
                 envelope = envelopes.decode(record)
-            except DecodeError:
+                configs = self._configs.of(envelope.task_id) if envelope.kind == Kind.KIND_EVENT else []
+                event = envelopes.unpack(envelope, StreamResponse) if configs else None
+            except (DecodeError, ValueError):
                 continue  # the recorder reports unreadable records; there is nothing to notify
-            if envelope.kind != Kind.KIND_EVENT:
-                continue
-            for config in self._configs.of(envelope.task_id):
-                await self._deliver(config, envelope.id, envelopes.unpack(envelope, StreamResponse))
+            for config in configs:
+                assert event is not None
+                await self._deliver(config, envelope.id, event)
 
     async def _deliver(
         self, config: TaskPushNotificationConfig, event_id: str, event: StreamResponse
