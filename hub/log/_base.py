@@ -67,6 +67,14 @@ class Consumer(Lifecycle, ABC):
     def assignment(self) -> set[TopicPartition]:
         """Partitions this member currently reads."""
 
+    @abstractmethod
+    def pause(self, partitions: set[TopicPartition]) -> None:
+        """Stop fetching these partitions (backpressure); their position is kept."""
+
+    @abstractmethod
+    def resume(self, partitions: set[TopicPartition]) -> None:
+        """Fetch these partitions again."""
+
 
 class Log(Lifecycle, ABC):
     """A partitioned, durable, append-only log with consumer groups."""

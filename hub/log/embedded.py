@@ -1,29 +1,33 @@
 """The embedded log backend: a durable single-machine log in one SQLite file.
 
 Same semantics as Kafka for what the hub uses: topics with partitions, per-partition offsets,
-consumer groups sharing partitions, committed group offsets that survive restarts. Writes are
-group-committed by one writer task (many produces, one transaction). Consumers in this process
-are woken the moment a record is appended, so there is no fetch-wait latency. It must never be
-opened by two processes at once: it is the zero-setup backend, Kafka is the scale-out one.
+consumer groups sharing partitions, committed group offsets that survive restarts. Every write
+waiting at one moment goes to SQLite in one transaction on the log's own thread (group commit:
+one thread hop per batch, not per statement). A record is visible to consumers only once it is
+committed, and recent records are kept in memory, so consumers read without touching SQLite.
+Consumers are woken only for partitions that received records: an idle log costs nothing.
+It must never be opened by two processes at once: it is the zero-setup backend, Kafka scales out.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import re
+import sqlite3
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-import aiosqlite
 import structlog
 
 from agenthub.hub.log._base import Consumer, Headers, Log, OnRevoke, Record, TopicPartition, partition_for
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS topics (
@@ -36,6 +40,13 @@ CREATE TABLE IF NOT EXISTS group_offsets (
     grp TEXT NOT NULL, topic TEXT NOT NULL, partition INTEGER NOT NULL, offset INTEGER NOT NULL,
     PRIMARY KEY (grp, topic, partition)) WITHOUT ROWID;
 """
+_INSERT_RECORD = "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?)"
+_UPSERT_OFFSET = "INSERT OR REPLACE INTO group_offsets VALUES (?, ?, ?, ?)"
+_INSERT_TOPIC = "INSERT OR IGNORE INTO topics VALUES (?, ?, ?)"
+_READ = (
+    "SELECT offset, key, value, ts, headers FROM records"
+    " WHERE topic = ? AND partition = ? AND offset >= ? ORDER BY offset LIMIT ?"
+)
 
 
 def _encode_headers(headers: Headers) -> str:
@@ -46,69 +57,111 @@ def _decode_headers(text: str) -> Headers:
     return tuple((k, v.encode("latin-1")) for k, v in json.loads(text))
 
 
+class _Tail:
+    """The most recent records of one partition, in memory (`first` is the oldest kept offset)."""
+
+    def __init__(self, keep: int) -> None:
+        self.records: deque[Record] = deque(maxlen=keep)
+
+    @property
+    def first(self) -> int:
+        return self.records[0].offset if self.records else -1
+
+    def slice(self, start: int, limit: int) -> list[Record]:
+        base = self.first
+        if base < 0 or start < base:
+            return []
+        index = start - base
+        return [self.records[i] for i in range(index, min(len(self.records), index + limit))]
+
+
 class EmbeddedLog(Log):
     """SQLite-backed log.
 
     Args:
         path: the database file; created with its folder if missing.
         default_partitions: partitions of a topic created without an explicit count (default 4).
+        tail_records: records of each partition kept in memory for consumers (default 2048).
     """
 
-    def __init__(self, path: str | Path, *, default_partitions: int = 4) -> None:
+    def __init__(self, path: str | Path, *, default_partitions: int = 4, tail_records: int = 2048) -> None:
         self._path = Path(path)
         self.default_partitions = default_partitions
-        self._db: aiosqlite.Connection | None = None
+        self._tail_records = tail_records
+        self._thread: ThreadPoolExecutor | None = None
+        self._db: sqlite3.Connection | None = None
         self._topics: dict[str, int] = {}
-        self._ends: dict[TopicPartition, int] = {}
+        self._reserved: dict[TopicPartition, int] = {}  # next offset handed to a producer
+        self._visible: dict[TopicPartition, int] = {}  # next offset after the last committed record
+        self._tails: dict[TopicPartition, _Tail] = {}
         self._committed: dict[tuple[str, TopicPartition], int] = {}
-        self._pending: list[tuple[str, tuple[Any, ...], asyncio.Future[None]]] = []
+        self._pending: list[tuple[str, tuple[Any, ...], Record | None]] = []
+        self._waiting: list[asyncio.Future[None]] = []
         self._writer: asyncio.Task[None] | None = None
         self._wake_writer = asyncio.Event()
-        self._changed = asyncio.Event()
         self._groups: dict[str, list[EmbeddedConsumer]] = {}
-        self._topic_lock = asyncio.Lock()
+        self._consumers: set[EmbeddedConsumer] = set()
+        self.generation = 0  # bumped when topics or group members change (assignments move)
 
     async def start(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = await aiosqlite.connect(self._path)
-        await self._db.execute("PRAGMA journal_mode=WAL")
-        await self._db.execute("PRAGMA synchronous=NORMAL")
-        await self._db.executescript(_SCHEMA)
-        await self._db.commit()
-        async with self._db.execute("SELECT name, partitions FROM topics") as cur:
-            self._topics = {name: n async for name, n in cur}
-        query = "SELECT topic, partition, MAX(offset) FROM records GROUP BY topic, partition"
-        async with self._db.execute(query) as cur:
-            self._ends = {TopicPartition(t, p): o + 1 async for t, p, o in cur}
-        async with self._db.execute("SELECT grp, topic, partition, offset FROM group_offsets") as cur:
-            self._committed = {(g, TopicPartition(t, p)): o async for g, t, p, o in cur}
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedded-log")
+        await self._run(self._open)
+        self._topics = dict(await self._query("SELECT name, partitions FROM topics"))
+        ends = await self._query(
+            "SELECT topic, partition, MAX(offset) FROM records GROUP BY topic, partition"
+        )
+        self._visible = {TopicPartition(t, p): o + 1 for t, p, o in ends}
+        self._reserved = dict(self._visible)
+        offsets = await self._query("SELECT grp, topic, partition, offset FROM group_offsets")
+        self._committed = {(g, TopicPartition(t, p)): o for g, t, p, o in offsets}
         self._writer = asyncio.create_task(self._write_loop(), name="embedded-log-writer")
+
+    def _open(self) -> None:
+        db = sqlite3.connect(self._path, isolation_level=None)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(_SCHEMA)
+        self._db = db
 
     async def stop(self) -> None:
         if self._writer is None:
             return
-        await self._flush()
+        while self._pending:
+            await self._commit_batch()
         self._writer.cancel()
         await asyncio.gather(self._writer, return_exceptions=True)
         self._writer = None
         if self._db is not None:
-            await self._db.close()
+            await self._run(self._db.close)
             self._db = None
+        if self._thread is not None:
+            self._thread.shutdown(wait=True)
+            self._thread = None
 
-    @property
-    def db(self) -> aiosqlite.Connection:
-        if self._db is None:
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn` on the log's own thread (SQLite never blocks the event loop)."""
+        if self._thread is None:
             raise RuntimeError("EmbeddedLog is not started")
-        return self._db
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    async def _query(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        def fetch() -> list[Any]:
+            assert self._db is not None
+            return self._db.execute(sql, params).fetchall()
+
+        return await self._run(fetch)
+
+    # ---- writing -------------------------------------------------------------------------
 
     async def ensure_topic(self, topic: str, partitions: int | None = None, compacted: bool = False) -> None:
-        async with self._topic_lock:
-            if topic in self._topics:
-                return
-            count = partitions or self.default_partitions
-            await self._write("INSERT OR IGNORE INTO topics VALUES (?, ?, ?)", (topic, count, int(compacted)))
-            self._topics[topic] = count
-        self._signal()
+        if topic in self._topics:
+            return
+        count = partitions or self.default_partitions
+        self._topics[topic] = count
+        self.generation += 1
+        self._notify_topic(topic)
+        await self._write(_INSERT_TOPIC, (topic, count, int(compacted)))
 
     async def produce(
         self, topic: str, value: bytes, key: bytes | None = None, headers: Headers = ()
@@ -116,15 +169,85 @@ class EmbeddedLog(Log):
         if topic not in self._topics:
             await self.ensure_topic(topic)
         tp = TopicPartition(topic, partition_for(key, self._topics[topic]))
-        offset = self._ends.get(tp, 0)
-        self._ends[tp] = offset + 1
+        offset = self._reserved.get(tp, 0)
+        self._reserved[tp] = offset + 1
         record = Record(topic, tp.partition, offset, key, value, int(time.time() * 1000), headers)
-        await self._write(
-            "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (topic, tp.partition, offset, key, value, record.timestamp_ms, _encode_headers(headers)),
-        )
-        self._signal()
+        params = (topic, tp.partition, offset, key, value, record.timestamp_ms, _encode_headers(headers))
+        await self._write(_INSERT_RECORD, params, record)
         return record
+
+    async def commit_group(self, group: str, offsets: dict[TopicPartition, int]) -> None:
+        """Persist a group's next-offsets (used by its consumers)."""
+        for tp, offset in offsets.items():
+            self._committed[(group, tp)] = offset
+            self._pending.append((_UPSERT_OFFSET, (group, tp.topic, tp.partition, offset), None))
+        if offsets:
+            await self._wait_written()
+
+    async def _write(self, sql: str, params: tuple[Any, ...], record: Record | None = None) -> None:
+        self._pending.append((sql, params, record))
+        await self._wait_written()
+
+    async def _wait_written(self) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append(future)
+        self._wake_writer.set()
+        await future
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake_writer.wait()
+            self._wake_writer.clear()
+            await self._commit_batch()
+
+    async def _commit_batch(self) -> None:
+        """Everything written since the last batch, in one transaction; then wake the readers."""
+        batch, self._pending = self._pending, []
+        waiting, self._waiting = self._waiting, []
+        if not batch:
+            _settle(waiting, None)
+            return
+        try:
+            await self._run(self._write_all, [(sql, params) for sql, params, _ in batch])
+        except sqlite3.Error as exc:  # every waiting producer must learn its write failed
+            log.error("embedded log write failed", error=str(exc))
+            _settle(waiting, exc)
+            return
+        for _, _, record in batch:
+            if record is not None:
+                self._publish(record)
+        _settle(waiting, None)
+
+    def _write_all(self, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
+        assert self._db is not None
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            for sql, params in statements:
+                db.execute(sql, params)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _publish(self, record: Record) -> None:
+        """A committed record becomes visible: kept in the tail, its readers woken."""
+        tp = record.tp
+        tail = self._tails.get(tp)
+        if tail is None:
+            tail = self._tails[tp] = _Tail(self._tail_records)
+        tail.records.append(record)
+        self._visible[tp] = record.offset + 1
+        for consumer in self._consumers:
+            if consumer.wants(tp.topic):
+                consumer.wake(tp)
+
+    def _notify_topic(self, topic: str) -> None:
+        for consumer in self._consumers:
+            if consumer.wants(topic):
+                consumer.reassign()
+
+    # ---- reading -------------------------------------------------------------------------
 
     def consumer(
         self,
@@ -141,25 +264,24 @@ class EmbeddedLog(Log):
         return dict(self._topics)
 
     async def end_offsets(self, topic: str) -> dict[int, int]:
-        return {p: self._ends.get(TopicPartition(topic, p), 0) for p in range(self._topics.get(topic, 0))}
+        return {p: self.end(TopicPartition(topic, p)) for p in range(self._topics.get(topic, 0))}
 
     async def read(self, tp: TopicPartition, start: int, limit: int) -> list[Record]:
-        """Records of one partition from `start`, at most `limit` of them."""
-        query = (
-            "SELECT offset, key, value, ts, headers FROM records"
-            " WHERE topic = ? AND partition = ? AND offset >= ? ORDER BY offset LIMIT ?"
-        )
-        async with self.db.execute(query, (tp.topic, tp.partition, start, limit)) as cur:
-            return [
-                Record(tp.topic, tp.partition, o, k, v, ts, _decode_headers(h))
-                async for o, k, v, ts, h in cur
-            ]
+        """Records of one partition from `start`, at most `limit` of them (from memory if recent)."""
+        end = self.end(tp)
+        limit = min(limit, end - start)
+        if limit <= 0:
+            return []
+        tail = self._tails.get(tp)
+        if tail is not None and 0 <= tail.first <= start:
+            return tail.slice(start, limit)
+        rows = await self._query(_READ, (tp.topic, tp.partition, start, limit))
+        return [Record(tp.topic, tp.partition, o, k, v, ts, _decode_headers(h)) for o, k, v, ts, h in rows]
 
     async def offset_for_time(self, tp: TopicPartition, timestamp_ms: int) -> int:
         query = "SELECT MIN(offset) FROM records WHERE topic = ? AND partition = ? AND ts >= ?"
-        async with self.db.execute(query, (tp.topic, tp.partition, timestamp_ms)) as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row and row[0] is not None else self.end(tp)
+        rows = await self._query(query, (tp.topic, tp.partition, timestamp_ms))
+        return int(rows[0][0]) if rows and rows[0][0] is not None else self.end(tp)
 
     async def group_offsets(self, topics: Sequence[str]) -> dict[str, dict[TopicPartition, int]]:
         wanted = set(topics)
@@ -169,80 +291,55 @@ class EmbeddedLog(Log):
                 out.setdefault(group, {})[tp] = offset
         return out
 
-    async def commit_group(self, group: str, offsets: dict[TopicPartition, int]) -> None:
-        """Persist a group's next-offsets (used by its consumers)."""
-        for tp, offset in offsets.items():
-            self._committed[(group, tp)] = offset
-            await self._write(
-                "INSERT OR REPLACE INTO group_offsets VALUES (?, ?, ?, ?)",
-                (group, tp.topic, tp.partition, offset),
-            )
-
     def committed(self, group: str, tp: TopicPartition) -> int | None:
         return self._committed.get((group, tp))
 
     def end(self, tp: TopicPartition) -> int:
-        return self._ends.get(tp, 0)
+        """The next offset after the last committed (visible) record."""
+        return self._visible.get(tp, 0)
 
     def topics(self) -> dict[str, int]:
         return self._topics
 
-    def changed(self) -> asyncio.Event:
-        """An event the next append or topic creation sets: take it *before* looking for records."""
-        return self._changed
+    # ---- groups --------------------------------------------------------------------------
 
-    def _signal(self) -> None:
-        self._changed.set()
-        self._changed = asyncio.Event()
+    def attach(self, consumer: EmbeddedConsumer) -> None:
+        self._consumers.add(consumer)
+
+    def detach(self, consumer: EmbeddedConsumer) -> None:
+        self._consumers.discard(consumer)
 
     async def join(self, group: str, member: EmbeddedConsumer) -> None:
         """Add a member; the others first give up (drain and commit) what moves to it."""
         members = self._groups.setdefault(group, [])
         before = {m: m.assignment() for m in members}
         members.append(member)
+        self._regroup(group)
         await _revoke(before)
 
     async def leave(self, group: str, member: EmbeddedConsumer) -> None:
         members = self._groups.get(group, [])
         if member in members:
             members.remove(member)
+            self._regroup(group)
+
+    def _regroup(self, group: str) -> None:
+        self.generation += 1
+        for member in self._groups.get(group, []):
+            member.reassign()
 
     def members(self, group: str) -> list[EmbeddedConsumer]:
         return self._groups.get(group, [])
 
-    async def _write(self, sql: str, params: tuple[Any, ...]) -> None:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((sql, params, future))
-        self._wake_writer.set()
-        await future
 
-    async def _flush(self) -> None:
-        while self._pending:
-            await self._commit_batch()
-
-    async def _write_loop(self) -> None:
-        while True:
-            await self._wake_writer.wait()
-            self._wake_writer.clear()
-            await self._commit_batch()
-
-    async def _commit_batch(self) -> None:
-        batch, self._pending = self._pending, []
-        if not batch:
-            return
-        try:
-            for sql, params, _ in batch:
-                await self.db.execute(sql, params)
-            await self.db.commit()
-        except Exception as exc:  # every waiting producer must learn its write failed
-            log.error("embedded log write failed", error=str(exc))
-            for _, _, future in batch:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        for _, _, future in batch:
-            if not future.done():
-                future.set_result(None)
+def _settle(futures: list[asyncio.Future[None]], error: BaseException | None) -> None:
+    for future in futures:
+        if future.done():
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)
 
 
 async def _revoke(before: dict[EmbeddedConsumer, set[TopicPartition]]) -> None:
@@ -253,7 +350,11 @@ async def _revoke(before: dict[EmbeddedConsumer, set[TopicPartition]]) -> None:
 
 
 class EmbeddedConsumer(Consumer):
-    """A consumer of the embedded log; group members split partitions round-robin."""
+    """A consumer of the embedded log; group members split partitions round-robin.
+
+    It keeps the partitions that may have records to read (`_ready`); the log wakes it when one
+    of its partitions receives a record, so a fetch never scans partitions that did not change.
+    """
 
     def __init__(
         self,
@@ -271,18 +372,26 @@ class EmbeddedConsumer(Consumer):
         self._pattern = re.compile(pattern) if pattern else None
         self._from_beginning = from_beginning
         self._positions: dict[TopicPartition, int] = {}
+        self._wanted: dict[str, bool] = {}
+        self._assigned: set[TopicPartition] | None = None  # None: to be computed again
+        self._ready: dict[TopicPartition, None] = {}  # ordered set: fair round-robin
+        self._paused: set[TopicPartition] = set()
+        self._wake = asyncio.Event()
         self._started = False
 
     async def start(self) -> None:
         for topic in self._topics:
             await self._log.ensure_topic(topic)
+        self._log.attach(self)
         if self._group:
             await self._log.join(self._group, self)
         self._started = True
+        self.reassign()
         for tp in self.assignment():  # fix positions now, so a tail reader misses nothing after start()
             self._position(tp)
 
     async def stop(self) -> None:
+        self._log.detach(self)
         if self._group and self._started:
             await self._log.leave(self._group, self)
         self._started = False
@@ -294,15 +403,36 @@ class EmbeddedConsumer(Consumer):
         for tp in lost:
             self._positions.pop(tp, None)
 
-    def _subscribed(self) -> list[TopicPartition]:
-        topics = self._log.topics()
-        names = set(self._topics)
-        if self._pattern:
-            names |= {t for t in topics if self._pattern.fullmatch(t)}
-        return [TopicPartition(t, p) for t in sorted(names) for p in range(topics.get(t, 0))]
+    def wants(self, topic: str) -> bool:
+        """Whether this consumer subscribes to `topic` (memoized: patterns are matched once)."""
+        wanted = self._wanted.get(topic)
+        if wanted is None:
+            wanted = topic in self._topics or bool(self._pattern and self._pattern.fullmatch(topic))
+            self._wanted[topic] = wanted
+        return wanted
+
+    def wake(self, tp: TopicPartition) -> None:
+        self._ready[tp] = None
+        self._wake.set()
+
+    def reassign(self) -> None:
+        """Topics or members changed: compute the assignment again and look at every partition."""
+        self._assigned = None
+        self._wake.set()
 
     def assignment(self) -> set[TopicPartition]:
-        partitions = self._subscribed()
+        if self._assigned is None:
+            self._assigned = self._compute_assignment()
+            for tp in list(self._positions):
+                if tp not in self._assigned:  # partition moved to another member: forget our position
+                    del self._positions[tp]
+            self._ready.update(dict.fromkeys(sorted(self._assigned)))
+        return self._assigned
+
+    def _compute_assignment(self) -> set[TopicPartition]:
+        topics = self._log.topics()
+        names = sorted(t for t in topics if self.wants(t))
+        partitions = [TopicPartition(t, p) for t in names for p in range(topics[t])]
         if not self._group:
             return set(partitions)
         members = self._log.members(self._group)
@@ -320,31 +450,46 @@ class EmbeddedConsumer(Consumer):
                 self._positions[tp] = 0 if self._from_beginning else self._log.end(tp)
         return self._positions[tp]
 
+    def pause(self, partitions: set[TopicPartition]) -> None:
+        self._paused |= partitions
+
+    def resume(self, partitions: set[TopicPartition]) -> None:
+        self._paused -= partitions
+        self._ready.update(dict.fromkeys(sorted(partitions)))
+        self._wake.set()
+
     async def getmany(self, timeout_ms: int | None = None, max_records: int = 500) -> list[Record]:
         deadline = time.monotonic() + (timeout_ms if timeout_ms is not None else 1000) / 1000
         while True:
-            changed = self._log.changed()
+            self._wake.clear()
             records = await self._fetch(max_records)
             remaining = deadline - time.monotonic()
             if records or remaining <= 0:
                 return records
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), remaining)
+            try:
+                await asyncio.wait_for(self._wake.wait(), remaining)
+            except TimeoutError:
+                return []
 
     async def _fetch(self, max_records: int) -> list[Record]:
         assigned = self.assignment()
-        for tp in list(self._positions):
-            if tp not in assigned:  # partition moved to another member: forget our position
-                del self._positions[tp]
         out: list[Record] = []
-        for tp in sorted(assigned):
-            position = self._position(tp)
-            if position >= self._log.end(tp) or len(out) >= max_records:
+        for tp in list(self._ready):
+            if len(out) >= max_records:
+                break
+            if tp not in assigned:
+                self._ready.pop(tp, None)
                 continue
+            if tp in self._paused:
+                continue
+            position = self._position(tp)
             records = await self._log.read(tp, position, max_records - len(out))
+            self._ready.pop(tp, None)
             if records:
                 self._positions[tp] = records[-1].offset + 1
                 out.extend(records)
+                if self._positions[tp] < self._log.end(tp):
+                    self._ready[tp] = None  # more to read: back of the line
         return out
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:

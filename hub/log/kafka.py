@@ -285,6 +285,7 @@ class KafkaConsumer(Consumer):
         self._from_beginning = from_beginning
         self._on_revoke = on_revoke
         self._consumer: AIOKafkaConsumer | None = None
+        self._paused: set[TopicPartition] = set()
 
     async def start(self) -> None:
         for topic in self._topics:
@@ -328,8 +329,28 @@ class KafkaConsumer(Consumer):
             await self._consumer.stop()
             self._consumer = None
 
+    def pause(self, partitions: set[TopicPartition]) -> None:
+        self._paused |= partitions
+
+    def resume(self, partitions: set[TopicPartition]) -> None:
+        self._paused -= partitions
+        if self._consumer is not None:
+            owned = self._consumer.assignment()
+            self._consumer.resume(*(tp for tp in map(_theirs, partitions) if tp in owned))
+
+    def _apply_pauses(self, consumer: AIOKafkaConsumer) -> None:
+        """Pause what the caller asked to pause among the partitions assigned now (a rebalance
+        hands partitions back unpaused)."""
+        owned = consumer.assignment()
+        wanted = {tp for tp in map(_theirs, self._paused) if tp in owned}
+        missing = wanted - consumer.paused()
+        if missing:
+            consumer.pause(*missing)
+
     async def getmany(self, timeout_ms: int | None = None, max_records: int = 500) -> list[Record]:
         assert self._consumer is not None, "consumer is not started"
+        if self._paused:
+            self._apply_pauses(self._consumer)
         batches = await self._consumer.getmany(timeout_ms=timeout_ms or 0, max_records=max_records)
         return [_record(r) for records in batches.values() for r in records]
 
