@@ -15,7 +15,7 @@ from google.protobuf.json_format import MessageToDict
 
 from agenthub.hub.operator import Counter, Operator, replayed
 from agenthub.hub.registry import Registry
-from agenthub.hub.threads._base import MessageRow, TaskRow, ThreadFilter, ThreadStore
+from agenthub.hub.threads._base import ArtifactRow, MessageRow, TaskRow, ThreadFilter, ThreadStore
 from agenthub.sdk.errors import ThreadNotFound
 from agenthub.sdk.pb import operator_pb2 as op
 
@@ -63,14 +63,20 @@ async def chat_lines(store: ThreadStore, registry: Registry, ids: list[str]) -> 
     """One chat-format conversation per task of each thread."""
     for context_id in ids:
         messages = await store.thread_messages(context_id)
+        artifacts = await store.thread_artifacts(context_id)
         for task in await store.thread_tasks(context_id):
             own = [m for m in messages if m.task_id == task.task_id]
-            yield json.dumps({"messages": conversation(task, own, registry), "metadata": _metadata(task)})
+            made = [a for a in artifacts if a.task_id == task.task_id]
+            turns = conversation(task, own, registry, made)
+            yield json.dumps({"messages": turns, "metadata": _metadata(task)})
 
 
-def conversation(task: TaskRow, messages: list[MessageRow], registry: Registry) -> list[dict[str, Any]]:
+def conversation(
+    task: TaskRow, messages: list[MessageRow], registry: Registry, artifacts: list[ArtifactRow]
+) -> list[dict[str, Any]]:
     """The task as the agent that ran it lived it: its card as system prompt, the request as the
-    user turn, its tool calls and results, and its answer."""
+    user turn, its tool calls and results, and its answer: the message it ended with, or, when it
+    ended with none (the usual A2A way), the text of its artifacts."""
     agent = registry.find(task.agent)
     turns: list[dict[str, Any]] = []
     if agent is not None:
@@ -93,6 +99,8 @@ def conversation(task: TaskRow, messages: list[MessageRow], registry: Registry) 
             )
         else:
             turns.append({"role": "assistant", "content": message.text})
+    if artifacts and not task.task.status.message.parts:
+        turns.append({"role": "assistant", "content": "\n".join(a.text for a in artifacts)})
     return turns
 
 

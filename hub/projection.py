@@ -9,17 +9,11 @@ a thread by the envelopes' creation time (stamped where each hop happened), not 
 from __future__ import annotations
 
 from a2a.types import Artifact, Message, Role, SendMessageRequest, StreamResponse, Task, TaskState, TaskStatus
-from google.protobuf.json_format import MessageToJson
 
-from agenthub.hub import envelopes
+from agenthub.hub import content, envelopes
 from agenthub.hub.log._base import Record
-from agenthub.hub.threads._base import MessageRow, Projection, StatusRow, TaskRow
+from agenthub.hub.threads._base import ArtifactRow, MessageRow, Projection, StatusRow, TaskRow
 from agenthub.sdk.pb.envelope_pb2 import Envelope, Kind
-
-
-def text_of(message: Message) -> str:
-    """The text parts of a message, joined."""
-    return "\n".join(part.text for part in message.parts if part.WhichOneof("content") == "text")
 
 
 def project(envelope: Envelope, record: Record, current: TaskRow | None) -> Projection:
@@ -72,10 +66,11 @@ def _project_event(envelope: Envelope, record: Record, current: TaskRow | None, 
     if kind == "status_update":
         _apply_status(envelope, record, task, event.status_update.status, out)
     elif kind == "artifact_update":
-        _apply_artifact(task.task, event.artifact_update.artifact, event.artifact_update.append)
+        update = event.artifact_update
+        _apply_artifact(envelope, record, task, update.artifact, out, append=update.append)
     elif kind == "task":
         for artifact in event.task.artifacts:
-            _apply_artifact(task.task, artifact)
+            _apply_artifact(envelope, record, task, artifact, out)
         for message in event.task.history:
             if message.role == Role.ROLE_AGENT:
                 _add_message(envelope, record, task, message, out)
@@ -95,7 +90,7 @@ def _apply_status(
     text = ""
     if status.HasField("message") and status.message.parts:
         _add_message(envelope, record, task, status.message, out)
-        text = text_of(status.message)
+        text = content.message_text(status.message)
     current = task.task.status
     if not (current.HasField("timestamp") and status.HasField("timestamp")) or (
         status.timestamp.ToNanoseconds() >= current.timestamp.ToNanoseconds()
@@ -118,16 +113,50 @@ def _add_message(
     out.messages.append(_row(envelope, record, copy, envelope.sender, envelope.recipient))
 
 
-def _apply_artifact(task: Task, artifact: Artifact, append: bool = False) -> None:
-    """Add an artifact, or replace (or extend, when `append`) the one with the same id."""
+def _apply_artifact(
+    envelope: Envelope,
+    record: Record,
+    task: TaskRow,
+    artifact: Artifact,
+    out: Projection,
+    *,
+    append: bool = False,
+) -> None:
+    """Add an artifact to the task, or replace (or extend, when `append`: A2A's streamed chunks) the
+    one with the same id; the thread gets the artifact as it now stands."""
+    joined = _joined(task.task, artifact, append)
+    out.artifacts.append(
+        ArtifactRow(
+            task_id=task.task_id,
+            artifact_id=joined.artifact_id,
+            context_id=task.context_id,
+            parent_task_id=envelope.parent_task_id or task.parent_task_id,
+            sender=envelope.sender,
+            recipient=envelope.recipient,
+            name=joined.name,
+            text=content.artifact_text(joined),
+            artifact_json=content.kept_json(joined),
+            created_at=envelope.created_at.ToDatetime().timestamp(),
+            updated_at=envelope.created_at.ToDatetime().timestamp(),
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            traceparent=envelope.traceparent,
+            envelope_id=envelope.id,
+        )
+    )
+
+
+def _joined(task: Task, artifact: Artifact, append: bool) -> Artifact:
     for existing in task.artifacts:
         if existing.artifact_id == artifact.artifact_id:
             if append:
                 existing.parts.extend(artifact.parts)
             else:
                 existing.CopyFrom(artifact)
-            return
+            return existing
     task.artifacts.append(artifact)
+    return task.artifacts[-1]
 
 
 def _new_task(envelope: Envelope, at: float, agent: str | None = None) -> TaskRow:
@@ -144,11 +173,12 @@ def _row(envelope: Envelope, record: Record, message: Message, sender: str, reci
         sender=sender,
         recipient=recipient,
         role="agent" if message.role == Role.ROLE_AGENT else "user",
-        text=text_of(message),
-        message_json=MessageToJson(message, indent=None),
+        text=content.message_text(message),
+        message_json=content.kept_json(message),
         created_at=envelope.created_at.ToDatetime().timestamp(),
         topic=record.topic,
         partition=record.partition,
         offset=record.offset,
         traceparent=envelope.traceparent,
+        envelope_id=envelope.id,
     )

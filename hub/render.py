@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
+from agenthub.hub import content
 from agenthub.sdk.pb import operator_pb2 as op
 from agenthub.sdk.pb import registry_pb2 as reg
 from agenthub.sdk.pb import threads_pb2 as thr
@@ -105,42 +106,47 @@ def threads_table(threads: list[thr.ThreadSummary]) -> Table:
 
 
 def thread_tree(thread: thr.Thread) -> Tree:
-    """The thread as a tree: each task under the task that delegated it, messages in time order."""
+    """The thread as a tree: each task under the task that delegated it, then its messages and
+    artifacts in time order."""
     root = Tree(
-        f"[bold]thread {escape(thread.summary.context_id)}[/bold]  ({thread.summary.message_count} messages)"
+        f"[bold]thread {escape(thread.summary.context_id)}[/bold]  ({thread.summary.message_count} messages"
+        + (f", {len(thread.artifacts)} artifacts)" if thread.artifacts else ")")
     )
     by_parent: dict[str, list[thr.ThreadTask]] = {}
     for task in thread.tasks:
         by_parent.setdefault(task.parent_task_id, []).append(task)
-    messages: dict[str, list[thr.ThreadMessage]] = {}
+    lines: dict[str, list[tuple[float, str]]] = {}
     for m in thread.messages:
-        messages.setdefault(m.task_id, []).append(m)
+        lines.setdefault(m.task_id, []).append((_secs(m.created_at), _line(m, m.text)))
+    for a in thread.artifacts:
+        label = f"artifact {a.name or a.artifact_id}: {a.text}"
+        lines.setdefault(a.task_id, []).append((_secs(a.created_at), _line(a, label)))
     known = {t.task_id for t in thread.tasks}
     for task in [t for t in thread.tasks if t.parent_task_id not in known]:
-        _task_branch(root, task, by_parent, messages)
+        _task_branch(root, task, by_parent, lines)
     return root
+
+
+def _line(item: thr.ThreadMessage | thr.ThreadArtifact, text: str) -> str:
+    return escape(f"{when(item.created_at)}  {item.sender} → {item.recipient}: {_clip(text, 120)}")
 
 
 def _task_branch(
     parent: Tree,
     task: thr.ThreadTask,
     by_parent: dict[str, list[thr.ThreadTask]],
-    messages: dict[str, list[thr.ThreadMessage]],
+    lines: dict[str, list[tuple[float, str]]],
 ) -> None:
     branch = parent.add(
         f"[bold]{escape(task.agent)}[/bold] task {task.task_id} " + escape(f"[{short_state(task.state)}]")
     )
-    items: list[tuple[float, int, Any]] = [
-        (_secs(m.created_at), 0, m) for m in messages.get(task.task_id, [])
-    ]
+    items: list[tuple[float, int, Any]] = [(at, 0, line) for at, line in lines.get(task.task_id, [])]
     items += [(_secs(c.created_at), 1, c) for c in by_parent.get(task.task_id, [])]
     for _, kind, item in sorted(items, key=lambda i: (i[0], i[1])):
         if kind:
-            _task_branch(branch, item, by_parent, messages)
+            _task_branch(branch, item, by_parent, lines)
         else:
-            branch.add(
-                escape(f"{when(item.created_at)}  {item.sender} → {item.recipient}: {_clip(item.text, 120)}")
-            )
+            branch.add(item)
 
 
 def event_line(event: StreamResponse) -> str:
@@ -150,26 +156,22 @@ def event_line(event: StreamResponse) -> str:
         return f"task {event.task.id} [{short_state(event.task.status.state)}]"
     if kind == "status_update":
         status = event.status_update.status
-        text = message_text(status.message) if status.HasField("message") else ""
+        text = content.message_text(status.message) if status.HasField("message") else ""
         return f"[{short_state(status.state)}] {text}".rstrip()
     if kind == "artifact_update":
         artifact = event.artifact_update.artifact
-        return f"artifact {artifact.name or artifact.artifact_id}: " + " ".join(
-            p.text for p in artifact.parts
-        )
+        return f"artifact {artifact.name or artifact.artifact_id}: {content.artifact_text(artifact)}"
     if kind == "message":
-        return message_text(event.message)
+        return content.message_text(event.message)
     return ""
 
 
 def answer_of(result: Task | Message) -> str:
     if isinstance(result, Message):
-        return message_text(result)
-    return message_text(result.status.message) if result.status.HasField("message") else ""
-
-
-def message_text(message: Message) -> str:
-    return "\n".join(p.text for p in message.parts if p.WhichOneof("content") == "text")
+        return content.message_text(result)
+    if result.status.message.parts:
+        return content.message_text(result.status.message)
+    return "\n".join(content.artifact_text(a) for a in result.artifacts)  # answered with artifacts only
 
 
 def _secs(stamp: Timestamp) -> float:

@@ -53,7 +53,7 @@ async def traffic(client: HubClient) -> list[str]:
 async def test_rebuilt_store_equals_the_live_one(hub: Hub, client: HubClient) -> None:
     await traffic(client)
     live = await store_rows(hub)
-    assert {table for table, _ in live} == {"applied", "messages", "tasks", "task_status"}
+    assert {table for table, _ in live} == {"applied", "messages", "tasks", "task_status", "artifacts"}
 
     dry = await last(client.rebuild(op.Selection(), from_scratch=True))
     assert dry.dry_run and dry.written == dry.matched == dry.total > 0

@@ -1,14 +1,25 @@
 """Recording is order-independent: a request and its events give the same thread whichever the
-recorder reads first (the log's topics are read in parallel), and recording twice changes nothing."""
+recorder reads first (the log's topics are read in parallel), and recording twice changes nothing;
+streamed artifact chunks are joined as A2A says, and big binaries are kept by reference."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from a2a.types import Message, Part, Role, SendMessageRequest, TaskState
+from a2a.types import (
+    Artifact,
+    Message,
+    Part,
+    Role,
+    SendMessageRequest,
+    StreamResponse,
+    TaskArtifactUpdateEvent,
+    TaskState,
+)
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from agenthub.hub import envelopes, task_events
+from agenthub.hub import content, envelopes, task_events
 from agenthub.hub.log._base import Record
 from agenthub.hub.projection import project
 from agenthub.hub.threads.sqlite import SqliteThreadStore
@@ -80,3 +91,67 @@ async def test_any_arrival_order_gives_the_same_thread(tmp_path: Path) -> None:
             "TASK_STATE_COMPLETED",
         )
     )
+
+
+def chunked_answer() -> list[Envelope]:
+    """A user request, then an artifact streamed in three chunks (A2A `append`), then completion."""
+    request, *_ = conversation()
+    events = []
+    for n, (text, append) in enumerate([("The answer", False), (" is ", True), ("2", True)], start=1):
+        update = TaskArtifactUpdateEvent(
+            task_id=TASK, context_id=CONTEXT, append=append, last_chunk=n == 3,
+            artifact=Artifact(artifact_id="a-1", name="answer", parts=[Part(text=text)]),
+        )  # fmt: skip
+        events.append(StreamResponse(artifact_update=update))
+    events.append(task_events.status_event(TASK, CONTEXT, TaskState.TASK_STATE_COMPLETED))
+    made = [
+        envelopes.make(
+            Kind.KIND_EVENT, event, context_id=CONTEXT, task_id=TASK, sender="calc", recipient="user",
+            created_at=stamp(n),
+        )
+        for n, event in enumerate(events, start=1)
+    ]  # fmt: skip
+    return [request, *made]
+
+
+async def test_streamed_artifact_chunks_join_once_in_any_arrival_order(tmp_path: Path) -> None:
+    results = set()
+    request, *events = chunked_answer()
+    orders = [[*events[:i], request, *events[i:]] for i in range(len(events) + 1)]
+    for n, order in enumerate(orders):
+        async with SqliteThreadStore(tmp_path / f"{n}.db") as store:
+            await record_in(store, order)
+            await record_in(store, order)  # redelivery: nothing changes
+            task = await store.get_task(TASK)
+            assert task is not None
+            rows = [
+                (a.artifact_id, a.name, a.text, a.created_at, a.sender)
+                for a in await store.thread_artifacts(CONTEXT)
+            ]
+            results.add(repr((rows, [[p.text for p in a.parts] for a in task.task.artifacts])))
+    assert len(results) == 1, "\n".join(sorted(results))
+    first_chunk_at = stamp(1).ToDatetime().timestamp()
+    assert results.pop() == repr(
+        ([("a-1", "answer", "The answer is 2", first_chunk_at, "calc")], [["The answer", " is ", "2"]])
+    )
+
+
+async def test_big_binary_parts_are_marked_in_the_thread_and_whole_in_the_task(tmp_path: Path) -> None:
+    raw = b"\x00" * (content.INLINE_RAW_BYTES + 1)
+    request, *_ = conversation()
+    file_part = Part(raw=raw, filename="a.bin", media_type="application/octet-stream")
+    update = TaskArtifactUpdateEvent(
+        task_id=TASK, context_id=CONTEXT, artifact=Artifact(artifact_id="f", parts=[file_part])
+    )
+    event = envelopes.make(
+        Kind.KIND_EVENT, StreamResponse(artifact_update=update), context_id=CONTEXT, task_id=TASK,
+        sender="calc", recipient="user", created_at=stamp(1),
+    )  # fmt: skip
+    async with SqliteThreadStore(tmp_path / "s.db") as store:
+        await record_in(store, [request, event])
+        (row,) = await store.thread_artifacts(CONTEXT)
+        task = await store.get_task(TASK)
+    assert task is not None and task.task.artifacts[0].parts[0].raw == raw
+    assert row.text == f"[file a.bin, application/octet-stream: {len(raw)} bytes]"
+    (part,) = json.loads(row.artifact_json)["parts"]
+    assert "raw" not in part and part["metadata"][content.OMITTED]["bytes"] == len(raw)

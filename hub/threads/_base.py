@@ -1,8 +1,10 @@
 """The thread store interface: a projection of the log that can be rebuilt at any time.
 
-A thread is an A2A context: every message (user, agent, agent-to-agent), every task with its
-status history and its latest snapshot. Writes come only from the recorder, as `Projection`s
-applied idempotently (keyed by envelope id); reads serve the A2A front and the thread service.
+A thread is an A2A context: every message (user, agent, agent-to-agent), every artifact (its
+chunks joined), every task with its status history and its latest snapshot. A message id is
+unique within its task (A2A ids are chosen by each sender, so two threads may both use "m1").
+Writes come only from the recorder, as `Projection`s applied idempotently (keyed by envelope
+id); reads serve the A2A front and the thread service.
 """
 
 from __future__ import annotations
@@ -35,6 +37,32 @@ class MessageRow:
     partition: int = 0
     offset: int = 0
     traceparent: str = ""
+    envelope_id: str = ""  # the envelope that recorded it
+
+
+@dataclass
+class ArtifactRow:
+    """One artifact of a task as it stands: every chunk recorded so far joined, as A2A appends them.
+
+    `created_at` is when its first chunk was made, `updated_at` and the log position are its latest.
+    """
+
+    task_id: str
+    artifact_id: str
+    context_id: str
+    parent_task_id: str
+    sender: str
+    recipient: str
+    name: str
+    text: str
+    artifact_json: str
+    created_at: float
+    updated_at: float
+    topic: str = ""
+    partition: int = 0
+    offset: int = 0
+    traceparent: str = ""
+    envelope_id: str = ""
 
 
 @dataclass
@@ -75,6 +103,7 @@ class Projection:
     messages: list[MessageRow] = field(default_factory=list)
     task: TaskRow | None = None
     statuses: list[StatusRow] = field(default_factory=list)
+    artifacts: list[ArtifactRow] = field(default_factory=list)
 
 
 @dataclass
@@ -174,3 +203,11 @@ class ThreadStore(Lifecycle, ABC):
     @abstractmethod
     async def thread_tasks(self, context_id: str) -> list[TaskRow]:
         """Every task of a thread in creation order."""
+
+    @abstractmethod
+    async def thread_artifacts(self, context_id: str) -> list[ArtifactRow]:
+        """Every artifact of a thread, in the order their first chunks were made."""
+
+    @abstractmethod
+    async def messages_with_id(self, context_id: str, message_id: str) -> list[MessageRow]:
+        """The messages of a thread that carry this id (one per task at most), oldest first."""

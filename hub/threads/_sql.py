@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from a2a.types import Task, TaskState
 
 from agenthub.hub.threads._base import (
+    ArtifactRow,
     MessageRow,
     Projection,
     StatusRow,
@@ -29,10 +30,16 @@ from agenthub.hub.threads._base import (
 
 MESSAGE_COLUMNS = (
     "message_id, context_id, task_id, parent_task_id, sender, recipient, role, text, message_json,"
-    ' created_at, topic, "partition", "offset", traceparent'
+    ' created_at, topic, "partition", "offset", traceparent, envelope_id'
 )
+ARTIFACT_COLUMNS = (
+    "task_id, artifact_id, context_id, parent_task_id, sender, recipient, name, text, artifact_json,"
+    ' created_at, updated_at, topic, "partition", "offset", traceparent, envelope_id'
+)
+ARTIFACT_LATEST = ("name", "text", "artifact_json", "updated_at", "topic", '"partition"', '"offset"',
+                   "traceparent", "envelope_id")  # fmt: skip
 TASK_COLUMNS = "task_id, context_id, agent, parent_task_id, state, created_at, updated_at, task"
-TABLES = ("applied", "messages", "tasks", "task_status")
+TABLES = ("applied", "messages", "tasks", "task_status", "artifacts")
 
 
 @dataclass(frozen=True)
@@ -85,11 +92,11 @@ class SqlThreadStore(ThreadStore):
             messages = [m for p in accepted for m in p.messages]
             if messages:
                 await db.executemany(
-                    f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES ({', '.join('?' * 14)})"
+                    f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES ({', '.join('?' * 15)})"
                     " ON CONFLICT DO NOTHING",
                     [(m.message_id, m.context_id, m.task_id, m.parent_task_id, m.sender, m.recipient, m.role,
-                      m.text, m.message_json, m.created_at, m.topic, m.partition, m.offset, m.traceparent)
-                     for m in messages],
+                      m.text, m.message_json, m.created_at, m.topic, m.partition, m.offset, m.traceparent,
+                      m.envelope_id) for m in messages],
                 )  # fmt: skip
             tasks = [p.task for p in accepted if p.task is not None]
             if tasks:
@@ -100,7 +107,22 @@ class SqlThreadStore(ThreadStore):
                     "INSERT INTO task_status (task_id, state, text, at) VALUES (?, ?, ?, ?)",
                     [(s.task_id, s.state, s.text, s.at) for s in statuses],
                 )
+            artifacts = [a for p in accepted for a in p.artifacts]
+            if artifacts:
+                await self._upsert_artifacts(db, artifacts)
         return len(accepted)
+
+    async def _upsert_artifacts(self, db: Executor, artifacts: list[ArtifactRow]) -> None:
+        """Each row is the artifact joined so far: the latest sets the content, the first its time."""
+        earliest = self.dialect.least.format(a="artifacts.created_at", b="excluded.created_at")
+        latest = ", ".join(f"{c} = excluded.{c}" for c in ARTIFACT_LATEST)
+        await db.executemany(
+            f"INSERT INTO artifacts ({ARTIFACT_COLUMNS}) VALUES ({', '.join('?' * 16)})"
+            f" ON CONFLICT (task_id, artifact_id) DO UPDATE SET {latest}, created_at = {earliest}",
+            [(a.task_id, a.artifact_id, a.context_id, a.parent_task_id, a.sender, a.recipient, a.name, a.text,
+              a.artifact_json, a.created_at, a.updated_at, a.topic, a.partition, a.offset, a.traceparent,
+              a.envelope_id) for a in artifacts],
+        )  # fmt: skip
 
     async def _upsert_tasks(self, db: Executor, tasks: list[TaskRow]) -> None:
         earliest = self.dialect.least.format(a="tasks.created_at", b="excluded.created_at")
@@ -198,13 +220,28 @@ class SqlThreadStore(ThreadStore):
             task.history = await self._statuses(task.task_id)
         return tasks
 
+    async def thread_artifacts(self, context_id: str) -> list[ArtifactRow]:
+        query = (
+            f"SELECT {ARTIFACT_COLUMNS} FROM artifacts WHERE context_id = ?"
+            " ORDER BY created_at, task_id, artifact_id"
+        )
+        return [ArtifactRow(*row) for row in await self.reader().fetch(query, (context_id,))]
+
+    async def messages_with_id(self, context_id: str, message_id: str) -> list[MessageRow]:
+        query = (
+            f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE context_id = ? AND message_id = ?"
+            " ORDER BY created_at, seq"
+        )
+        return [MessageRow(*row) for row in await self.reader().fetch(query, (context_id, message_id))]
+
     async def rows(self) -> AsyncIterator[tuple[str, tuple[Any, ...]]]:
         db = self.reader()
         queries = {
             "applied": "SELECT envelope_id FROM applied ORDER BY envelope_id",
-            "messages": f"SELECT {MESSAGE_COLUMNS} FROM messages ORDER BY message_id",
+            "messages": f"SELECT {MESSAGE_COLUMNS} FROM messages ORDER BY task_id, message_id",
             "tasks": f"SELECT {TASK_COLUMNS} FROM tasks ORDER BY task_id",
             "task_status": "SELECT task_id, state, text, at FROM task_status ORDER BY task_id, at, state",
+            "artifacts": f"SELECT {ARTIFACT_COLUMNS} FROM artifacts ORDER BY task_id, artifact_id",
         }
         for table, query in queries.items():
             for row in await db.fetch(query):
@@ -223,8 +260,8 @@ def _having(where: ThreadFilter) -> tuple[str, list[Any]]:
         clauses.append("SUM(CASE WHEN recipient = ? OR sender = ? THEN 1 ELSE 0 END) > 0")
         params += [where.agent, where.agent]
     if where.text:
-        clauses.append("SUM(CASE WHEN LOWER(text) LIKE ? THEN 1 ELSE 0 END) > 0")
-        params.append(f"%{where.text.lower()}%")
+        clauses.append("SUM(CASE WHEN LOWER(text) LIKE ? ESCAPE '\\' THEN 1 ELSE 0 END) > 0")
+        params.append(f"%{_like_literal(where.text.lower())}%")
     if where.since is not None:
         clauses.append("MAX(created_at) >= ?")
         params.append(where.since)
@@ -232,6 +269,11 @@ def _having(where: ThreadFilter) -> tuple[str, list[Any]]:
         clauses.append("MAX(created_at) < ?")
         params.append(where.until)
     return (" HAVING " + " AND ".join(clauses) if clauses else ""), params
+
+
+def _like_literal(text: str) -> str:
+    """`text` matched literally by LIKE ... ESCAPE '\\': its wildcards and escapes escaped."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _marks(values: Sequence[Any]) -> str:

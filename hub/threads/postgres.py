@@ -40,6 +40,22 @@ MIGRATIONS = [
         text TEXT NOT NULL, at DOUBLE PRECISION NOT NULL);
     CREATE INDEX task_status_task ON task_status (task_id, at, seq);
     """,
+    # 2: message ids are unique per task, not across every thread; which envelope recorded a
+    # message; artifacts as the thread shows them.
+    """
+    ALTER TABLE messages DROP CONSTRAINT messages_message_id_key;
+    ALTER TABLE messages ADD CONSTRAINT messages_task_message UNIQUE (task_id, message_id);
+    ALTER TABLE messages ADD COLUMN envelope_id TEXT NOT NULL DEFAULT '';
+    CREATE INDEX messages_context_message ON messages (context_id, message_id);
+    CREATE TABLE artifacts (
+        task_id TEXT NOT NULL, artifact_id TEXT NOT NULL, context_id TEXT NOT NULL,
+        parent_task_id TEXT NOT NULL, sender TEXT NOT NULL, recipient TEXT NOT NULL, name TEXT NOT NULL,
+        text TEXT NOT NULL, artifact_json TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL, topic TEXT NOT NULL, "partition" INTEGER NOT NULL,
+        "offset" BIGINT NOT NULL, traceparent TEXT NOT NULL, envelope_id TEXT NOT NULL,
+        PRIMARY KEY (task_id, artifact_id));
+    CREATE INDEX artifacts_context ON artifacts (context_id, created_at);
+    """,
 ]
 MIGRATION_LOCK = 0x6167_656E_7468_7562  # "agenthub"
 _PLACEHOLDER = re.compile(r"\?")

@@ -34,6 +34,30 @@ MIGRATIONS = [
         text TEXT NOT NULL, at REAL NOT NULL);
     CREATE INDEX task_status_task ON task_status (task_id, at, seq);
     """,
+    # 2: message ids are unique per task, not across every thread; which envelope recorded a
+    # message; artifacts as the thread shows them.
+    """
+    CREATE TABLE messages_2 (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT, message_id TEXT NOT NULL, context_id TEXT NOT NULL,
+        task_id TEXT NOT NULL, parent_task_id TEXT NOT NULL, sender TEXT NOT NULL,
+        recipient TEXT NOT NULL, role TEXT NOT NULL, text TEXT NOT NULL, message_json TEXT NOT NULL,
+        created_at REAL NOT NULL, topic TEXT NOT NULL, "partition" INTEGER NOT NULL,
+        "offset" INTEGER NOT NULL, traceparent TEXT NOT NULL, envelope_id TEXT NOT NULL DEFAULT '',
+        UNIQUE (task_id, message_id));
+    INSERT INTO messages_2 SELECT *, '' FROM messages;
+    DROP TABLE messages;
+    ALTER TABLE messages_2 RENAME TO messages;
+    CREATE INDEX messages_context ON messages (context_id, created_at, seq);
+    CREATE INDEX messages_context_message ON messages (context_id, message_id);
+    CREATE TABLE artifacts (
+        task_id TEXT NOT NULL, artifact_id TEXT NOT NULL, context_id TEXT NOT NULL,
+        parent_task_id TEXT NOT NULL, sender TEXT NOT NULL, recipient TEXT NOT NULL, name TEXT NOT NULL,
+        text TEXT NOT NULL, artifact_json TEXT NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL,
+        topic TEXT NOT NULL, "partition" INTEGER NOT NULL, "offset" INTEGER NOT NULL,
+        traceparent TEXT NOT NULL, envelope_id TEXT NOT NULL, PRIMARY KEY (task_id, artifact_id))
+        WITHOUT ROWID;
+    CREATE INDEX artifacts_context ON artifacts (context_id, created_at);
+    """,
 ]
 
 

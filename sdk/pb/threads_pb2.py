@@ -26,35 +26,37 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61genthub/v1/threads.proto\x12\x0b\x61genthub.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xac\x02\n\rThreadMessage\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x12\n\ncontext_id\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x16\n\x0eparent_task_id\x18\x04 \x01(\t\x12\x0e\n\x06sender\x18\x05 \x01(\t\x12\x11\n\trecipient\x18\x06 \x01(\t\x12\x0c\n\x04role\x18\x07 \x01(\t\x12\x0c\n\x04text\x18\x08 \x01(\t\x12\x14\n\x0cmessage_json\x18\t \x01(\t\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05topic\x18\x0b \x01(\t\x12\x11\n\tpartition\x18\x0c \x01(\x05\x12\x0e\n\x06offset\x18\r \x01(\x03\x12\x13\n\x0btraceparent\x18\x0e \x01(\t\"\xf3\x01\n\nThreadTask\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\ncontext_id\x18\x02 \x01(\t\x12\r\n\x05\x61gent\x18\x03 \x01(\t\x12\x16\n\x0eparent_task_id\x18\x04 \x01(\t\x12\r\n\x05state\x18\x05 \x01(\t\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x07history\x18\x08 \x03(\x0b\x32\x19.agenthub.v1.StatusChange\"S\n\x0cStatusChange\x12\r\n\x05state\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xbe\x01\n\rThreadSummary\x12\x12\n\ncontext_id\x18\x01 \x01(\t\x12.\n\nstarted_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rmessage_count\x18\x04 \x01(\x05\x12\x0e\n\x06\x61gents\x18\x05 \x03(\t\x12\x12\n\nfirst_text\x18\x06 \x01(\t\"\xbd\x01\n\x12ListThreadsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\r\n\x05\x61gent\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x0c\n\x04text\x18\x05 \x01(\t\x12)\n\x05since\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"[\n\x13ListThreadsResponse\x12+\n\x07threads\x18\x01 \x03(\x0b\x32\x1a.agenthub.v1.ThreadSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x10GetThreadRequest\x12\x12\n\ncontext_id\x18\x01 \x01(\t\"\x8b\x01\n\x06Thread\x12+\n\x07summary\x18\x01 \x01(\x0b\x32\x1a.agenthub.v1.ThreadSummary\x12,\n\x08messages\x18\x02 \x03(\x0b\x32\x1a.agenthub.v1.ThreadMessage\x12&\n\x05tasks\x18\x03 \x03(\x0b\x32\x17.agenthub.v1.ThreadTask\"\x86\x01\n\x14\x45xportThreadsRequest\x12\x12\n\ncontext_id\x18\x01 \x01(\t\x12/\n\x06\x66ilter\x18\x02 \x01(\x0b\x32\x1f.agenthub.v1.ListThreadsRequest\x12)\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x19.agenthub.v1.ExportFormat\"\x1a\n\nExportLine\x12\x0c\n\x04json\x18\x01 \x01(\t*b\n\x0c\x45xportFormat\x12\x1d\n\x19\x45XPORT_FORMAT_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x45XPORT_FORMAT_ENVELOPES\x10\x01\x12\x16\n\x12\x45XPORT_FORMAT_CHAT\x10\x02\x32\xf1\x01\n\rThreadService\x12P\n\x0bListThreads\x12\x1f.agenthub.v1.ListThreadsRequest\x1a .agenthub.v1.ListThreadsResponse\x12?\n\tGetThread\x12\x1d.agenthub.v1.GetThreadRequest\x1a\x13.agenthub.v1.Thread\x12M\n\rExportThreads\x12!.agenthub.v1.ExportThreadsRequest\x1a\x17.agenthub.v1.ExportLine0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x61genthub/v1/threads.proto\x12\x0b\x61genthub.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc1\x02\n\rThreadMessage\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x12\n\ncontext_id\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x16\n\x0eparent_task_id\x18\x04 \x01(\t\x12\x0e\n\x06sender\x18\x05 \x01(\t\x12\x11\n\trecipient\x18\x06 \x01(\t\x12\x0c\n\x04role\x18\x07 \x01(\t\x12\x0c\n\x04text\x18\x08 \x01(\t\x12\x14\n\x0cmessage_json\x18\t \x01(\t\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05topic\x18\x0b \x01(\t\x12\x11\n\tpartition\x18\x0c \x01(\x05\x12\x0e\n\x06offset\x18\r \x01(\x03\x12\x13\n\x0btraceparent\x18\x0e \x01(\t\x12\x13\n\x0b\x65nvelope_id\x18\x0f \x01(\t\"\xf4\x02\n\x0eThreadArtifact\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x13\n\x0b\x61rtifact_id\x18\x02 \x01(\t\x12\x12\n\ncontext_id\x18\x03 \x01(\t\x12\x16\n\x0eparent_task_id\x18\x04 \x01(\t\x12\x0e\n\x06sender\x18\x05 \x01(\t\x12\x11\n\trecipient\x18\x06 \x01(\t\x12\x0c\n\x04name\x18\x07 \x01(\t\x12\x0c\n\x04text\x18\x08 \x01(\t\x12\x15\n\rartifact_json\x18\t \x01(\t\x12.\n\ncreated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05topic\x18\x0c \x01(\t\x12\x11\n\tpartition\x18\r \x01(\x05\x12\x0e\n\x06offset\x18\x0e \x01(\x03\x12\x13\n\x0btraceparent\x18\x0f \x01(\t\x12\x13\n\x0b\x65nvelope_id\x18\x10 \x01(\t\"\xf3\x01\n\nThreadTask\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x12\n\ncontext_id\x18\x02 \x01(\t\x12\r\n\x05\x61gent\x18\x03 \x01(\t\x12\x16\n\x0eparent_task_id\x18\x04 \x01(\t\x12\r\n\x05state\x18\x05 \x01(\t\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\x07history\x18\x08 \x03(\x0b\x32\x19.agenthub.v1.StatusChange\"S\n\x0cStatusChange\x12\r\n\x05state\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xbe\x01\n\rThreadSummary\x12\x12\n\ncontext_id\x18\x01 \x01(\t\x12.\n\nstarted_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rmessage_count\x18\x04 \x01(\x05\x12\x0e\n\x06\x61gents\x18\x05 \x03(\t\x12\x12\n\nfirst_text\x18\x06 \x01(\t\"\xbd\x01\n\x12ListThreadsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\r\n\x05\x61gent\x18\x03 \x01(\t\x12\r\n\x05state\x18\x04 \x01(\t\x12\x0c\n\x04text\x18\x05 \x01(\t\x12)\n\x05since\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x05until\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"[\n\x13ListThreadsResponse\x12+\n\x07threads\x18\x01 \x03(\x0b\x32\x1a.agenthub.v1.ThreadSummary\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"&\n\x10GetThreadRequest\x12\x12\n\ncontext_id\x18\x01 \x01(\t\"\xbb\x01\n\x06Thread\x12+\n\x07summary\x18\x01 \x01(\x0b\x32\x1a.agenthub.v1.ThreadSummary\x12,\n\x08messages\x18\x02 \x03(\x0b\x32\x1a.agenthub.v1.ThreadMessage\x12&\n\x05tasks\x18\x03 \x03(\x0b\x32\x17.agenthub.v1.ThreadTask\x12.\n\tartifacts\x18\x04 \x03(\x0b\x32\x1b.agenthub.v1.ThreadArtifact\"\x86\x01\n\x14\x45xportThreadsRequest\x12\x12\n\ncontext_id\x18\x01 \x01(\t\x12/\n\x06\x66ilter\x18\x02 \x01(\x0b\x32\x1f.agenthub.v1.ListThreadsRequest\x12)\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x19.agenthub.v1.ExportFormat\"\x1a\n\nExportLine\x12\x0c\n\x04json\x18\x01 \x01(\t*b\n\x0c\x45xportFormat\x12\x1d\n\x19\x45XPORT_FORMAT_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x45XPORT_FORMAT_ENVELOPES\x10\x01\x12\x16\n\x12\x45XPORT_FORMAT_CHAT\x10\x02\x32\xf1\x01\n\rThreadService\x12P\n\x0bListThreads\x12\x1f.agenthub.v1.ListThreadsRequest\x1a .agenthub.v1.ListThreadsResponse\x12?\n\tGetThread\x12\x1d.agenthub.v1.GetThreadRequest\x1a\x13.agenthub.v1.Thread\x12M\n\rExportThreads\x12!.agenthub.v1.ExportThreadsRequest\x1a\x17.agenthub.v1.ExportLine0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agenthub.v1.threads_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_EXPORTFORMAT']._serialized_start=1534
-  _globals['_EXPORTFORMAT']._serialized_end=1632
+  _globals['_EXPORTFORMAT']._serialized_start=1978
+  _globals['_EXPORTFORMAT']._serialized_end=2076
   _globals['_THREADMESSAGE']._serialized_start=76
-  _globals['_THREADMESSAGE']._serialized_end=376
-  _globals['_THREADTASK']._serialized_start=379
-  _globals['_THREADTASK']._serialized_end=622
-  _globals['_STATUSCHANGE']._serialized_start=624
-  _globals['_STATUSCHANGE']._serialized_end=707
-  _globals['_THREADSUMMARY']._serialized_start=710
-  _globals['_THREADSUMMARY']._serialized_end=900
-  _globals['_LISTTHREADSREQUEST']._serialized_start=903
-  _globals['_LISTTHREADSREQUEST']._serialized_end=1092
-  _globals['_LISTTHREADSRESPONSE']._serialized_start=1094
-  _globals['_LISTTHREADSRESPONSE']._serialized_end=1185
-  _globals['_GETTHREADREQUEST']._serialized_start=1187
-  _globals['_GETTHREADREQUEST']._serialized_end=1225
-  _globals['_THREAD']._serialized_start=1228
-  _globals['_THREAD']._serialized_end=1367
-  _globals['_EXPORTTHREADSREQUEST']._serialized_start=1370
-  _globals['_EXPORTTHREADSREQUEST']._serialized_end=1504
-  _globals['_EXPORTLINE']._serialized_start=1506
-  _globals['_EXPORTLINE']._serialized_end=1532
-  _globals['_THREADSERVICE']._serialized_start=1635
-  _globals['_THREADSERVICE']._serialized_end=1876
+  _globals['_THREADMESSAGE']._serialized_end=397
+  _globals['_THREADARTIFACT']._serialized_start=400
+  _globals['_THREADARTIFACT']._serialized_end=772
+  _globals['_THREADTASK']._serialized_start=775
+  _globals['_THREADTASK']._serialized_end=1018
+  _globals['_STATUSCHANGE']._serialized_start=1020
+  _globals['_STATUSCHANGE']._serialized_end=1103
+  _globals['_THREADSUMMARY']._serialized_start=1106
+  _globals['_THREADSUMMARY']._serialized_end=1296
+  _globals['_LISTTHREADSREQUEST']._serialized_start=1299
+  _globals['_LISTTHREADSREQUEST']._serialized_end=1488
+  _globals['_LISTTHREADSRESPONSE']._serialized_start=1490
+  _globals['_LISTTHREADSRESPONSE']._serialized_end=1581
+  _globals['_GETTHREADREQUEST']._serialized_start=1583
+  _globals['_GETTHREADREQUEST']._serialized_end=1621
+  _globals['_THREAD']._serialized_start=1624
+  _globals['_THREAD']._serialized_end=1811
+  _globals['_EXPORTTHREADSREQUEST']._serialized_start=1814
+  _globals['_EXPORTTHREADSREQUEST']._serialized_end=1948
+  _globals['_EXPORTLINE']._serialized_start=1950
+  _globals['_EXPORTLINE']._serialized_end=1976
+  _globals['_THREADSERVICE']._serialized_start=2079
+  _globals['_THREADSERVICE']._serialized_end=2320
 # @@protoc_insertion_point(module_scope)

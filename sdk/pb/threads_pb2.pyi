@@ -21,7 +21,7 @@ EXPORT_FORMAT_ENVELOPES: ExportFormat
 EXPORT_FORMAT_CHAT: ExportFormat
 
 class ThreadMessage(_message.Message):
-    __slots__ = ("message_id", "context_id", "task_id", "parent_task_id", "sender", "recipient", "role", "text", "message_json", "created_at", "topic", "partition", "offset", "traceparent")
+    __slots__ = ("message_id", "context_id", "task_id", "parent_task_id", "sender", "recipient", "role", "text", "message_json", "created_at", "topic", "partition", "offset", "traceparent", "envelope_id")
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +36,7 @@ class ThreadMessage(_message.Message):
     PARTITION_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
+    ENVELOPE_ID_FIELD_NUMBER: _ClassVar[int]
     message_id: str
     context_id: str
     task_id: str
@@ -50,7 +51,44 @@ class ThreadMessage(_message.Message):
     partition: int
     offset: int
     traceparent: str
-    def __init__(self, message_id: _Optional[str] = ..., context_id: _Optional[str] = ..., task_id: _Optional[str] = ..., parent_task_id: _Optional[str] = ..., sender: _Optional[str] = ..., recipient: _Optional[str] = ..., role: _Optional[str] = ..., text: _Optional[str] = ..., message_json: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., topic: _Optional[str] = ..., partition: _Optional[int] = ..., offset: _Optional[int] = ..., traceparent: _Optional[str] = ...) -> None: ...
+    envelope_id: str
+    def __init__(self, message_id: _Optional[str] = ..., context_id: _Optional[str] = ..., task_id: _Optional[str] = ..., parent_task_id: _Optional[str] = ..., sender: _Optional[str] = ..., recipient: _Optional[str] = ..., role: _Optional[str] = ..., text: _Optional[str] = ..., message_json: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., topic: _Optional[str] = ..., partition: _Optional[int] = ..., offset: _Optional[int] = ..., traceparent: _Optional[str] = ..., envelope_id: _Optional[str] = ...) -> None: ...
+
+class ThreadArtifact(_message.Message):
+    __slots__ = ("task_id", "artifact_id", "context_id", "parent_task_id", "sender", "recipient", "name", "text", "artifact_json", "created_at", "updated_at", "topic", "partition", "offset", "traceparent", "envelope_id")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
+    PARENT_TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    SENDER_FIELD_NUMBER: _ClassVar[int]
+    RECIPIENT_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_JSON_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
+    ENVELOPE_ID_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    artifact_id: str
+    context_id: str
+    parent_task_id: str
+    sender: str
+    recipient: str
+    name: str
+    text: str
+    artifact_json: str
+    created_at: _timestamp_pb2.Timestamp
+    updated_at: _timestamp_pb2.Timestamp
+    topic: str
+    partition: int
+    offset: int
+    traceparent: str
+    envelope_id: str
+    def __init__(self, task_id: _Optional[str] = ..., artifact_id: _Optional[str] = ..., context_id: _Optional[str] = ..., parent_task_id: _Optional[str] = ..., sender: _Optional[str] = ..., recipient: _Optional[str] = ..., name: _Optional[str] = ..., text: _Optional[str] = ..., artifact_json: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., topic: _Optional[str] = ..., partition: _Optional[int] = ..., offset: _Optional[int] = ..., traceparent: _Optional[str] = ..., envelope_id: _Optional[str] = ...) -> None: ...
 
 class ThreadTask(_message.Message):
     __slots__ = ("task_id", "context_id", "agent", "parent_task_id", "state", "created_at", "updated_at", "history")
@@ -131,14 +169,16 @@ class GetThreadRequest(_message.Message):
     def __init__(self, context_id: _Optional[str] = ...) -> None: ...
 
 class Thread(_message.Message):
-    __slots__ = ("summary", "messages", "tasks")
+    __slots__ = ("summary", "messages", "tasks", "artifacts")
     SUMMARY_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     TASKS_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACTS_FIELD_NUMBER: _ClassVar[int]
     summary: ThreadSummary
     messages: _containers.RepeatedCompositeFieldContainer[ThreadMessage]
     tasks: _containers.RepeatedCompositeFieldContainer[ThreadTask]
-    def __init__(self, summary: _Optional[_Union[ThreadSummary, _Mapping]] = ..., messages: _Optional[_Iterable[_Union[ThreadMessage, _Mapping]]] = ..., tasks: _Optional[_Iterable[_Union[ThreadTask, _Mapping]]] = ...) -> None: ...
+    artifacts: _containers.RepeatedCompositeFieldContainer[ThreadArtifact]
+    def __init__(self, summary: _Optional[_Union[ThreadSummary, _Mapping]] = ..., messages: _Optional[_Iterable[_Union[ThreadMessage, _Mapping]]] = ..., tasks: _Optional[_Iterable[_Union[ThreadTask, _Mapping]]] = ..., artifacts: _Optional[_Iterable[_Union[ThreadArtifact, _Mapping]]] = ...) -> None: ...
 
 class ExportThreadsRequest(_message.Message):
     __slots__ = ("context_id", "filter", "format")

@@ -1,0 +1,102 @@
+"""A plain a2a-sdk agent (no AgentHub code) that answers the usual A2A way: with artifacts, and no
+reply message. The first word of the request picks the shape of the answer:
+
+- `text WORDS`: one text artifact "answer: WORDS";
+- `chunks WORDS`: the same artifact streamed as three chunks (`append`, `last_chunk`);
+- `data WORDS`: an artifact with one data part {"answer": WORDS, "ok": true};
+- `file N`: an artifact with one binary file part of N bytes (b"x" * N), plus a URL file part.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import uvicorn
+from a2a.helpers.proto_helpers import new_task_from_user_message
+from a2a.server.agent_execution import AgentExecutor, RequestContext
+from a2a.server.events import EventQueue
+from a2a.server.request_handlers import DefaultRequestHandler
+from a2a.server.routes import create_jsonrpc_routes, create_rest_routes
+from a2a.server.routes.agent_card_routes import create_agent_card_routes
+from a2a.server.tasks import InMemoryTaskStore, TaskUpdater
+from a2a.types import Part
+from google.protobuf.json_format import ParseDict
+from google.protobuf.struct_pb2 import Value
+from starlette.applications import Starlette
+
+from agenthub.hub.server import free_port
+from tests.plain_agent import card
+
+FILE_URL = "https://example.invalid/report.pdf"
+
+
+def expected_text(request: str) -> str:
+    """What the thread, GetTask and the chat export must hold as the answer to `request`."""
+    shape, _, rest = request.partition(" ")
+    if shape == "data":
+        return '{"answer":"' + rest + '","ok":true}'
+    if shape == "file":
+        return f"[file blob.bin, application/octet-stream: {rest} bytes]\n[file report.pdf: {FILE_URL}]"
+    return f"answer: {rest}"
+
+
+class ArtifactsOnly(AgentExecutor):
+    """Works, answers with an artifact, completes without a message."""
+
+    async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
+        assert context.message is not None
+        task = context.current_task or new_task_from_user_message(context.message)
+        if context.current_task is None:
+            await event_queue.enqueue_event(task)
+        updater = TaskUpdater(event_queue, task.id, task.context_id)
+        await updater.start_work()
+        shape, _, rest = context.get_user_input().partition(" ")
+        if shape == "chunks":
+            pieces = ["answer", ": ", rest]
+            for n, piece in enumerate(pieces):
+                await updater.add_artifact(
+                    [Part(text=piece)], artifact_id="streamed", name="answer",
+                    append=n > 0, last_chunk=n == len(pieces) - 1,
+                )  # fmt: skip
+        elif shape == "data":
+            data = ParseDict({"answer": rest, "ok": True}, Value())
+            await updater.add_artifact([Part(data=data)], name="result")
+        elif shape == "file":
+            raw = Part(raw=b"x" * int(rest), filename="blob.bin", media_type="application/octet-stream")
+            await updater.add_artifact([raw, Part(url=FILE_URL, filename="report.pdf")], name="files")
+        else:
+            await updater.add_artifact([Part(text=f"answer: {rest}")], name="answer")
+        await updater.complete()
+
+    async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
+        await TaskUpdater(event_queue, context.task_id or "", context.context_id or "").cancel()
+
+
+@contextlib.asynccontextmanager
+async def serve_artifact_agent() -> AsyncIterator[str]:
+    """Serve the agent (card, JSON-RPC, HTTP+JSON) on a free loopback port; yields its base URL."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    agent_card = card(base, ("JSONRPC", "HTTP+JSON"))
+    agent_card.name = "artifacts"
+    handler = DefaultRequestHandler(ArtifactsOnly(), InMemoryTaskStore(), agent_card)
+    app = Starlette(
+        routes=[
+            *create_agent_card_routes(agent_card),
+            *create_jsonrpc_routes(handler, rpc_url="/"),
+            *create_rest_routes(handler),
+        ]
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110 - uvicorn offers a flag, not an event
+        await asyncio.sleep(0.01)
+    try:
+        yield base
+    finally:
+        server.should_exit = True
+        await task
