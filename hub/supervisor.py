@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,8 +108,17 @@ class Supervisor:
     """Runs the whole demo stack until told to stop."""
 
     def __init__(
-        self, *, host: str, port: int, http_port: int, data_dir: Path, model_port: int, model: bool = True
+        self,
+        *,
+        host: str,
+        port: int,
+        http_port: int,
+        data_dir: Path,
+        model_port: int,
+        model: bool = True,
+        hub_args: Sequence[str] = (),
     ) -> None:
+        """`hub_args` are more `agenthub serve` arguments for the hub (its log, store, default agent)."""
         self.address = f"{host}:{port}"
         self.http_url = f"http://{host}:{http_port}"
         self.model_url = f"http://127.0.0.1:{model_port}/v1"
@@ -135,6 +144,7 @@ class Supervisor:
                 str(http_port),
                 "--data-dir",
                 str(data_dir),
+                *hub_args,
             ],
             logs / "hub.log",
         )
