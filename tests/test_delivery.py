@@ -115,6 +115,7 @@ async def test_routing_metadata_travels_in_record_headers(tmp_path, hub_settings
         assert headers["agenthub-recipient"] == b"echoer"
         assert headers["agenthub-sender"] == b"user"
         assert headers["agenthub-context-id"] == task.context_id.encode()
+        assert headers["agenthub-task-id"] == task.id.encode()
         assert headers["agenthub-id"] == envelopes.decode(inbox).id.encode()
         assert headers["traceparent"] == traceparent.encode()
         assert inbox.key == task.context_id.encode()
@@ -189,6 +190,9 @@ async def assert_thread_once(client: HubClient, context_id: str, text: str, answ
     ids = [m.message_id for m in thread.messages]
     assert len(ids) == len(set(ids)), f"a message was recorded twice in {context_id}"
     assert texts.count(text) == 1 and texts.count(answer) == 1, texts
+    for task in thread.tasks:  # status rows too: a re-recorded envelope would add its status again
+        changes = [(s.state, s.text, s.at.ToNanoseconds()) for s in task.history]
+        assert len(changes) == len(set(changes)), f"a status was recorded twice in {task.task_id}"
 
 
 async def test_hub_killed_mid_flight_loses_nothing(tmp_path: Path, hub_settings: Callable[..., HubSettings]):
