@@ -1,9 +1,11 @@
 """Agent: build an A2A agent in a few lines — name, card, model, instructions, tools.
 
 The agent serves A2A gRPC on its own port and registers its card with a hub. Each turn runs the
-loop model → tool calls → model → answer, streaming status updates as A2A events; every tool call
-and result travels as a structured data part, so the hub records it in the thread. Tools may be
-Python functions or other agents reached *through the hub* (`delegate`), never directly.
+loop model → tool calls → model → answer, streaming status updates as A2A events; every tool call,
+retry and result travels as a structured data part, so the hub records it in the thread. The model
+is given the agent's earlier turns in the same thread, read from the hub (`Memory`). Tools may be
+Python functions, tools of MCP servers (`MCPServer`), or other agents reached *through the hub*
+(`delegate`), never directly.
 """
 
 from __future__ import annotations
@@ -14,58 +16,43 @@ import json
 import re
 import signal
 import uuid
-from collections import OrderedDict
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
 import structlog
-from a2a.server.context import ServerCallContext
-from a2a.server.request_handlers import GrpcHandler, RequestHandler
+from a2a.server.request_handlers import GrpcHandler
 from a2a.types import (
     AgentCapabilities,
     AgentCard,
     AgentInterface,
     AgentSkill,
     Artifact,
-    CancelTaskRequest,
-    DeleteTaskPushNotificationConfigRequest,
-    GetExtendedAgentCardRequest,
-    GetTaskPushNotificationConfigRequest,
-    GetTaskRequest,
-    ListTaskPushNotificationConfigsRequest,
-    ListTaskPushNotificationConfigsResponse,
-    ListTasksRequest,
-    ListTasksResponse,
     Message,
     Part,
-    Role,
     SendMessageRequest,
     Task,
     TaskArtifactUpdateEvent,
-    TaskPushNotificationConfig,
     TaskState,
     TaskStatus,
-    TaskStatusUpdateEvent,
     a2a_pb2_grpc,
 )
 from a2a.utils.constants import PROTOCOL_VERSION_CURRENT, TransportProtocol
-from a2a.utils.errors import PushNotificationNotSupportedError, TaskNotFoundError
-from google.protobuf.json_format import MessageToJson, ParseDict
-from google.protobuf.struct_pb2 import Value
-from google.protobuf.timestamp_pb2 import Timestamp
+from google.protobuf.json_format import MessageToJson
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from agenthub.sdk._aio import Lifecycle, cancel_and_wait
+from agenthub.sdk._events import now, status, text_of
+from agenthub.sdk._mcp import MCPConnection, MCPServer
+from agenthub.sdk._memory import Memory, fit, recall
+from agenthub.sdk._server import AgentEvent, AgentRequestHandler
+from agenthub.sdk._toolloop import RetryPolicy, ToolRunner
 from agenthub.sdk.client import HubClient
-from agenthub.sdk.errors import AgentHubError, AgentNotFound, HubUnavailable
-from agenthub.sdk.models import ChatMessage, Model, ModelSettings, OpenAIModel, ToolChoice
+from agenthub.sdk.errors import AgentHubError, AgentNotFound, ConfigError, HubUnavailable, ThreadNotFound
+from agenthub.sdk.models import ChatMessage, Model, ModelReply, ModelSettings, OpenAIModel, ToolChoice
 from agenthub.sdk.tools import Tool, ToolError, make_tool
 
 log = structlog.get_logger(__name__)
-
-AgentEvent = Task | Message | TaskStatusUpdateEvent | TaskArtifactUpdateEvent
 
 
 @dataclass
@@ -91,12 +78,12 @@ def delegate(agent: str, description: str, *, timeout: float = 300.0) -> Tool:
             agent, turn.text, context_id=turn.context_id, parent_task_id=turn.task_id, timeout=timeout
         )
         if isinstance(result, Message):
-            return _text(result)
+            return text_of(result)
         if result.status.state != TaskState.TASK_STATE_COMPLETED:
             raise ToolError(
-                f"{agent} ended in {TaskState.Name(result.status.state)}: {_text(result.status.message)}"
+                f"{agent} ended in {TaskState.Name(result.status.state)}: {text_of(result.status.message)}"
             )
-        return _text(result.status.message) or "\n".join(_text(a) for a in result.artifacts)
+        return text_of(result.status.message) or "\n".join(text_of(a) for a in result.artifacts)
 
     return make_tool(f"ask_{agent}", description, ask, timeout=timeout, return_direct=True, delegate_to=agent)
 
@@ -107,14 +94,21 @@ class Agent(Lifecycle):
     Args:
         name: unique agent name (lowercase letters, digits, '-', '_'); also its tenant on the hub.
         description: what the agent does, shown in its card.
-        instructions: the system prompt.
+        instructions: the system prompt (always given to the model whole).
         tools: tools the model may call.
+        mcp: MCP servers whose tools the model may call too (`MCPServer.stdio(...)`, `.http(...)`).
         model: the model (default: `OpenAIModel` configured by `ModelSettings.for_agent(name)`).
         skills: card skills, as `AgentSkill`s or plain descriptions.
-        hub: the hub's gRPC address; None serves without registering.
+        hub: the hub's gRPC address; None serves without registering (and without memory).
         host / port: where to serve A2A gRPC (port 0 = any free port).
-        max_steps: model turns per task before giving up.
+        memory: how much of the thread the model sees (default `Memory()`: the last 20 messages,
+            4,000 characters); None forgets everything between turns.
+        max_steps: model turns that may call tools (default 4); if no answer came by then, one
+            more turn asks the model for its answer with tools off (tool choice "none").
         tool_choice: "required" makes the first model turn call a tool (no free-text answer).
+        tool_timeout_s / tool_retries / tool_backoff_s: each tool call attempt's time limit
+            (default 30 s), the extra attempts after a transient failure (default 2), and the
+            first wait between attempts (default 0.5 s, doubling); a tool's own settings win.
     """
 
     def __init__(
@@ -124,31 +118,39 @@ class Agent(Lifecycle):
         description: str = "",
         instructions: str = "",
         tools: Sequence[Tool] = (),
+        mcp: Sequence[MCPServer] = (),
         model: Model | None = None,
         skills: Sequence[AgentSkill | str] = (),
         hub: str | None = "127.0.0.1:50051",
         host: str = "127.0.0.1",
         port: int = 0,
+        memory: Memory | None = Memory(),  # noqa: B008 - frozen, shared safely
         max_steps: int = 4,
         tool_choice: ToolChoice = "auto",
+        tool_timeout_s: float = 30.0,
+        tool_retries: int = 2,
+        tool_backoff_s: float = 0.5,
         heartbeat_s: float = 10.0,
     ) -> None:
         self.name = name
         self.description = description
         self.instructions = instructions
         self.tools = {t.name: t for t in tools}
+        self.mcp = [MCPConnection(server) for server in mcp]
         self.model = model
         self.skills = [s if isinstance(s, AgentSkill) else _skill(s) for s in skills]
         self.host = host
         self.port = port
+        self.memory = memory if hub else None
         self.max_steps = max_steps
         self.tool_choice: ToolChoice = tool_choice
+        self.retry_policy = RetryPolicy(tool_timeout_s, tool_retries, tool_backoff_s)
         self.hub = HubClient(hub or "", sender=name)
         self._hub_address = hub
         self._heartbeat_s = heartbeat_s
         self._server: grpc.aio.Server | None = None
         self._heartbeat: asyncio.Task[None] | None = None
-        self._handler = _AgentRequestHandler(self)
+        self._handler = AgentRequestHandler(self)
 
     @property
     def endpoint(self) -> str:
@@ -179,6 +181,8 @@ class Agent(Lifecycle):
         """Serve A2A gRPC and health, then register with the hub and keep heartbeating."""
         if self.model is None:
             self.model = OpenAIModel(ModelSettings.for_agent(self.name))
+        await asyncio.gather(*(connection.open() for connection in self.mcp))
+        self._check_tool_names()
         server = grpc.aio.server()
         a2a_pb2_grpc.add_A2AServiceServicer_to_server(GrpcHandler(self._handler), server)
         health_servicer = health.aio.HealthServicer()
@@ -201,6 +205,7 @@ class Agent(Lifecycle):
             await self._server.stop(grace=2)
             self._server = None
         await self.hub.stop()
+        await asyncio.gather(*(connection.close() for connection in self.mcp))
         if self.model is not None:
             await self.model.close()
 
@@ -231,6 +236,18 @@ class Agent(Lifecycle):
                 waited += delay
                 delay = min(delay * 2, 2.0)
 
+    def _check_tool_names(self) -> None:
+        """Two tools of one name would make the model's choice ambiguous: refuse to start."""
+        names = list(self.tools)
+        for connection in self.mcp:
+            names += [t.name for t in connection.tools]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ConfigError(
+                f"agent {self.name!r}: tool names used twice: {', '.join(twice)} "
+                "(give an MCP server a prefix)"
+            )
+
     async def _beat(self) -> None:
         while True:
             await asyncio.sleep(self._heartbeat_s)
@@ -250,206 +267,117 @@ class Agent(Lifecycle):
         task_id = fields["agenthub_task_id"].string_value if "agenthub_task_id" in fields else ""
         task_id = task_id or message.task_id or str(uuid.uuid4())
         context_id = message.context_id or str(uuid.uuid4())
-        token = current_turn.set(Turn(self, task_id, context_id, _text(message)))
+        turn = Turn(self, task_id, context_id, text_of(message))
+        token = current_turn.set(turn)
         try:
             yield Task(
                 id=task_id,
                 context_id=context_id,
                 history=[message],
-                status=TaskStatus(state=TaskState.TASK_STATE_WORKING, timestamp=_now()),
+                status=TaskStatus(state=TaskState.TASK_STATE_WORKING, timestamp=now()),
             )
-            async for event in self._loop(task_id, context_id, message):
+            async for event in self._loop(turn, message):
                 yield event
         finally:
             current_turn.reset(token)
 
-    async def _loop(self, task_id: str, context_id: str, message: Message) -> AsyncIterator[AgentEvent]:
+    async def _loop(self, turn: Turn, message: Message) -> AsyncIterator[AgentEvent]:
+        """Model → tools → model … → answer. A turn made only of calls already made, or the step
+        limit, ends the tool phase: the model is then asked for its answer with tools off."""
         assert self.model is not None
-        chat: list[ChatMessage] = (
-            [{"role": "system", "content": self.instructions}] if self.instructions else []
-        )
-        chat.append({"role": "user", "content": _text(message)})
-        tools = list(self.tools.values())
-        answer: str | None = None
-        for step in range(self.max_steps):
-            choice: ToolChoice = self.tool_choice if step == 0 and tools else "auto"
+        tools = self._offered_tools()
+        runner = ToolRunner({t.name: t for t in tools}, self.retry_policy)
+        chat = await self._chat(turn, message)
+        answer = ""
+        final = not tools
+        for step in range(self.max_steps + 1):
+            final = final or step == self.max_steps
+            choice: ToolChoice = "none" if final else self.tool_choice if step == 0 else "auto"
             try:
                 reply = await self.model.complete(chat, tools, tool_choice=choice)
             except Exception as exc:  # any model/provider failure becomes a readable failed task
-                yield _status(task_id, context_id, TaskState.TASK_STATE_FAILED, f"model error: {exc}")
+                yield status(
+                    turn.task_id, turn.context_id, TaskState.TASK_STATE_FAILED, f"model error: {exc}"
+                )
                 return
-            if not reply.tool_calls:
+            if final or not reply.tool_calls:
                 answer = reply.content
                 break
-            chat.append(
-                {
-                    "role": "assistant",
-                    "content": reply.content or None,
-                    "tool_calls": [
-                        {
-                            "id": c.id,
-                            "type": "function",
-                            "function": {"name": c.name, "arguments": json.dumps(c.arguments)},
-                        }
-                        for c in reply.tool_calls
-                    ],
-                }
-            )
+            chat.append(_assistant_calls(reply))
+            outcomes = {}
+            async for progress in runner.run(reply.tool_calls):
+                yield status(
+                    turn.task_id, turn.context_id, TaskState.TASK_STATE_WORKING, progress.text, progress.data
+                )
+                if progress.outcome is not None:
+                    outcomes[progress.outcome.call.id] = progress.outcome
             for call in reply.tool_calls:
-                yield _status(
-                    task_id,
-                    context_id,
-                    TaskState.TASK_STATE_WORKING,
-                    f"calling {call.name}({json.dumps(call.arguments)})",
-                    {"tool_call": {"id": call.id, "name": call.name, "arguments": call.arguments}},
+                outcome = outcomes[call.id]
+                chat.append(
+                    {"role": "tool", "tool_call_id": call.id, "name": call.name, "content": outcome.content}
                 )
-                result, ok = await self._run_tool(call.name, call.arguments)
-                yield _status(
-                    task_id,
-                    context_id,
-                    TaskState.TASK_STATE_WORKING,
-                    f"{call.name} -> {result}",
-                    {"tool_result": {"id": call.id, "name": call.name, "ok": ok, "content": result}},
-                )
-                chat.append({"role": "tool", "tool_call_id": call.id, "name": call.name, "content": result})
-                if ok and self.tools[call.name].return_direct:
-                    answer = result
-            if answer is not None:
+                direct = outcome.ok and not outcome.duplicate_of and runner.tools[call.name].return_direct
+                answer = answer or (outcome.content if direct else "")
+            if answer:
                 break
-        if answer is None:
-            answer = f"I could not finish within {self.max_steps} steps."
+            final = all(outcomes[c.id].duplicate_of for c in reply.tool_calls)
+        answer = answer or f"I could not finish within {self.max_steps} steps."
         yield TaskArtifactUpdateEvent(
-            task_id=task_id,
-            context_id=context_id,
+            task_id=turn.task_id,
+            context_id=turn.context_id,
             last_chunk=True,
-            artifact=Artifact(artifact_id=f"{task_id}-answer", name="answer", parts=[Part(text=answer)]),
+            artifact=Artifact(artifact_id=f"{turn.task_id}-answer", name="answer", parts=[Part(text=answer)]),
         )
-        yield _status(task_id, context_id, TaskState.TASK_STATE_COMPLETED, answer)
+        yield status(turn.task_id, turn.context_id, TaskState.TASK_STATE_COMPLETED, answer)
 
-    async def _run_tool(self, name: str, arguments: dict[str, Any]) -> tuple[str, bool]:
-        tool = self.tools.get(name)
-        if tool is None:
-            return f"error: no tool named {name!r}; available: {', '.join(self.tools)}", False
+    def _offered_tools(self) -> list[Tool]:
+        """The local tools and every MCP server's last listed tools (a local name wins)."""
+        offered = dict(self.tools)
+        for connection in self.mcp:
+            for t in connection.tools:
+                offered.setdefault(t.name, t)
+        return list(offered.values())
+
+    async def _chat(self, turn: Turn, message: Message) -> list[ChatMessage]:
+        """The model's input: instructions, the remembered thread, the current request."""
+        chat: list[ChatMessage] = (
+            [{"role": "system", "content": self.instructions}] if self.instructions else []
+        )
+        chat += await self._remember(turn, message.message_id)
+        chat.append({"role": "user", "content": turn.text})
+        return chat
+
+    async def _remember(self, turn: Turn, message_id: str) -> list[ChatMessage]:
+        """This agent's earlier turns in the thread, read from the hub, within the memory budget.
+
+        A hub that cannot be read costs the memory, not the answer: the turn goes on without it."""
+        if self.memory is None or self.memory.max_messages <= 0:
+            return []
         try:
-            return await tool.call(arguments), True
-        except ToolError as exc:
-            return f"error: {exc}", False
+            thread = await self.hub.get_thread(turn.context_id)
+        except ThreadNotFound:
+            return []
         except AgentHubError as exc:
-            return f"error: {exc.message}", False
+            log.warning("thread unreadable: answering without memory", agent=self.name, error=exc.message)
+            return []
+        history = recall(thread, self.name, task_id=turn.task_id, message_id=message_id)
+        return fit(history, self.memory)
 
 
-class _AgentRequestHandler(RequestHandler):
-    """The agent's A2A server side: a thin handler over `Agent.handle` (no task manager on the hot path)."""
-
-    def __init__(self, agent: Agent) -> None:
-        self._agent = agent
-        self._tasks: OrderedDict[str, Task] = OrderedDict()
-
-    async def on_message_send_stream(
-        self, params: SendMessageRequest, context: ServerCallContext
-    ) -> AsyncGenerator[AgentEvent]:
-        async for event in self._agent.handle(params):
-            self._remember(event)
-            yield event
-
-    async def on_message_send(self, params: SendMessageRequest, context: ServerCallContext) -> Task | Message:
-        task: Task | None = None
-        async for event in self._agent.handle(params):
-            task = self._remember(event)
-        assert task is not None
-        return task
-
-    def _remember(self, event: AgentEvent) -> Task:
-        """Keep the last 1,000 tasks so direct callers can GetTask; the hub keeps the real record."""
-        if isinstance(event, Task):
-            self._tasks[event.id] = event
-        task = self._tasks[event.task_id] if not isinstance(event, Task) else event
-        if isinstance(event, TaskStatusUpdateEvent):
-            task.status.CopyFrom(event.status)
-            if event.status.message.parts:
-                task.history.append(event.status.message)
-        elif isinstance(event, TaskArtifactUpdateEvent):
-            task.artifacts.append(event.artifact)
-        while len(self._tasks) > 1000:
-            self._tasks.popitem(last=False)
-        return task
-
-    async def on_get_task(self, params: GetTaskRequest, context: ServerCallContext) -> Task | None:
-        return self._tasks.get(params.id)
-
-    async def on_list_tasks(self, params: ListTasksRequest, context: ServerCallContext) -> ListTasksResponse:
-        tasks = [
-            t for t in self._tasks.values() if not params.context_id or t.context_id == params.context_id
-        ]
-        return ListTasksResponse(tasks=tasks, page_size=len(tasks), total_size=len(tasks))
-
-    async def on_cancel_task(self, params: CancelTaskRequest, context: ServerCallContext) -> Task | None:
-        task = self._tasks.get(params.id)
-        if task is None:
-            raise TaskNotFoundError(f"task {params.id} not found")
-        task.status.CopyFrom(TaskStatus(state=TaskState.TASK_STATE_CANCELED, timestamp=_now()))
-        return task
-
-    async def on_subscribe_to_task(
-        self, params: Any, context: ServerCallContext
-    ) -> AsyncGenerator[AgentEvent]:
-        raise TaskNotFoundError("subscribe through the hub")
-        yield
-
-    async def on_get_extended_agent_card(
-        self, params: GetExtendedAgentCardRequest, context: ServerCallContext
-    ) -> AgentCard:
-        return self._agent.card()
-
-    async def on_create_task_push_notification_config(
-        self, params: TaskPushNotificationConfig, context: ServerCallContext
-    ) -> TaskPushNotificationConfig:
-        raise PushNotificationNotSupportedError
-
-    async def on_get_task_push_notification_config(
-        self, params: GetTaskPushNotificationConfigRequest, context: ServerCallContext
-    ) -> TaskPushNotificationConfig:
-        raise PushNotificationNotSupportedError
-
-    async def on_list_task_push_notification_configs(
-        self, params: ListTaskPushNotificationConfigsRequest, context: ServerCallContext
-    ) -> ListTaskPushNotificationConfigsResponse:
-        raise PushNotificationNotSupportedError
-
-    async def on_delete_task_push_notification_config(
-        self, params: DeleteTaskPushNotificationConfigRequest, context: ServerCallContext
-    ) -> None:
-        raise PushNotificationNotSupportedError
-
-
-def _now() -> Timestamp:
-    stamp = Timestamp()
-    stamp.GetCurrentTime()
-    return stamp
-
-
-def _status(
-    task_id: str, context_id: str, state: TaskState, text: str, data: dict[str, Any] | None = None
-) -> TaskStatusUpdateEvent:
-    parts = [Part(text=text)]
-    if data is not None:
-        parts.append(Part(data=ParseDict(data, Value()), media_type="application/json"))
-    message = Message(
-        message_id=str(uuid.uuid4()),
-        role=Role.ROLE_AGENT,
-        task_id=task_id,
-        context_id=context_id,
-        parts=parts,
-    )
-    return TaskStatusUpdateEvent(
-        task_id=task_id,
-        context_id=context_id,
-        status=TaskStatus(state=state, message=message, timestamp=_now()),
-    )
-
-
-def _text(item: Message | Artifact) -> str:
-    return "\n".join(p.text for p in item.parts if p.WhichOneof("content") == "text")
+def _assistant_calls(reply: ModelReply) -> ChatMessage:
+    """The model's tool-calling turn, as the chat records it."""
+    return {
+        "role": "assistant",
+        "content": reply.content or None,
+        "tool_calls": [
+            {
+                "id": c.id,
+                "type": "function",
+                "function": {"name": c.name, "arguments": json.dumps(c.arguments)},
+            }
+            for c in reply.tool_calls
+        ],
+    }
 
 
 def _skill(description: str) -> AgentSkill:

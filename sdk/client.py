@@ -25,7 +25,7 @@ from a2a.types import (
 )
 
 from agenthub.sdk._aio import Lifecycle
-from agenthub.sdk.errors import from_grpc
+from agenthub.sdk.errors import AgentNotFound, ThreadNotFound, from_grpc
 from agenthub.sdk.pb import operator_pb2 as op
 from agenthub.sdk.pb import operator_pb2_grpc, registry_pb2_grpc, threads_pb2_grpc
 from agenthub.sdk.pb import registry_pb2 as reg
@@ -213,10 +213,14 @@ class HubClient(Lifecycle):
         return stats
 
     async def get_thread(self, context_id: str) -> thr.Thread:
+        """One thread whole: its messages, tasks and artifacts (ThreadNotFound if it has none)."""
         stub = threads_pb2_grpc.ThreadServiceStub(self.channel)
-        thread: thr.Thread = await _call(
-            stub.GetThread(thr.GetThreadRequest(context_id=context_id), timeout=self.timeout)
-        )
+        try:
+            thread: thr.Thread = await _call(
+                stub.GetThread(thr.GetThreadRequest(context_id=context_id), timeout=self.timeout)
+            )
+        except AgentNotFound as exc:  # NOT_FOUND from the thread service is about the thread
+            raise ThreadNotFound(exc.message) from None
         return thread
 
 

@@ -22,7 +22,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from agenthub.sdk.tools import Tool
 
 ChatMessage = dict[str, Any]
-ToolChoice = Literal["auto", "required"]
+ToolChoice = Literal["auto", "required", "none"]
 REPLY = "reply"
 
 
@@ -50,7 +50,8 @@ class Model(ABC):
     async def complete(
         self, messages: Sequence[ChatMessage], tools: Sequence[Tool], *, tool_choice: ToolChoice = "auto"
     ) -> ModelReply:
-        """The model's next turn; with tool_choice="required" it must call a tool."""
+        """The model's next turn: with tool_choice="required" it must call a tool, with "none" it
+        must answer in text (the tools are still given, since the conversation mentions them)."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook, most models hold nothing
         """Release connections."""
@@ -71,18 +72,19 @@ class ModelSettings(BaseSettings):
 
     @classmethod
     def for_agent(cls, agent: str) -> ModelSettings:
-        """Settings from AGENTHUB_MODEL_*, overridden by AGENTHUB_<AGENT>_MODEL_* where set."""
+        """Settings from AGENTHUB_MODEL_*, overridden by AGENTHUB_<AGENT>_MODEL_* where set.
+
+        <AGENT> is the name upper-cased with every other character than A-Z and 0-9 as "_"
+        (agent `web-search` reads AGENTHUB_WEB_SEARCH_MODEL_*). A per-agent variable wins even
+        when it sets the default value back."""
         base = cls()
+        prefix = "AGENTHUB_" + re.sub(r"[^A-Z0-9]", "_", agent.upper()) + "_MODEL_"
         specific = type(
             "AgentModelSettings",
             (cls,),
-            {
-                "model_config": SettingsConfigDict(
-                    env_prefix=f"AGENTHUB_{agent.upper()}_MODEL_", extra="ignore"
-                )
-            },
+            {"model_config": SettingsConfigDict(env_prefix=prefix, extra="ignore")},
         )
-        overrides = specific().model_dump(exclude_defaults=True)
+        overrides = specific().model_dump(exclude_unset=True)
         return base.model_copy(update=overrides)
 
 
@@ -121,18 +123,19 @@ class OpenAIModel(Model):
                 if c.type == "function"
             ]
             return ModelReply(message.content or "", calls)
+        offered = () if tool_choice == "none" else tools  # "none": the reply option alone
         if tools:
             common["response_format"] = {
                 "type": "json_schema",
                 "json_schema": {
                     "name": "next_step",
-                    "schema": choice_schema(tools, reply=tool_choice == "auto"),
+                    "schema": choice_schema(offered, reply=tool_choice != "required"),
                 },
             }
-        plain: Any = as_plain_chat(messages, tools)
+        plain: Any = as_plain_chat(messages, offered)
         response = await self._client.chat.completions.create(messages=plain, **common)
         content = response.choices[0].message.content or ""
-        return parse_choice(content, tools) if tools else ModelReply(content)
+        return parse_choice(content, offered) if tools else ModelReply(content)
 
 
 def _openai_tool(t: Tool) -> dict[str, Any]:
@@ -226,7 +229,8 @@ class ScriptedModel(Model):
     """A deterministic model for tests: a function from the conversation to the next turn.
 
     Not a language model. By default it calls the first tool with the user's text as its only
-    string argument, then replies with the tool's result.
+    string argument, then replies with the tool's result. Asked not to call tools
+    (tool_choice="none"), its rule is given no tools.
     """
 
     def __init__(self, rule: Rule | None = None) -> None:
@@ -235,7 +239,7 @@ class ScriptedModel(Model):
     async def complete(
         self, messages: Sequence[ChatMessage], tools: Sequence[Tool], *, tool_choice: ToolChoice = "auto"
     ) -> ModelReply:
-        return self._rule(messages, tools)
+        return self._rule(messages, () if tool_choice == "none" else tools)
 
 
 def first_tool_then_echo(messages: Sequence[ChatMessage], tools: Sequence[Tool]) -> ModelReply:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import json
 from collections.abc import Awaitable, Callable
@@ -13,7 +12,12 @@ from pydantic import BaseModel, ValidationError, create_model
 
 
 class ToolError(Exception):
-    """A tool call failed; the message is shown to the model and recorded in the thread."""
+    """A tool call failed for good; the message is shown to the model and recorded in the thread."""
+
+
+class TransientToolError(ToolError):
+    """A tool call failed for a reason that may pass (a service briefly down): the agent retries it
+    with backoff, and shows the model the error only when the retries are spent."""
 
 
 @dataclass
@@ -21,39 +25,37 @@ class Tool:
     """A callable the model may choose, described by a JSON schema of its arguments.
 
     `return_direct` makes the tool's result the agent's final answer (no further model turn):
-    right for exact tools (arithmetic) and delegations, and kind to small models.
+    right for exact tools (arithmetic) and delegations, and kind to small models. `timeout` (seconds
+    per attempt) and `retries` (extra attempts after a transient failure) default to the agent's
+    settings when None. `args_model` validates the arguments before the call; tools whose schema
+    comes from elsewhere (MCP servers) have none and are validated by their server.
     """
 
     name: str
     description: str
     parameters: dict[str, Any]
     fn: Callable[..., Any]
-    args_model: type[BaseModel]
-    timeout: float = 30.0
-    retries: int = 0
+    args_model: type[BaseModel] | None
+    timeout: float | None = None
+    retries: int | None = None
     return_direct: bool = False
     metadata: dict[str, Any] = field(default_factory=dict)
 
     async def call(self, arguments: dict[str, Any]) -> str:
-        """Validate the arguments, run the tool with timeout and retries, return its result as text."""
-        try:
-            args = self.args_model.model_validate(arguments)
-        except ValidationError as exc:
-            raise ToolError(f"invalid arguments for {self.name}: {exc.errors(include_url=False)}") from exc
-        last: Exception | None = None
-        for _ in range(self.retries + 1):
+        """One attempt: validate the arguments, run the tool, return its result as text.
+
+        Timeouts and retries are the caller's (the agent's tool loop), so each attempt is recorded."""
+        if self.args_model is not None:
             try:
-                async with asyncio.timeout(self.timeout):
-                    result = self.fn(**dict(args))
-                    if inspect.isawaitable(result):
-                        result = await result
-                return result if isinstance(result, str) else json.dumps(result, default=str)
-            except TimeoutError:
-                last = ToolError(f"{self.name} timed out after {self.timeout}s")
-            except ToolError as exc:
-                last = exc
-        assert last is not None
-        raise last
+                arguments = dict(self.args_model.model_validate(arguments))
+            except ValidationError as exc:
+                raise ToolError(
+                    f"invalid arguments for {self.name}: {exc.errors(include_url=False)}"
+                ) from exc
+        result = self.fn(**arguments)
+        if inspect.isawaitable(result):
+            result = await result
+        return result if isinstance(result, str) else json.dumps(result, default=str)
 
 
 @overload
@@ -63,8 +65,8 @@ def tool(
     *,
     name: str | None = None,
     description: str | None = None,
-    timeout: float = 30.0,
-    retries: int = 0,
+    timeout: float | None = None,
+    retries: int | None = None,
     return_direct: bool = False,
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 
@@ -75,13 +77,15 @@ def tool(
     *,
     name: str | None = None,
     description: str | None = None,
-    timeout: float = 30.0,
-    retries: int = 0,
+    timeout: float | None = None,
+    retries: int | None = None,
     return_direct: bool = False,
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
     """Turn a function (sync or async) into a `Tool`; its docstring is the description.
 
-    Use bare (`@tool`) or with options (`@tool(timeout=5, retries=2)`).
+    Use bare (`@tool`) or with options (`@tool(timeout=5, retries=2)`); unset options take the
+    agent's defaults. Raise `ToolError` for a failure the model should see at once, and
+    `TransientToolError` (or let a `ConnectionError`/`OSError` out) for one worth retrying.
     """
 
     def wrap(func: Callable[..., Any]) -> Tool:
@@ -121,6 +125,7 @@ def make_tool(
     return_direct: bool = False,
     **metadata: Any,
 ) -> Tool:
-    """A tool built around an existing callable (used for delegation tools)."""
+    """A tool built around an existing callable (used for delegation tools: never retried here,
+    the hub already retries deliveries)."""
     model = args_model(fn)
     return Tool(name, description, model.model_json_schema(), fn, model, timeout, 0, return_direct, metadata)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Any
 
-from agenthub.sdk.models import ChatMessage, ModelReply, ScriptedModel, ToolCall
+from agenthub.sdk.models import ChatMessage, Model, ModelReply, ScriptedModel, ToolCall, ToolChoice
 from agenthub.sdk.tools import Tool
 
 ARITHMETIC = re.compile(r"(-?\d+(?:\.\d+)?)\s*([-+*/])\s*(-?\d+(?:\.\d+)?)")
@@ -34,3 +35,32 @@ def calculator_model() -> ScriptedModel:
 
 def triage_model() -> ScriptedModel:
     return ScriptedModel(triage_rule)
+
+
+class RecordingModel(Model):
+    """Wraps any model (scripted or real) and keeps what it was given at each call: the chat,
+    the names of the tools offered, and the tool choice."""
+
+    def __init__(self, inner: Model) -> None:
+        self.inner = inner
+        self.inputs: list[dict[str, Any]] = []
+
+    async def complete(
+        self, messages: Sequence[ChatMessage], tools: Sequence[Tool], *, tool_choice: ToolChoice = "auto"
+    ) -> ModelReply:
+        self.inputs.append(
+            {
+                "messages": [dict(m) for m in messages],
+                "tools": [t.name for t in tools],
+                "tool_choice": tool_choice,
+            }
+        )
+        return await self.inner.complete(messages, tools, tool_choice=tool_choice)
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+def contents(messages: Sequence[ChatMessage]) -> list[tuple[str, str]]:
+    """(role, content) of each chat message: what a test compares."""
+    return [(m["role"], m.get("content") or "") for m in messages]

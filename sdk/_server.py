@@ -1,0 +1,127 @@
+"""An SDK agent's A2A server side: a thin `RequestHandler` over `Agent.handle`.
+
+Deliberately not a2a-sdk's `DefaultRequestHandler` (task manager, event queues, in-memory store):
+on these machines it caps a server at a sixth of the rate (DESIGN.md). The hub keeps the real
+record of every task; this keeps the last 1,000 only so a direct caller can GetTask.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import AsyncGenerator
+from typing import TYPE_CHECKING, Any
+
+from a2a.server.context import ServerCallContext
+from a2a.server.request_handlers import RequestHandler
+from a2a.types import (
+    AgentCard,
+    CancelTaskRequest,
+    DeleteTaskPushNotificationConfigRequest,
+    GetExtendedAgentCardRequest,
+    GetTaskPushNotificationConfigRequest,
+    GetTaskRequest,
+    ListTaskPushNotificationConfigsRequest,
+    ListTaskPushNotificationConfigsResponse,
+    ListTasksRequest,
+    ListTasksResponse,
+    Message,
+    SendMessageRequest,
+    Task,
+    TaskArtifactUpdateEvent,
+    TaskPushNotificationConfig,
+    TaskState,
+    TaskStatus,
+    TaskStatusUpdateEvent,
+)
+from a2a.utils.errors import PushNotificationNotSupportedError, TaskNotFoundError
+
+from agenthub.sdk._events import now
+
+if TYPE_CHECKING:
+    from agenthub.sdk.agent import Agent
+
+AgentEvent = Task | Message | TaskStatusUpdateEvent | TaskArtifactUpdateEvent
+
+
+class AgentRequestHandler(RequestHandler):
+    """The agent's A2A server side: a thin handler over `Agent.handle` (no task manager on the hot path)."""
+
+    def __init__(self, agent: Agent) -> None:
+        self._agent = agent
+        self._tasks: OrderedDict[str, Task] = OrderedDict()
+
+    async def on_message_send_stream(
+        self, params: SendMessageRequest, context: ServerCallContext
+    ) -> AsyncGenerator[AgentEvent]:
+        async for event in self._agent.handle(params):
+            self._remember(event)
+            yield event
+
+    async def on_message_send(self, params: SendMessageRequest, context: ServerCallContext) -> Task | Message:
+        task: Task | None = None
+        async for event in self._agent.handle(params):
+            task = self._remember(event)
+        assert task is not None
+        return task
+
+    def _remember(self, event: AgentEvent) -> Task:
+        """Keep the last 1,000 tasks so direct callers can GetTask; the hub keeps the real record."""
+        if isinstance(event, Task):
+            self._tasks[event.id] = event
+        task = self._tasks[event.task_id] if not isinstance(event, Task) else event
+        if isinstance(event, TaskStatusUpdateEvent):
+            task.status.CopyFrom(event.status)
+            if event.status.message.parts:
+                task.history.append(event.status.message)
+        elif isinstance(event, TaskArtifactUpdateEvent):
+            task.artifacts.append(event.artifact)
+        while len(self._tasks) > 1000:
+            self._tasks.popitem(last=False)
+        return task
+
+    async def on_get_task(self, params: GetTaskRequest, context: ServerCallContext) -> Task | None:
+        return self._tasks.get(params.id)
+
+    async def on_list_tasks(self, params: ListTasksRequest, context: ServerCallContext) -> ListTasksResponse:
+        tasks = [
+            t for t in self._tasks.values() if not params.context_id or t.context_id == params.context_id
+        ]
+        return ListTasksResponse(tasks=tasks, page_size=len(tasks), total_size=len(tasks))
+
+    async def on_cancel_task(self, params: CancelTaskRequest, context: ServerCallContext) -> Task | None:
+        task = self._tasks.get(params.id)
+        if task is None:
+            raise TaskNotFoundError(f"task {params.id} not found")
+        task.status.CopyFrom(TaskStatus(state=TaskState.TASK_STATE_CANCELED, timestamp=now()))
+        return task
+
+    async def on_subscribe_to_task(
+        self, params: Any, context: ServerCallContext
+    ) -> AsyncGenerator[AgentEvent]:
+        raise TaskNotFoundError("subscribe through the hub")
+        yield
+
+    async def on_get_extended_agent_card(
+        self, params: GetExtendedAgentCardRequest, context: ServerCallContext
+    ) -> AgentCard:
+        return self._agent.card()
+
+    async def on_create_task_push_notification_config(
+        self, params: TaskPushNotificationConfig, context: ServerCallContext
+    ) -> TaskPushNotificationConfig:
+        raise PushNotificationNotSupportedError
+
+    async def on_get_task_push_notification_config(
+        self, params: GetTaskPushNotificationConfigRequest, context: ServerCallContext
+    ) -> TaskPushNotificationConfig:
+        raise PushNotificationNotSupportedError
+
+    async def on_list_task_push_notification_configs(
+        self, params: ListTaskPushNotificationConfigsRequest, context: ServerCallContext
+    ) -> ListTaskPushNotificationConfigsResponse:
+        raise PushNotificationNotSupportedError
+
+    async def on_delete_task_push_notification_config(
+        self, params: DeleteTaskPushNotificationConfigRequest, context: ServerCallContext
+    ) -> None:
+        raise PushNotificationNotSupportedError

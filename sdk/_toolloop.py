@@ -1,0 +1,192 @@
+"""The tool half of an agent's loop: run the calls of one model turn, sturdily.
+
+- The calls of one model turn run concurrently.
+- Each attempt has a timeout; a transient failure (`TransientToolError`, a timeout, a connection
+  error, the hub briefly unreachable) is retried with exponential backoff; a permanent one
+  (`ToolError`, bad arguments, anything else) goes back to the model at once as an error result.
+- An identical call (same tool, same arguments) runs once per task: asking again gets the model
+  the result it already has, and tells it so.
+- Every call, retry and result is reported as a `Progress` (the agent turns each into an A2A
+  status update, so the thread records it).
+
+Never talks to the model or the hub itself: the agent does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from agenthub.sdk.errors import AgentHubError, AgentUnavailable, HubUnavailable
+from agenthub.sdk.models import ToolCall
+from agenthub.sdk.tools import Tool, ToolError, TransientToolError
+
+log = structlog.get_logger(__name__)
+
+TRANSIENT = (TransientToolError, TimeoutError, ConnectionError, OSError, HubUnavailable, AgentUnavailable)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Per-agent defaults for every tool; a tool's own `timeout`/`retries` win over them."""
+
+    timeout_s: float = 30.0
+    retries: int = 2
+    backoff_s: float = 0.5
+    max_backoff_s: float = 10.0
+
+    def delay(self, retry: int) -> float:
+        """Seconds to wait before retry number `retry` (1-based): doubling, capped."""
+        return float(min(self.backoff_s * 2 ** (retry - 1), self.max_backoff_s))
+
+
+@dataclass
+class Outcome:
+    """What one call came to: the text the model gets, and whether the tool succeeded."""
+
+    call: ToolCall
+    content: str
+    ok: bool
+    duplicate_of: str = ""
+
+
+@dataclass
+class Progress:
+    """A step worth recording: its text for people, its data part for machines, and the outcome
+    when the step is a result."""
+
+    text: str
+    data: dict[str, Any]
+    outcome: Outcome | None = None
+
+
+@dataclass
+class ToolRunner:
+    """Runs the tool calls of one task (one runner per task: it remembers the calls made)."""
+
+    tools: Mapping[str, Tool]
+    policy: RetryPolicy
+    done: dict[str, Outcome] = field(default_factory=dict)
+
+    async def run(self, calls: Sequence[ToolCall]) -> AsyncIterator[Progress]:
+        """Run one model turn's calls concurrently, yielding progress as it happens; each call
+        ends with exactly one result `Progress` (carrying its `Outcome`)."""
+        queue: asyncio.Queue[Progress | None] = asyncio.Queue()
+        fresh: dict[str, ToolCall] = {}
+        repeats: list[ToolCall] = []
+        for call in calls:
+            queue.put_nowait(_call_progress(call, self.tools.get(call.name)))
+            if _key(call) in self.done or _key(call) in fresh:
+                repeats.append(call)
+            else:
+                fresh[_key(call)] = call
+        running = [asyncio.create_task(self._one(call, queue.put_nowait)) for call in fresh.values()]
+        finished = asyncio.gather(*running)
+        finished.add_done_callback(lambda _: queue.put_nowait(None))
+        try:
+            while (progress := await queue.get()) is not None:
+                if progress.outcome is not None:
+                    self.done[_key(progress.outcome.call)] = progress.outcome
+                yield progress
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+        for call in repeats:  # after the fresh calls, so a twin in this turn has its result too
+            yield _result_progress(_repeat(call, self.done[_key(call)]))
+
+    async def _one(self, call: ToolCall, report: Callable[[Progress], None]) -> None:
+        """One call with its timeout and retries; reports retries and, last, the result."""
+        tool = self.tools.get(call.name)
+        if tool is None:
+            available = ", ".join(self.tools) or "none"
+            report(
+                _result_progress(
+                    Outcome(call, f"error: no tool named {call.name!r}; available: {available}", False)
+                )
+            )
+            return
+        timeout = tool.timeout if tool.timeout is not None else self.policy.timeout_s
+        retries = tool.retries if tool.retries is not None else self.policy.retries
+        attempt = 1
+        while True:
+            try:
+                async with asyncio.timeout(timeout):
+                    content = await tool.call(call.arguments)
+                report(_result_progress(Outcome(call, content, True)))
+                return
+            except TRANSIENT as exc:
+                reason = _reason(exc, tool, timeout)
+                if attempt > retries:
+                    tries = f" after {attempt} attempts" if attempt > 1 else ""
+                    report(
+                        _result_progress(Outcome(call, f"error: {call.name} failed{tries}: {reason}", False))
+                    )
+                    return
+                delay = self.policy.delay(attempt)
+                report(_retry_progress(call, attempt + 1, retries + 1, reason, delay))
+                await asyncio.sleep(delay)
+                attempt += 1
+            except ToolError as exc:
+                report(_result_progress(Outcome(call, f"error: {exc}", False)))
+                return
+            except AgentHubError as exc:
+                report(_result_progress(Outcome(call, f"error: {exc.message}", False)))
+                return
+            except Exception as exc:  # a bug in the tool: the model hears of it, the log has the trace
+                log.exception("tool raised", tool=call.name)
+                report(
+                    _result_progress(
+                        Outcome(call, f"error: {call.name} failed: {exc or 'internal error'}", False)
+                    )
+                )
+                return
+
+
+def _key(call: ToolCall) -> str:
+    return f"{call.name}\x00{json.dumps(call.arguments, sort_keys=True, default=str)}"
+
+
+def _reason(exc: BaseException, tool: Tool, timeout: float) -> str:
+    if isinstance(exc, TimeoutError) and not str(exc):
+        return f"timed out after {timeout:g}s"
+    if isinstance(exc, AgentHubError):
+        return exc.message
+    return str(exc) or "connection failed"
+
+
+def _repeat(call: ToolCall, prior: Outcome) -> Outcome:
+    """The answer to a call already made in this task: not run again, the model is told."""
+    content = (
+        f"You already called {call.name} with these arguments in this task; its result was: "
+        f"{prior.content}. Do not call it again: use this result."
+    )
+    return Outcome(call, content, prior.ok, duplicate_of=prior.call.id)
+
+
+def _call_progress(call: ToolCall, tool: Tool | None) -> Progress:
+    data: dict[str, Any] = {"id": call.id, "name": call.name, "arguments": call.arguments}
+    if tool is not None and tool.metadata.get("mcp_server"):
+        data["mcp_server"] = tool.metadata["mcp_server"]
+    return Progress(f"calling {call.name}({json.dumps(call.arguments)})", {"tool_call": data})
+
+
+def _retry_progress(call: ToolCall, attempt: int, attempts: int, reason: str, delay: float) -> Progress:
+    text = f"retrying {call.name} (attempt {attempt} of {attempts}) in {delay:g}s: {reason}"
+    data = {"id": call.id, "name": call.name, "attempt": attempt, "of": attempts, "error": reason}
+    return Progress(text, {"tool_retry": data})
+
+
+def _result_progress(outcome: Outcome) -> Progress:
+    call = outcome.call
+    data: dict[str, Any] = {"id": call.id, "name": call.name, "ok": outcome.ok, "content": outcome.content}
+    text = f"{call.name} -> {outcome.content}"
+    if outcome.duplicate_of:
+        data["duplicate_of"] = outcome.duplicate_of
+        text = f"{call.name} already called with these arguments: its earlier result is reused"
+    return Progress(text, {"tool_result": data}, outcome)
