@@ -45,12 +45,39 @@ class HubSettings(BaseSettings):
     instance_id: str = Field(default_factory=lambda: uuid.uuid4().hex[:12], description="this hub instance")
     fetch_wait_ms: int = Field(20, ge=0, description="longest wait of a consumer fetch with nothing to read")
     max_message_bytes: int = Field(1_048_576, ge=1024, description="largest A2A request accepted")
-    max_attempts: int = Field(3, ge=1, description="deliveries tried before a request is dead-lettered")
-    retry_backoff_s: float = Field(0.5, ge=0, description="first retry delay; doubles each attempt")
+    max_attempts: int = Field(
+        6,
+        ge=1,
+        description="attempts of a request (while its agent is reachable) before it is dead-lettered",
+    )
+    retry_backoff_s: float = Field(
+        0.5, ge=0, description="first retry delay; doubles each attempt (jittered)"
+    )
+    retry_backoff_cap_s: float = Field(8.0, ge=0, description="longest delay between two attempts")
+    retry_window_s: float = Field(
+        120.0, gt=0, description="longest time one request is retried before it is dead-lettered"
+    )
+    breaker_threshold: int = Field(
+        3, ge=0, description="consecutive unreachable calls that open an agent's circuit (0 = never)"
+    )
+    breaker_probe_s: float = Field(
+        1.0, gt=0, description="seconds between probes of an agent whose circuit is open"
+    )
+    commit_interval_ms: int = Field(100, ge=0, description="how often finished inbox offsets are committed")
+    drain_timeout_s: float = Field(
+        10.0, ge=0, description="longest wait for in-flight requests when partitions move to another instance"
+    )
+    produce_timeout_s: float = Field(
+        5.0, gt=0, description="longest a send waits for the log before it is refused as UNAVAILABLE"
+    )
     agent_call_timeout_s: float = Field(300.0, gt=0, description="longest one agent call may take")
     max_in_flight: int = Field(64, ge=1, description="requests dispatched concurrently per agent")
     default_agent: str | None = Field(None, description="agent for requests that name no tenant")
     health_interval_s: float = Field(5.0, ge=0, description="seconds between agent health checks (0 = off)")
+    push_attempts: int = Field(5, ge=1, description="POSTs tried per task update before a webhook gives up")
+    push_backoff_s: float = Field(
+        0.5, ge=0, description="first delay between two POSTs to a webhook; doubles each time (jittered)"
+    )
 
     @property
     def card_host(self) -> str:

@@ -36,15 +36,18 @@ TRANSIENT_GRPC = frozenset(
     }
 )
 _TRANSIENT_HTTP = re.compile(r"Network communication error|HTTP Error (5\d\d|429)")
+_UNREACHABLE_HTTP = re.compile(r"Network communication error|HTTP Error (502|503|504)")
 Metadata = tuple[tuple[str, str], ...]
 
 
 class AgentCallFailed(Exception):
-    """A call to an agent failed; `transient` says whether another attempt may succeed."""
+    """A call to an agent failed; `transient` says whether another attempt may succeed, and
+    `unreachable` whether the agent itself is not there (down, restarting), not this request."""
 
-    def __init__(self, message: str, *, transient: bool) -> None:
+    def __init__(self, message: str, *, transient: bool, unreachable: bool = False) -> None:
         super().__init__(message)
         self.transient = transient
+        self.unreachable = unreachable
 
 
 class Connection(ABC):
@@ -78,7 +81,11 @@ class GrpcConnection(Connection):
                 yield event
         except grpc.aio.AioRpcError as exc:
             message = f"{exc.code().name}: {exc.details()}"
-            raise AgentCallFailed(message, transient=exc.code() in TRANSIENT_GRPC) from None
+            raise AgentCallFailed(
+                message,
+                transient=exc.code() in TRANSIENT_GRPC,
+                unreachable=exc.code() == grpc.StatusCode.UNAVAILABLE,
+            ) from None
         finally:
             call.cancel()
 
@@ -108,7 +115,12 @@ class ClientConnection(Connection):
         except A2AClientTimeoutError as exc:
             raise AgentCallFailed(f"timed out: {exc}", transient=True) from None
         except A2AClientError as exc:
-            raise AgentCallFailed(str(exc), transient=bool(_TRANSIENT_HTTP.search(str(exc)))) from None
+            text = str(exc)
+            raise AgentCallFailed(
+                text,
+                transient=bool(_TRANSIENT_HTTP.search(text)),
+                unreachable=bool(_UNREACHABLE_HTTP.search(text)),
+            ) from None
         except A2AError as exc:
             raise AgentCallFailed(f"{type(exc).__name__}: {exc}", transient=False) from None
 

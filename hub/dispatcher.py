@@ -1,10 +1,13 @@
-"""The dispatcher: delivers each agent's inbox to the agent over A2A gRPC, and its answers to the log.
+"""The dispatcher: delivers every agent's inbox to the agent over A2A, and its answers to the log.
 
-One worker per registered agent reads `<prefix>.inbox.<agent>` in group `<prefix>.dispatch.<agent>`.
-Records of one context run one after another (their order is the thread's order); records of
-different contexts run concurrently up to `max_in_flight`. An inbox offset is committed only once
-the request's outcome is in the log: answered, failed with a reason, or dead-lettered. It never
-drops a request silently.
+One consumer per hub instance reads every inbox (`<prefix>.inbox.*`, group `<prefix>.dispatch`)
+and feeds one `Lane` per agent. In a lane, records of one context run one after another (their
+order is the thread's order) and records of different contexts run concurrently up to
+`max_in_flight`; a full lane, or an agent whose circuit is open, pauses its inbox partitions, so
+waiting requests stay in the log, not in memory. An inbox offset is committed (batched, every
+`commit_interval_ms`) only once the request's outcome is durably in the log: answered, failed
+with a reason, or dead-lettered. Producing an outcome is retried until the log takes it; it is
+never skipped. Cancellations come from the control topic and are kept in memory.
 """
 
 from __future__ import annotations
@@ -12,27 +15,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from collections.abc import Awaitable, Callable
+import time
+from collections import OrderedDict, deque
 
 import structlog
 from a2a.types import SendMessageRequest, StreamResponse, TaskState
 from google.protobuf.message import DecodeError
 
 from agenthub.hub import envelopes, task_events
+from agenthub.hub.breaker import Breaker
 from agenthub.hub.config import HubSettings
-from agenthub.hub.connections import AgentCallFailed, Connections
+from agenthub.hub.connections import AgentCallFailed, Connections, is_up
 from agenthub.hub.log._base import Consumer, Lifecycle, Log, Record, TopicPartition
+from agenthub.hub.loops import Backoff, Readiness, SupervisedLoop, describe, retry_until_ok
 from agenthub.hub.offsets import OffsetTracker
 from agenthub.hub.registry import Registry
-from agenthub.hub.threads._base import ThreadStore
 from agenthub.hub.topics import Topics
-from agenthub.sdk._aio import cancel_and_wait
 from agenthub.sdk.pb.envelope_pb2 import Envelope, Kind
-from agenthub.sdk.pb.registry_pb2 import AgentChange
 
 log = structlog.get_logger(__name__)
-
-Emit = Callable[[StreamResponse], Awaitable[None]]
+CANCELS_KEPT = 100_000  # task ids whose cancellation is remembered
 
 
 class AgentUnreachable(Exception):
@@ -40,58 +42,112 @@ class AgentUnreachable(Exception):
 
 
 class Dispatcher(Lifecycle):
-    """Runs one `AgentWorker` per registered agent and applies cancel requests.
+    """Runs every agent's lane from one inbox consumer, and applies cancel requests.
 
     Args:
         log: the log backend.
-        registry: registered agents (workers follow its changes).
-        store: the thread store (to skip requests whose task was canceled while queued).
-        settings: hub settings (attempts, backoff, timeouts, concurrency, fetch wait).
+        registry: registered agents (where to reach them).
+        settings: hub settings (attempts, backoff, circuit, timeouts, concurrency, fetch wait).
+        readiness: where log outages and failing loops are reported.
     """
 
-    def __init__(self, log: Log, registry: Registry, store: ThreadStore, settings: HubSettings) -> None:
+    def __init__(
+        self, log: Log, registry: Registry, settings: HubSettings, readiness: Readiness | None = None
+    ) -> None:
         self._log = log
         self._registry = registry
-        self._store = store
         self._settings = settings
+        self._readiness = readiness or Readiness()
         self._topics = Topics(settings.topic_prefix)
-        self._workers: dict[str, AgentWorker] = {}
+        self._lanes: dict[str, Lane] = {}
         self._running: dict[str, tuple[asyncio.Task[None], str]] = {}
-        self._tasks: list[asyncio.Task[None]] = []
+        self._canceled: OrderedDict[str, None] = OrderedDict()
+        self._tracker = OffsetTracker()
+        self._inbox: Consumer | None = None
         self._control: Consumer | None = None
         self._connections = Connections()
+        self._loops = [
+            SupervisedLoop("dispatcher", self._run, self._readiness),
+            SupervisedLoop("dispatcher-control", self._follow_control, self._readiness),
+            SupervisedLoop("dispatcher-commits", self._commit_periodically, self._readiness),
+        ]
 
     async def start(self) -> None:
         await self._log.ensure_topic(self._topics.control, partitions=1)
-        self._control = self._log.consumer([self._topics.control], from_beginning=False)
+        self._control = self._log.consumer([self._topics.control], from_beginning=True)
         await self._control.start()
-        self._tasks = [
-            asyncio.create_task(self._follow_registry(), name="dispatcher-registry"),
-            asyncio.create_task(self._follow_control(), name="dispatcher-control"),
-        ]
+        self._inbox = self._log.consumer(
+            group=self._topics.dispatch_group, pattern=self._topics.inbox_pattern, on_revoke=self._drain
+        )
+        await self._inbox.start()
+        for loop in self._loops:
+            await loop.start()
 
     async def stop(self) -> None:
-        await cancel_and_wait(*self._tasks)
-        await asyncio.gather(*(worker.stop() for worker in self._workers.values()))
-        self._workers.clear()
-        if self._control is not None:
-            await self._control.stop()
+        """Stop fetching, let in-flight requests finish, commit, release."""
+        for loop in self._loops:
+            await loop.stop()
+        await asyncio.gather(*(lane.close() for lane in self._lanes.values()))
+        await self._commit()
+        for consumer in (self._inbox, self._control):
+            if consumer is not None:
+                await consumer.stop()
+        self._inbox = self._control = None
         await self._connections.stop()
 
-    async def _follow_registry(self) -> None:
-        async for change in self._registry.watch():
-            await self._on_change(change)
+    # ---- the inbox -----------------------------------------------------------------------
 
-    async def _on_change(self, change: AgentChange) -> None:
-        name = change.agent.name
-        if change.removed:
-            worker = self._workers.pop(name, None)
-            if worker is not None:
-                await worker.stop()
-        elif name not in self._workers:
-            worker = AgentWorker(self, name)
-            self._workers[name] = worker
-            await worker.start()
+    async def _run(self) -> None:
+        assert self._inbox is not None
+        while True:
+            for record in await self._inbox.getmany(timeout_ms=self._settings.fetch_wait_ms, max_records=256):
+                if self._tracker.taken(record):
+                    continue  # fetched again after a rebalance: already ours, in flight or done
+                self._tracker.take(record)
+                self._lane(self._topics.agent_of_inbox(record.topic)).offer(record)
+
+    def _lane(self, agent: str) -> Lane:
+        lane = self._lanes.get(agent)
+        if lane is None:
+            lane = self._lanes[agent] = Lane(self, agent)
+        return lane
+
+    def pause(self, agent: str, paused: bool) -> None:
+        """Stop (or resume) fetching an agent's inbox: its lane is full or its circuit is open."""
+        if self._inbox is None:
+            return
+        inbox = self._topics.inbox(agent)
+        partitions = {tp for tp in self._inbox.assignment() if tp.topic == inbox}
+        if paused:
+            self._inbox.pause(partitions)
+        else:
+            self._inbox.resume(partitions)
+
+    def finished(self, record: Record) -> None:
+        self._tracker.finish(record)
+
+    async def _commit_periodically(self) -> None:
+        interval = self._settings.commit_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            await self._commit()
+
+    async def _commit(self) -> None:
+        offsets = self._tracker.committable()
+        if offsets and self._inbox is not None:
+            await self._inbox.commit(offsets)
+
+    async def _drain(self, lost: set[TopicPartition]) -> None:
+        """Before partitions may move to another hub instance: commit what is done, at once.
+
+        Nothing waits for in-flight work here (a delegation in flight may need this very
+        rebalance to finish). In-flight and waiting records stay ours: when the partitions come
+        back, their records are not delivered twice (`_run` skips offsets already taken); when
+        they went to another instance, it redelivers what was not committed (at-least-once).
+        """
+        await self._commit()
+
+    # ---- cancellation --------------------------------------------------------------------
 
     async def _follow_control(self) -> None:
         assert self._control is not None
@@ -103,23 +159,53 @@ class Dispatcher(Lifecycle):
                         await self._cancel(envelope)
 
     async def _cancel(self, envelope: Envelope) -> None:
+        self._canceled[envelope.task_id] = None
+        if len(self._canceled) > CANCELS_KEPT:
+            self._canceled.popitem(last=False)
         running = self._running.get(envelope.task_id)
         if running is None:
             return
         call, agent = running
         registered = self._registry.find(agent)
         if registered is not None:  # tell the agent too; its call is canceled either way
-            await self._connections.to(registered.record, registered.card).cancel(envelope.task_id)
+            with contextlib.suppress(AgentCallFailed):
+                await self._connections.to(registered.record, registered.card).cancel(envelope.task_id)
         call.cancel()
 
-    async def deliver(self, agent: str, envelope: Envelope, request: SendMessageRequest) -> None:
-        """Deliver one request to its agent and put its outcome in the log, whatever happens."""
-        emitter = _Emitter(self._log, envelope, agent)
-        task = await self._store.get_task(envelope.task_id)
-        if task is not None and task.task.status.state == TaskState.TASK_STATE_CANCELED:
+    # ---- one request ---------------------------------------------------------------------
+
+    async def process(self, lane: Lane, record: Record) -> None:
+        """Deliver one inbox record; park it if it is unreadable. Never raises for a bad record."""
+        try:
+            envelope = envelopes.decode(record)
+            if envelope.kind != Kind.KIND_REQUEST:
+                return
+            request = envelopes.unpack(envelope, SendMessageRequest)
+        except (DecodeError, ValueError) as exc:
+            await self.park(lane.agent, record, f"unreadable inbox record: {exc}")
             return
-        call = asyncio.create_task(self._attempts(agent, envelope, request, emitter))
-        self._running[envelope.task_id] = (call, agent)
+        try:
+            await self.deliver(lane, envelope, request)
+        except Exception as exc:  # a hub fault must fail the task visibly, never drop the request
+            log.error("delivery failed inside the hub", agent=lane.agent, task=envelope.task_id,
+                      error=describe(exc))  # fmt: skip
+            await self.fail(lane.agent, envelope, "the hub failed while delivering it")
+
+    async def deliver(self, lane: Lane, envelope: Envelope, request: SendMessageRequest) -> None:
+        """Deliver one request to its agent and put its outcome in the log, whatever happens."""
+        emitter = _Emitter(self, envelope, lane.agent)
+        if envelope.task_id in self._canceled:
+            await emitter.outcome(
+                task_events.status_event(
+                    envelope.task_id,
+                    envelope.context_id,
+                    TaskState.TASK_STATE_CANCELED,
+                    "canceled before delivery",
+                )
+            )
+            return
+        call = asyncio.create_task(self._attempts(lane, envelope, request, emitter))
+        self._running[envelope.task_id] = (call, lane.agent)
         try:
             await call
         except asyncio.CancelledError:
@@ -134,7 +220,7 @@ class Dispatcher(Lifecycle):
                 )
             )
         except AgentUnreachable as exc:
-            await self.fail(agent, envelope, str(exc), emitter)
+            await self.fail(lane.agent, envelope, str(exc), emitter)
         finally:
             self._running.pop(envelope.task_id, None)
 
@@ -147,32 +233,44 @@ class Dispatcher(Lifecycle):
         event = task_events.status_event(
             envelope.task_id, envelope.context_id, TaskState.TASK_STATE_FAILED, reason
         )
-        await (emitter or _Emitter(self._log, envelope, agent)).outcome(event)
+        await (emitter or _Emitter(self, envelope, agent)).outcome(event)
 
     async def _attempts(
-        self, agent: str, envelope: Envelope, request: SendMessageRequest, emitter: _Emitter
+        self, lane: Lane, envelope: Envelope, request: SendMessageRequest, emitter: _Emitter
     ) -> None:
+        """Call the agent until it answers, retrying transient failures with jittered backoff.
+
+        While the agent's circuit is open, attempts wait for it and are not counted; the retry
+        window and `max_attempts` bound how long a reachable but failing agent is retried.
+        """
         settings = self._settings
-        last_error = ""
-        for attempt in range(settings.max_attempts):
-            if attempt:
-                await asyncio.sleep(settings.retry_backoff_s * 2 ** (attempt - 1))
-            emitter.begin_attempt(envelope.attempt + attempt)
+        backoff = Backoff(settings.retry_backoff_s, settings.retry_backoff_cap_s)
+        started = time.monotonic()
+        attempts, last_error = 0, ""
+        while True:
+            await lane.breaker.admitted()
+            emitter.begin_attempt(envelope.attempt + attempts)
             try:
-                reason = await self._call(agent, envelope, request, emitter)
+                reason = await self._call(lane.agent, envelope, request, emitter)
+                lane.breaker.succeeded()
             except AgentCallFailed as exc:
                 last_error = str(exc)
-                if not exc.transient:
-                    reason = f"agent {agent!r} rejected the request: {last_error}"
-                else:
-                    log.warning(
-                        "agent call failed, will retry",
-                        agent=agent,
-                        task=envelope.task_id,
-                        attempt=attempt + 1,
-                        error=last_error,
-                    )
+                if exc.transient:
+                    lane.breaker.failed(unreachable=exc.unreachable)
+                    if not (exc.unreachable and lane.breaker.is_open):  # an open circuit burns nothing
+                        attempts += 1
+                    if (
+                        attempts >= settings.max_attempts
+                        or time.monotonic() - started > settings.retry_window_s
+                    ):
+                        raise AgentUnreachable(
+                            f"agent {lane.agent!r} failed {attempts} attempts (last: {last_error})"
+                        ) from None
+                    log.warning("agent call failed, will retry", agent=lane.agent, task=envelope.task_id,
+                                attempt=attempts, error=last_error)  # fmt: skip
+                    await asyncio.sleep(backoff.next_delay())
                     continue
+                reason = f"agent {lane.agent!r} rejected the request: {last_error}"
             if reason:
                 await emitter.outcome(
                     task_events.status_event(
@@ -180,9 +278,6 @@ class Dispatcher(Lifecycle):
                     )
                 )
             return
-        raise AgentUnreachable(
-            f"agent {agent!r} failed {settings.max_attempts} attempts (last: {last_error})"
-        )
 
     async def _call(
         self, agent: str, envelope: Envelope, request: SendMessageRequest, emitter: _Emitter
@@ -205,6 +300,24 @@ class Dispatcher(Lifecycle):
                     return ""
         return f"agent {agent!r} ended its stream without a final task state"
 
+    async def probe(self, agent: str) -> bool:
+        """Whether a registered agent answers (for its circuit breaker)."""
+        registered = self._registry.find(agent)
+        return registered is not None and await is_up(registered.record)
+
+    # ---- producing -----------------------------------------------------------------------
+
+    async def produce(
+        self, topic: str, value: bytes, key: bytes | None, headers: tuple[tuple[str, bytes], ...]
+    ) -> None:
+        """Produce until the log takes it: an outcome is never dropped for a log outage."""
+        await retry_until_ok(
+            "log",
+            lambda: self._log.produce(topic, value, key=key, headers=headers),
+            self._readiness,
+            retry_on=self._log.outages,
+        )
+
     async def _dead_letter(self, agent: str, envelope: Envelope, reason: str) -> None:
         dead = Envelope()
         dead.CopyFrom(envelope)
@@ -213,11 +326,11 @@ class Dispatcher(Lifecycle):
         dead.causation_id = envelope.id
         dead.error = reason
         dead.attempt = envelope.attempt + self._settings.max_attempts - 1
-        await self._log.produce(
+        await self.produce(
             self._topics.dlq(agent),
             dead.SerializeToString(),
-            key=envelope.context_id.encode(),
-            headers=envelopes.headers(dead),
+            envelope.context_id.encode(),
+            envelopes.headers(dead),
         )
         log.error("request dead-lettered", agent=agent, task=envelope.task_id, reason=reason)
 
@@ -225,9 +338,7 @@ class Dispatcher(Lifecycle):
         """Move an inbox record nobody can read to the dead-letter topic as it is, with the reason."""
         source = f"{record.topic}/{record.partition}/{record.offset}"
         extra = (("agenthub-error", reason.encode()), ("agenthub-source", source.encode()))
-        await self._log.produce(
-            self._topics.dlq(agent), record.value, key=record.key, headers=record.headers + extra
-        )
+        await self.produce(self._topics.dlq(agent), record.value, record.key, record.headers + extra)
         log.error("unreadable inbox record dead-lettered", agent=agent, source=source, reason=reason)
 
 
@@ -259,8 +370,8 @@ class _Emitter:
     attempts never share an id. The hub's own outcome (failed, canceled) has one fixed id.
     """
 
-    def __init__(self, log: Log, request: Envelope, agent: str) -> None:
-        self._log = log
+    def __init__(self, dispatcher: Dispatcher, request: Envelope, agent: str) -> None:
+        self._dispatcher = dispatcher
         self._request = request
         self._agent = agent
         self._attempt = 1
@@ -294,67 +405,62 @@ class _Emitter:
             traceparent=request.traceparent,
             causation_id=request.id,
         )
-        await self._log.produce(
+        await self._dispatcher.produce(
             request.reply_topic,
             envelope.SerializeToString(),
-            key=request.context_id.encode(),
-            headers=envelopes.headers(envelope),
+            request.context_id.encode(),
+            envelopes.headers(envelope),
         )
 
 
-class AgentWorker(Lifecycle):
-    """Consumes one agent's inbox with per-context ordering and bounded concurrency."""
+class Lane:
+    """One agent's share of the dispatcher: ordered per context, bounded, paused when full or open."""
 
     def __init__(self, dispatcher: Dispatcher, agent: str) -> None:
         self._dispatcher = dispatcher
         self.agent = agent
         settings = dispatcher._settings
-        self._fetch_wait_ms = settings.fetch_wait_ms
-        self._slots = asyncio.Semaphore(settings.max_in_flight)
-        self._tracker = OffsetTracker()
-        self._chains: dict[bytes | None, asyncio.Task[None]] = {}
-        self._consumer: Consumer | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    async def start(self) -> None:
-        topics = self._dispatcher._topics
-        self._consumer = self._dispatcher._log.consumer(
-            [topics.inbox(self.agent)], group=topics.dispatch_group(self.agent), on_revoke=self._drain
+        self._limit = settings.max_in_flight
+        self.breaker = Breaker(
+            agent,
+            functools.partial(dispatcher.probe, agent),
+            threshold=settings.breaker_threshold,
+            probe_interval_s=settings.breaker_probe_s,
+            on_change=lambda _: self._pump(),
         )
-        await self._consumer.start()
-        self._task = asyncio.create_task(self._run(), name=f"dispatch-{self.agent}")
+        self._waiting: deque[Record] = deque()
+        self._chains: dict[bytes | None, asyncio.Task[None]] = {}
+        self._in_flight = 0
+        self._paused = False
 
-    async def stop(self) -> None:
-        """Stop fetching, let in-flight requests finish, commit, release."""
-        await cancel_and_wait(self._task)
-        self._task = None
+    def offer(self, record: Record) -> None:
+        self._waiting.append(record)
+        self._pump()
+
+    async def finish(self) -> None:
+        """Wait for every started request of this lane."""
         if self._chains:
             await asyncio.gather(*self._chains.values(), return_exceptions=True)
-        await self._commit()
-        if self._consumer is not None:
-            await self._consumer.stop()
-            self._consumer = None
 
-    async def _drain(self, lost: set[TopicPartition]) -> None:
-        """Before partitions move to another hub instance: finish what is in flight and commit it."""
-        if self._chains:
-            await asyncio.gather(*self._chains.values(), return_exceptions=True)
-        await self._commit()
-        self._tracker.forget(lost)
+    async def close(self) -> None:
+        """Start nothing more, let what runs finish, stop probing. What waited is read again later."""
+        self._waiting.clear()
+        await self.finish()
+        await self.breaker.stop()
 
-    async def _run(self) -> None:
-        assert self._consumer is not None
-        while True:
-            await self._slots.acquire()
-            self._slots.release()
-            records = await self._consumer.getmany(timeout_ms=self._fetch_wait_ms, max_records=64)
-            for record in records:
-                await self._slots.acquire()
-                self._tracker.take(record)
-                previous = self._chains.get(record.key)
-                task = asyncio.create_task(self._handle(previous, record))
-                self._chains[record.key] = task
-                task.add_done_callback(functools.partial(self._forget, record.key))
+    def _pump(self) -> None:
+        """Start waiting records while there is room and the circuit is closed; pause otherwise."""
+        while self._waiting and self._in_flight < self._limit and not self.breaker.is_open:
+            record = self._waiting.popleft()
+            self._in_flight += 1
+            previous = self._chains.get(record.key)
+            task = asyncio.create_task(self._handle(previous, record))
+            self._chains[record.key] = task
+            task.add_done_callback(functools.partial(self._forget, record.key))
+        paused = bool(self._waiting) or self._in_flight >= self._limit or self.breaker.is_open
+        if paused != self._paused:
+            self._paused = paused
+            self._dispatcher.pause(self.agent, paused)
 
     def _forget(self, key: bytes | None, task: asyncio.Task[None]) -> None:
         if self._chains.get(key) is task:
@@ -364,28 +470,8 @@ class AgentWorker(Lifecycle):
         try:
             if previous is not None:
                 await asyncio.gather(previous, return_exceptions=True)
-            await self._process(record)
+            await self._dispatcher.process(self, record)
         finally:
-            self._tracker.finish(record)
-            self._slots.release()
-            await self._commit()
-
-    async def _process(self, record: Record) -> None:
-        try:
-            envelope = envelopes.decode(record)
-            if envelope.kind != Kind.KIND_REQUEST:
-                return
-            request = envelopes.unpack(envelope, SendMessageRequest)
-        except (DecodeError, ValueError) as exc:
-            await self._dispatcher.park(self.agent, record, f"unreadable inbox record: {exc}")
-            return
-        try:
-            await self._dispatcher.deliver(self.agent, envelope, request)
-        except Exception as exc:  # a hub fault must fail the task visibly, never drop the request
-            log.exception("delivery failed inside the hub", agent=self.agent, task=envelope.task_id)
-            await self._dispatcher.fail(self.agent, envelope, f"hub error while delivering: {exc!r}")
-
-    async def _commit(self) -> None:
-        offsets = self._tracker.committable()
-        if offsets and self._consumer is not None:
-            await self._consumer.commit(offsets)
+            self._dispatcher.finished(record)
+            self._in_flight -= 1
+            self._pump()

@@ -35,10 +35,10 @@ from a2a.types import (
     Task,
     TaskPushNotificationConfig,
     TaskState,
-    TaskStatus,
 )
 from a2a.utils.constants import PROTOCOL_VERSION_CURRENT, VERSION_HEADER
 from a2a.utils.errors import (
+    ExtendedAgentCardNotConfiguredError,
     InvalidParamsError,
     TaskNotCancelableError,
     TaskNotFoundError,
@@ -46,15 +46,18 @@ from a2a.utils.errors import (
     VersionNotSupportedError,
 )
 
-from agenthub.hub import envelopes, task_events
+from agenthub.hub import envelopes, task_events, validation
 from agenthub.hub.cards import CardPublisher
 from agenthub.hub.config import HubSettings
-from agenthub.hub.log._base import Log, Record
+from agenthub.hub.log._base import Log
 from agenthub.hub.push import PushConfigs
 from agenthub.hub.recorder import Recorder
 from agenthub.hub.registry import Registry
 from agenthub.hub.replies import ReplyRouter, Waiter
+from agenthub.hub.resends import Resends
+from agenthub.hub.task_view import TaskView, shaped
 from agenthub.hub.threads._base import TaskRow, ThreadStore
+from agenthub.hub.threads.outage import store_read
 from agenthub.hub.topics import Topics
 from agenthub.sdk.errors import AgentNotFound, InvalidRequest, MessageTooLarge
 from agenthub.sdk.pb.envelope_pb2 import Kind
@@ -97,6 +100,7 @@ class HubRequestHandler(RequestHandler):
         self._registry = registry
         self._store = store
         self._recorder = recorder
+        self._resends = Resends(store, recorder)
         self._replies = replies
         self._settings = settings
         self._topics = Topics(settings.topic_prefix)
@@ -104,30 +108,24 @@ class HubRequestHandler(RequestHandler):
     # ---- sending -------------------------------------------------------------------------
 
     async def on_message_send(self, params: SendMessageRequest, context: ServerCallContext) -> Task | Message:
-        waiter, record, task_id = await self._submit(params, context)
+        waiter, view = await self._submit(params, context)
         try:
             if params.configuration.return_immediately:
-                await self._recorder.wait_recorded(record)
-                return await self._task(task_id, params.configuration)
-            async for event, reply in self._until_turn_ends(waiter):
-                if task_events.ends_call(event):
-                    await self._recorder.wait_recorded(reply)
-                    if event.WhichOneof("payload") == "message":
-                        return event.message
-            return await self._task(task_id, params.configuration)
+                return view.shaped(params.configuration)
+            async for event in self._until_turn_ends(waiter, view):
+                if task_events.ends_call(event) and event.WhichOneof("payload") == "message":
+                    return event.message
+            return view.shaped(params.configuration)
         finally:
             waiter.close()
 
     async def on_message_send_stream(
         self, params: SendMessageRequest, context: ServerCallContext
     ) -> AsyncGenerator[Event]:
-        waiter, record, task_id = await self._submit(params, context)
+        waiter, view = await self._submit(params, context)
         try:
-            await self._recorder.wait_recorded(record)
-            yield await self._task(task_id, params.configuration)
-            async for event, reply in self._until_turn_ends(waiter):
-                if task_events.ends_call(event):
-                    await self._recorder.wait_recorded(reply)
+            yield view.shaped(params.configuration)
+            async for event in self._until_turn_ends(waiter, view):
                 yield _payload(event)
         finally:
             waiter.close()
@@ -143,18 +141,22 @@ class HubRequestHandler(RequestHandler):
         waiter = self._replies.open(params.id)
         try:
             yield (await self._owned_task(params.id, self._route(params, context))).task
-            async for event, _ in self._until_turn_ends(waiter):
+            async for event in self._until_turn_ends(waiter):
                 yield _payload(event)
         finally:
             waiter.close()
 
     async def _submit(
         self, params: SendMessageRequest, context: ServerCallContext
-    ) -> tuple[Waiter, Record, str]:
+    ) -> tuple[Waiter, TaskView]:
+        """Put the request in the agent's inbox; the waiter for its replies, and its task so far."""
         agent = self._agent_name(self._route(params, context))
         self._validate(params)
+        if (earlier := await self._resends.earlier(params.message, agent)) is not None:
+            return earlier  # a resend (same messageId, same content, same context): its first task
         message = params.message
         parent = _header(context, PARENT_HEADER)
+        row: TaskRow | None = None
         if message.task_id:
             row = await self._owned_task(message.task_id, agent)
             if row.task.status.state in task_events.TERMINAL:
@@ -198,17 +200,26 @@ class HubRequestHandler(RequestHandler):
         except BaseException:
             waiter.close()
             raise
-        return waiter, record, task_id
+        self._recorder.expect(task_id, record)
+        view = TaskView(row)
+        view.apply(envelope, record)
+        return waiter, view
 
-    async def _until_turn_ends(self, waiter: Waiter) -> AsyncGenerator[tuple[StreamResponse, Record]]:
-        """Events of the waiter's task, once each, up to the one that ends the agent's turn."""
+    async def _until_turn_ends(
+        self, waiter: Waiter, view: TaskView | None = None
+    ) -> AsyncGenerator[StreamResponse]:
+        """Events of the waiter's task, once each, up to the one that ends the agent's turn; each is
+        projected into `view` before it is yielded, and remembered for read-your-writes."""
         seen: set[str] = set()
         async for envelope, record in waiter:
             if envelope.id in seen:
                 continue
             seen.add(envelope.id)
+            self._recorder.expect(waiter.task_id, record)
+            if view is not None:
+                view.apply(envelope, record)
             event = envelopes.unpack(envelope, StreamResponse)
-            yield event, record
+            yield event
             if task_events.ends_call(event):
                 return
 
@@ -248,7 +259,7 @@ class HubRequestHandler(RequestHandler):
 
     async def on_get_task(self, params: GetTaskRequest, context: ServerCallContext) -> Task | None:
         row = await self._owned_task(params.id, self._route(params, context))
-        return _shaped(row.task, params.history_length if params.HasField("history_length") else None, True)
+        return shaped(row.task, params.history_length if params.HasField("history_length") else None, True)
 
     async def on_list_tasks(self, params: ListTasksRequest, context: ServerCallContext) -> ListTasksResponse:
         tenant = self._route(params, context)
@@ -256,18 +267,21 @@ class HubRequestHandler(RequestHandler):
         size = params.page_size if params.HasField("page_size") else 50
         if not 1 <= size <= MAX_PAGE:
             raise InvalidParamsError(f"page_size must be between 1 and {MAX_PAGE}")
-        try:
-            offset = int(params.page_token or 0)
-        except ValueError:
-            raise InvalidParamsError(f"invalid page_token {params.page_token!r}") from None
+        offset = validation.page_offset(params.page_token)
+        if params.context_id and not ID.match(params.context_id):
+            raise InvalidRequest(f"invalid context_id {params.context_id[:40]!r}: use 1-128 URL-safe chars")
+        if params.status not in TaskState.values():
+            raise InvalidRequest(f"unknown status {params.status}: use an A2A TaskState")
         state = TaskState.Name(params.status) if params.status else None
-        page = await self._store.list_tasks(
-            agent=agent, context_id=params.context_id or None, state=state, limit=size, offset=offset
-        )
+        await self._recorder.settle_all()
+        async with store_read():
+            page = await self._store.list_tasks(
+                agent=agent, context_id=params.context_id or None, state=state, limit=size, offset=offset
+            )
         history = params.history_length if params.HasField("history_length") else None
         artifacts = params.include_artifacts if params.HasField("include_artifacts") else False
         return ListTasksResponse(
-            tasks=[_shaped(row.task, history, artifacts) for row in page.tasks],
+            tasks=[shaped(row.task, history, artifacts) for row in page.tasks],
             next_page_token=str(page.next_offset) if page.next_offset is not None else "",
             page_size=size,
             total_size=page.total,
@@ -299,9 +313,8 @@ class HubRequestHandler(RequestHandler):
     async def _canceled_by_dispatcher(self, waiter: Waiter, timeout: float = 3.0) -> bool:
         try:
             async with asyncio.timeout(timeout):
-                async for event, reply in self._until_turn_ends(waiter):
+                async for event in self._until_turn_ends(waiter):
                     if task_events.state_of(event) in task_events.TERMINAL:
-                        await self._recorder.wait_recorded(reply)
                         return True
         except TimeoutError:
             return False
@@ -326,19 +339,14 @@ class HubRequestHandler(RequestHandler):
             key=row.context_id.encode(),
             headers=envelopes.headers(envelope),
         )
-        await self._recorder.wait_recorded(record)
-
-    async def _task(self, task_id: str, configuration: object) -> Task:
-        row = await self._store.get_task(task_id)
-        if row is None:
-            raise TaskNotFoundError(f"task {task_id} not found")
-        history = configuration.history_length if configuration.HasField("history_length") else None  # type: ignore[attr-defined]
-        return _shaped(row.task, history, True)
+        self._recorder.expect(row.task_id, record)
 
     async def _owned_task(self, task_id: str, tenant: str) -> TaskRow:
         if not task_id or not ID.match(task_id):
             raise InvalidRequest(f"invalid task id {task_id[:40]!r}")
-        row = await self._store.get_task(task_id)
+        await self._recorder.settle(task_id)
+        async with store_read():
+            row = await self._store.get_task(task_id)
         if row is None or (tenant and row.agent != tenant):
             raise TaskNotFoundError(
                 f"task {task_id} not found" + (f" for agent {tenant!r}" if tenant else "")
@@ -350,8 +358,16 @@ class HubRequestHandler(RequestHandler):
     async def on_get_extended_agent_card(
         self, params: GetExtendedAgentCardRequest, context: ServerCallContext
     ) -> AgentCard:
+        """The hub keeps no extended cards: UnsupportedOperation for an agent that declares none
+        (A2A 3.3.4), ExtendedAgentCardNotConfigured for one that does; never the public card."""
         agent = self._registry.get(self._agent_name(self._route(params, context)))
-        return self._cards.publish(agent.card)
+        if not agent.card.capabilities.extended_agent_card:
+            raise UnsupportedOperationError(
+                f"agent {agent.name!r} declares no extended agent card (capabilities.extendedAgentCard)"
+            )
+        raise ExtendedAgentCardNotConfiguredError(
+            f"agent {agent.name!r} declares an extended agent card, but none is configured on this hub"
+        )
 
     async def on_create_task_push_notification_config(
         self, params: TaskPushNotificationConfig, context: ServerCallContext
@@ -377,9 +393,10 @@ class HubRequestHandler(RequestHandler):
     async def on_delete_task_push_notification_config(
         self, params: DeleteTaskPushNotificationConfigRequest, context: ServerCallContext
     ) -> None:
+        """Idempotent: deleting a config that is already gone succeeds (the task must exist)."""
         row = await self._owned_task(params.task_id, self._route(params, context))
-        self._push_config(row.task_id, params.id)
-        await self._push.delete(row.task_id, params.id)
+        if self._push.get(row.task_id, params.id) is not None:
+            await self._push.delete(row.task_id, params.id)
 
     def _push_config(self, task_id: str, config_id: str) -> TaskPushNotificationConfig:
         config = self._push.get(task_id, config_id)
@@ -404,19 +421,3 @@ def _payload(event: StreamResponse) -> Event:
         raise InvalidParamsError("empty event")
     value: Event = getattr(event, kind)
     return value
-
-
-def _shaped(task: Task, history_length: int | None, artifacts: bool) -> Task:
-    """A copy of the task trimmed as the request asked (history length, artifacts)."""
-    out = Task()
-    out.CopyFrom(task)
-    if history_length is not None:
-        if history_length <= 0:
-            del out.history[:]
-        else:
-            del out.history[: max(0, len(out.history) - history_length)]
-    if not artifacts:
-        del out.artifacts[:]
-    if not out.HasField("status"):
-        out.status.CopyFrom(TaskStatus(state=TaskState.TASK_STATE_SUBMITTED))
-    return out

@@ -17,6 +17,10 @@ class OffsetTracker:
         self._pending.setdefault(record.tp, set()).add(record.offset)
         self._highest[record.tp] = max(self._highest.get(record.tp, -1), record.offset)
 
+    def taken(self, record: Record) -> bool:
+        """Whether this record (or a later one of its partition) was taken already."""
+        return record.offset <= self._highest.get(record.tp, -1)
+
     def finish(self, record: Record) -> None:
         self._pending.get(record.tp, set()).discard(record.offset)
 

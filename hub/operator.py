@@ -169,7 +169,7 @@ class Operator:
     async def _rebuild_one(self, item: Scanned, counter: Counter, *, apply: bool, from_scratch: bool) -> None:
         assert item.envelope is not None
         if apply:
-            written = await record_batch(self._store, [item.record]) == 1
+            written = (await record_batch(self._store, [item.record]))[0] == 1
         else:
             written = from_scratch or not await self._store.is_applied(item.envelope.id)
         if written:

@@ -1,14 +1,18 @@
 """The recorder: projects every routing topic into the thread store, exactly once per envelope.
 
-It reads as consumer group `<prefix>.recorder`, applies each envelope's `Projection`, and commits
-offsets only after the store has them, so a crash replays records instead of losing them (and
-replays are harmless: projections are keyed by envelope id). Readers that need read-your-writes
-(the A2A front, after producing) wait on `wait_recorded`.
+It reads as consumer group `<prefix>.recorder.<store id>`, applies each fetched batch's
+`Projection`s in one store transaction, and commits offsets only after the store has them, so a
+crash replays records instead of losing them (replays are harmless: projections are keyed by
+envelope id). While the store is down it retries the same batch with backoff (the log keeps
+everything meanwhile) and readiness says so; a record that cannot be projected is parked in
+`<prefix>.parked` with the reason, never skipped silently. Nobody waits for it on the hot path:
+reads that need read-your-writes call `settle()` for their task only.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import structlog
@@ -16,13 +20,23 @@ from google.protobuf.message import DecodeError
 
 from agenthub.hub import envelopes
 from agenthub.hub.log._base import Consumer, Lifecycle, Log, Record, TopicPartition
+from agenthub.hub.loops import Readiness, SupervisedLoop, describe, retry_until_ok
 from agenthub.hub.projection import project
-from agenthub.hub.threads._base import ThreadStore
+from agenthub.hub.threads._base import Projection, ThreadStore
+from agenthub.hub.threads.outage import STORE_OUTAGES
 from agenthub.hub.topics import Topics
-from agenthub.sdk._aio import cancel_and_wait
 from agenthub.sdk.pb.envelope_pb2 import Envelope
 
 log = structlog.get_logger(__name__)
+EXPECTED_KEPT = 10_000  # tasks whose latest record is remembered for read-your-writes
+
+
+class Unprojectable(Exception):
+    """A record that is not a readable envelope, or whose payload is not what its kind says."""
+
+    def __init__(self, record: Record, reason: str) -> None:
+        super().__init__(reason)
+        self.record = record
 
 
 class Recorder(Lifecycle):
@@ -33,31 +47,70 @@ class Recorder(Lifecycle):
         store: the thread store to project into.
         topics: topic naming.
         fetch_wait_ms: longest wait of one fetch when there is nothing to read (default 100).
+        readiness: where a store outage is reported while it lasts.
     """
 
-    def __init__(self, log: Log, store: ThreadStore, topics: Topics, *, fetch_wait_ms: int = 100) -> None:
+    def __init__(
+        self,
+        log: Log,
+        store: ThreadStore,
+        topics: Topics,
+        *,
+        fetch_wait_ms: int = 100,
+        readiness: Readiness | None = None,
+    ) -> None:
         self._log = log
         self._store = store
         self._topics = topics
         self._fetch_wait_ms = fetch_wait_ms
+        self._readiness = readiness or Readiness()
         self._consumer: Consumer | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._loop = SupervisedLoop("recorder", self._run, self._readiness)
         self._recorded: dict[TopicPartition, int] = {}
         self._advanced = asyncio.Event()  # set (and replaced) each time recording moves forward
+        self._expected: OrderedDict[str, Record] = OrderedDict()
 
     async def start(self) -> None:
+        await self._log.ensure_topic(self._topics.parked)
         self._consumer = self._log.consumer(
             group=self._topics.recorder_group(self._store.store_id), pattern=self._topics.routing_pattern
         )
         await self._consumer.start()
-        self._task = asyncio.create_task(self._run(), name="recorder")
+        await self._loop.start()
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._task)
-        self._task = None
+        await self._loop.stop()
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
+
+    # ---- read-your-writes ----------------------------------------------------------------
+
+    def expect(self, task_id: str, record: Record) -> None:
+        """`record` is the newest record of `task_id` this instance produced or saw."""
+        self._expected[task_id] = record
+        self._expected.move_to_end(task_id)
+        if len(self._expected) > EXPECTED_KEPT:
+            self._expected.popitem(last=False)
+
+    async def settle(self, task_id: str, timeout: float = 10.0) -> None:
+        """Wait until the newest record this instance knows of `task_id` is in the store (bounded)."""
+        record = self._expected.get(task_id)
+        if record is not None and await self.wait_recorded(record, timeout):
+            self._expected.pop(task_id, None)
+
+    async def settle_all(self, timeout: float = 10.0) -> None:
+        """Wait until every record this instance produced or saw is in the store (bounded)."""
+        latest: dict[TopicPartition, Record] = {}
+        for record in self._expected.values():
+            if record.offset > latest.get(record.tp, record).offset or record.tp not in latest:
+                latest[record.tp] = record
+        async with asyncio.timeout(timeout):
+            for record in latest.values():
+                await self.wait_recorded(record, timeout)
+
+    def _is_recorded(self, record: Record) -> bool:
+        return self._recorded.get(record.tp, 0) > record.offset
 
     async def wait_recorded(self, record: Record, timeout: float = 10.0) -> bool:
         """Wait until `record` is in the store; False on timeout (the caller may read stale data).
@@ -65,19 +118,19 @@ class Recorder(Lifecycle):
         A record of a partition this instance does not record (another instance sharing the
         store owns it) is looked up in the store itself.
         """
-
-        def done() -> bool:
-            return self._recorded.get(record.tp, 0) > record.offset
-
+        if self._is_recorded(record):
+            return True
         try:
             async with asyncio.timeout(timeout):
                 if self._consumer is not None and record.tp in self._consumer.assignment():
-                    while not done():
+                    while not self._is_recorded(record):
                         await self._advanced.wait()
                 else:
                     await self._until_in_store(envelopes.decode(record).id)
         except TimeoutError:
             return False
+        except STORE_OUTAGES:
+            return False  # the read that follows reports the outage
         return True
 
     async def _until_in_store(self, envelope_id: str) -> None:
@@ -86,53 +139,84 @@ class Recorder(Lifecycle):
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.05)
 
+    # ---- the loop ------------------------------------------------------------------------
+
     async def _run(self) -> None:
         assert self._consumer is not None
         while True:
             records = await self._consumer.getmany(timeout_ms=self._fetch_wait_ms)
             if not records:
                 continue
-            await record_batch(self._store, records)
+            await self._record(records)
             offsets = {r.tp: r.offset + 1 for r in records}
-            await self._consumer.commit(offsets)
             self._recorded.update(offsets)
             self._advanced.set()
             self._advanced = asyncio.Event()
+            await self._consumer.commit(offsets)
+
+    async def _record(self, records: Sequence[Record]) -> None:
+        """Project a batch, waiting out store outages; park what can never be projected."""
+        try:
+            _, refused = await self._apply(records)
+        except Exception as exc:  # not an outage: one envelope breaks the store; find it, park it
+            log.error("batch refused by the store; recording one by one", error=describe(exc))
+            refused = await self._record_one_by_one(records)
+        for bad in refused:
+            await self._park(bad.record, str(bad))
+
+    async def _apply(self, records: Sequence[Record]) -> tuple[int, list[Unprojectable]]:
+        return await retry_until_ok(
+            "thread store",
+            lambda: record_batch(self._store, records),
+            self._readiness,
+            retry_on=STORE_OUTAGES,
+        )
+
+    async def _record_one_by_one(self, records: Sequence[Record]) -> list[Unprojectable]:
+        refused: list[Unprojectable] = []
+        for record in records:
+            try:
+                refused += (await self._apply([record]))[1]
+            except Exception as exc:  # this record alone is refused: it is parked with the reason
+                refused.append(Unprojectable(record, f"thread store refused it: {describe(exc)}"))
+        return refused
+
+    async def _park(self, record: Record, reason: str) -> None:
+        """Copy a record nobody can record to the parked topic, with the reason and its source."""
+        source = f"{record.topic}/{record.partition}/{record.offset}"
+        extra = (("agenthub-error", reason.encode()), ("agenthub-source", source.encode()))
+        await self._log.produce(
+            self._topics.parked, record.value, key=record.key, headers=record.headers + extra
+        )
+        log.error("record parked", source=source, reason=reason, parked_in=self._topics.parked)
 
 
-async def record_batch(store: ThreadStore, records: Sequence[Record]) -> int:
-    """Project records into a store in one transaction; how many were new. A record that is not a
-    readable envelope is logged loudly and left in the log, never skipped silently."""
-    readable = [(record, envelope) for record in records if (envelope := _readable(record)) is not None]
+async def record_batch(store: ThreadStore, records: Sequence[Record]) -> tuple[int, list[Unprojectable]]:
+    """Project records into a store in one transaction: how many were new, and the records that
+    can never be projected (not an envelope, or a payload that is not what its kind says)."""
+    readable: list[tuple[Record, Envelope]] = []
+    refused: list[Unprojectable] = []
+    for record in records:
+        try:
+            readable.append((record, envelopes.decode(record)))
+        except DecodeError as exc:
+            refused.append(Unprojectable(record, f"not an envelope: {exc}"))
     seen = await store.applied_among([envelope.id for _, envelope in readable])
     current = await store.get_tasks(
         sorted({e.task_id for _, e in readable if e.task_id and e.id not in seen})
     )
-    projections = []
+    projections: list[Projection] = []
     for record, envelope in readable:
         if envelope.id in seen:
             continue
         seen.add(envelope.id)
         try:
             projection = project(envelope, record, current.get(envelope.task_id))
-        except ValueError as exc:  # an envelope whose payload is not what its kind says
-            _unreadable(record, exc)
+        except ValueError as exc:
+            refused.append(Unprojectable(record, f"unreadable payload: {exc}"))
             continue
         if projection.task is not None:  # later records of the batch build on this one
             projection.task.history.extend(projection.statuses)
             current[envelope.task_id] = projection.task
         projections.append(projection)
-    return await store.apply(projections)
-
-
-def _readable(record: Record) -> Envelope | None:
-    try:
-        return envelopes.decode(record)
-    except DecodeError as exc:
-        _unreadable(record, exc)
-        return None
-
-
-def _unreadable(record: Record, exc: Exception) -> None:
-    log.error("unreadable record left in the log", topic=record.topic, partition=record.partition,
-              offset=record.offset, error=str(exc))  # fmt: skip
+    return await store.apply(projections), refused

@@ -142,6 +142,8 @@ class Registry(Lifecycle):
         record.last_heartbeat.CopyFrom(stamp)
         unchanged = previous is not None and _same_registration(previous.record, record)
         record.registered_at.CopyFrom(previous.record.registered_at if previous and unchanged else stamp)
+        # The inbox exists before the first request, so instances start reading it now, not mid-call.
+        await self._log.ensure_topic(self._topics.inbox(card.name))
         await self._log.produce(self._topics.registry, record.SerializeToString(), key=card.name.encode())
         self._apply(card.name.encode(), record.SerializeToString())
         log.info("agent registered", agent=card.name, endpoint=record.endpoint, binding=record.binding)

@@ -20,8 +20,10 @@ from agenthub.hub.cards import CardPublisher
 from agenthub.hub.config import HubSettings
 from agenthub.hub.dispatcher import Dispatcher
 from agenthub.hub.front import HubRequestHandler
+from agenthub.hub.guard import GuardInterceptor
 from agenthub.hub.http import http_app
 from agenthub.hub.log._base import Lifecycle, Log
+from agenthub.hub.loops import Readiness
 from agenthub.hub.operator import Operator
 from agenthub.hub.operator_service import OperatorServicer
 from agenthub.hub.push import Notifier, PushConfigs
@@ -96,14 +98,17 @@ class Hub(Lifecycle):
         self.grpc_port = settings.port or free_port(settings.host)
         self.http_port = settings.http_port or free_port(settings.host)
         topics = Topics(settings.topic_prefix)
+        self.readiness = Readiness()
         self.log = open_log(settings)
         self.store = open_store(settings)
         self.registry = Registry(self.log, topics, health_interval=settings.health_interval_s)
-        self.recorder = Recorder(self.log, self.store, topics, fetch_wait_ms=settings.fetch_wait_ms)
+        self.recorder = Recorder(
+            self.log, self.store, topics, fetch_wait_ms=settings.fetch_wait_ms, readiness=self.readiness
+        )
         self.replies = ReplyRouter(
             self.log, topics.replies(settings.instance_id), fetch_wait_ms=settings.fetch_wait_ms
         )
-        self.dispatcher = Dispatcher(self.log, self.registry, self.store, settings)
+        self.dispatcher = Dispatcher(self.log, self.registry, settings, self.readiness)
         self.operator = Operator(self.log, self.store, self.registry, topics, self.replies.topic)
         self.cards = CardPublisher(settings, self.grpc_port, self.http_port)
         self.push = PushConfigs(self.log, topics)
@@ -150,13 +155,15 @@ class Hub(Lifecycle):
 
     async def _start_grpc(self) -> None:
         limit = self.settings.max_message_bytes * 4
+        receive = self.settings.max_message_bytes * 2  # as the HTTP head's body cap
         server = grpc.aio.server(
-            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
+            interceptors=[GuardInterceptor()],
+            options=[("grpc.max_receive_message_length", receive), ("grpc.max_send_message_length", limit)],
         )
         a2a_pb2_grpc.add_A2AServiceServicer_to_server(HubGrpcHandler(self.handler), server)
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(self.registry), server)
         threads_pb2_grpc.add_ThreadServiceServicer_to_server(
-            ThreadServicer(self.store, self.registry, self.operator), server
+            ThreadServicer(self.store, self.registry, self.operator, self.recorder.settle_all), server
         )
         operator_pb2_grpc.add_OperatorServiceServicer_to_server(OperatorServicer(self.operator), server)
         health_servicer = health.aio.HealthServicer()

@@ -49,11 +49,27 @@ class Topics:
         return rf"{re.escape(self.prefix)}\.replies\..+"
 
     @property
+    def parked(self) -> str:
+        """Records the recorder could never project, with the reason in their headers."""
+        return f"{self.prefix}.parked"
+
+    @property
     def audit(self) -> str:
         return f"{self.prefix}.audit"
 
-    def dispatch_group(self, agent: str) -> str:
-        return f"{self.prefix}.dispatch.{agent}"
+    @property
+    def dispatch_group(self) -> str:
+        """The group whose members (hub instances) share every agent's inbox."""
+        return f"{self.prefix}.dispatch"
+
+    @property
+    def inbox_pattern(self) -> str:
+        """Regex matching every agent's inbox topic."""
+        return rf"{re.escape(self.prefix)}\.inbox\..+"
+
+    def agent_of_inbox(self, topic: str) -> str:
+        """The agent whose inbox `topic` is."""
+        return topic.removeprefix(f"{self.prefix}.inbox.")
 
     def recorder_group(self, store_id: str) -> str:
         """One group per thread store: every store gets every record, hub instances sharing a

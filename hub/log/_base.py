@@ -79,6 +79,8 @@ class Consumer(Lifecycle, ABC):
 class Log(Lifecycle, ABC):
     """A partitioned, durable, append-only log with consumer groups."""
 
+    outages: tuple[type[BaseException], ...] = (OSError, TimeoutError)
+    """Errors meaning the log is unreachable for now (try again later), not that a request is wrong."""
     @abstractmethod
     async def ensure_topic(self, topic: str, partitions: int | None = None, compacted: bool = False) -> None:
         """Create the topic if it does not exist (idempotent)."""

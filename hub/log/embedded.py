@@ -84,6 +84,8 @@ class EmbeddedLog(Log):
         tail_records: records of each partition kept in memory for consumers (default 2048).
     """
 
+    outages = (sqlite3.OperationalError, OSError, TimeoutError)
+
     def __init__(self, path: str | Path, *, default_partitions: int = 4, tail_records: int = 2048) -> None:
         self._path = Path(path)
         self.default_partitions = default_partitions

@@ -59,6 +59,8 @@ class KafkaLog(Log):
         client_id: client id shown in broker logs (default "agenthub").
     """
 
+    outages = (KafkaError, OSError, TimeoutError)
+
     def __init__(
         self,
         bootstrap: str,
