@@ -69,6 +69,18 @@ class HubUnavailable(AgentHubError):
     message = "hub unavailable"
 
 
+class StoreUnavailable(AgentHubError):
+    """The thread store cannot be read right now (routing goes on; retry the read shortly)."""
+
+    message = "thread store unavailable"
+
+
+class LogUnavailable(AgentHubError):
+    """The log cannot take the request right now; nothing was accepted, retry shortly."""
+
+    message = "log unavailable"
+
+
 class ConfigError(AgentHubError):
     """Configuration is invalid or incomplete."""
 
@@ -95,6 +107,8 @@ STATUS: dict[type[Exception], Status] = {
     TopicNotFound: Status(grpc.StatusCode.NOT_FOUND, 404, -32042, "TOPIC_NOT_FOUND", 4),
     AgentUnavailable: Status(grpc.StatusCode.UNAVAILABLE, 503, -32050, "AGENT_UNAVAILABLE", 5),
     HubUnavailable: Status(grpc.StatusCode.UNAVAILABLE, 503, -32051, "HUB_UNAVAILABLE", 5),
+    StoreUnavailable: Status(grpc.StatusCode.UNAVAILABLE, 503, -32053, "STORE_UNAVAILABLE", 5),
+    LogUnavailable: Status(grpc.StatusCode.UNAVAILABLE, 503, -32054, "LOG_UNAVAILABLE", 5),
     ConfigError: Status(grpc.StatusCode.FAILED_PRECONDITION, 400, -32052, "INVALID_CONFIGURATION", 2),
     AgentHubError: Status(grpc.StatusCode.INTERNAL, 500, -32603, "INTERNAL_ERROR", 1),
     # a2a-sdk's own errors, as the A2A v1 specification maps them.
