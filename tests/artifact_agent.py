@@ -4,7 +4,8 @@ reply message. The first word of the request picks the shape of the answer:
 - `text WORDS`: one text artifact "answer: WORDS";
 - `chunks WORDS`: the same artifact streamed as three chunks (`append`, `last_chunk`);
 - `data WORDS`: an artifact with one data part {"answer": WORDS, "ok": true};
-- `file N`: an artifact with one binary file part of N bytes (b"x" * N), plus a URL file part.
+- `file N`: an artifact with one binary file part of N bytes (b"x" * N), plus a URL file part;
+- `reply WORDS`: no task and no artifact at all, a Message "answer: WORDS" (A2A's direct reply).
 """
 
 from __future__ import annotations
@@ -14,14 +15,14 @@ import contextlib
 from collections.abc import AsyncIterator
 
 import uvicorn
-from a2a.helpers.proto_helpers import new_task_from_user_message
+from a2a.helpers.proto_helpers import new_task_from_user_message, new_text_message
 from a2a.server.agent_execution import AgentExecutor, RequestContext
 from a2a.server.events import EventQueue
 from a2a.server.request_handlers import DefaultRequestHandler
 from a2a.server.routes import create_jsonrpc_routes, create_rest_routes
 from a2a.server.routes.agent_card_routes import create_agent_card_routes
 from a2a.server.tasks import InMemoryTaskStore, TaskUpdater
-from a2a.types import Part
+from a2a.types import Part, Role
 from google.protobuf.json_format import ParseDict
 from google.protobuf.struct_pb2 import Value
 from starlette.applications import Starlette
@@ -47,12 +48,16 @@ class ArtifactsOnly(AgentExecutor):
 
     async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
         assert context.message is not None
+        shape, _, rest = context.get_user_input().partition(" ")
+        if shape == "reply":
+            reply = new_text_message(f"answer: {rest}", context_id=context.context_id, role=Role.ROLE_AGENT)
+            await event_queue.enqueue_event(reply)
+            return
         task = context.current_task or new_task_from_user_message(context.message)
         if context.current_task is None:
             await event_queue.enqueue_event(task)
         updater = TaskUpdater(event_queue, task.id, task.context_id)
         await updater.start_work()
-        shape, _, rest = context.get_user_input().partition(" ")
         if shape == "chunks":
             pieces = ["answer", ": ", rest]
             for n, piece in enumerate(pieces):

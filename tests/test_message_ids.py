@@ -1,18 +1,24 @@
 """Message ids are scoped to their thread, and a resend is a retry: the README's curl example sent
 twice is two threads; the same message resent in its context is answered with its first task and
-reaches the agent once; the same id with different content is refused, saying why."""
+reaches the agent once; the same id with different content is refused, saying why. A store made
+when ids were unique across threads migrates, keeping its messages."""
 
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from typing import Any
 
+import aiosqlite
+import asyncpg
 import httpx
 import pytest
 from a2a.types import Message, Part, Role, SendMessageRequest, TaskState
 from a2a.utils.errors import InvalidParamsError
 
 from agenthub.hub.server import Hub
+from agenthub.hub.threads import postgres, sqlite
+from agenthub.hub.threads._base import MessageRow, Projection, ThreadStore
 from agenthub.sdk import HubClient
 from agenthub.sdk.pb import operator_pb2 as op
 from tests.conftest import eventually, stock_client
@@ -111,3 +117,48 @@ async def test_the_same_id_with_different_content_is_refused(hub: Hub, client: H
 
         new = await send_json(hub, {"messageId": "m3", "contextId": context_id, "parts": [{"text": "two"}]})
         assert new.status_code == 200 and new.json()["task"]["contextId"] == context_id
+
+
+V1_MESSAGE = (
+    "INSERT INTO messages (message_id, context_id, task_id, parent_task_id, sender, recipient, role, text,"
+    ' message_json, created_at, topic, "partition", "offset", traceparent)'
+    " VALUES ('m1', 'ctx-a', 'task-a', '', 'user', 'plain', 'user', 'old', '{}', 1.0, 't', 0, 0, '')"
+)
+
+
+async def make_v1_store(threads_url: str | None, path: Path) -> ThreadStore:
+    """A store at schema version 1 (message ids unique across every thread) holding one message;
+    the store object that opens it (and migrates it)."""
+    if threads_url is None:
+        async with aiosqlite.connect(path) as db:
+            await db.executescript(
+                "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY);"
+                f"{sqlite.MIGRATIONS[0]}; INSERT INTO schema_migrations VALUES (1); {V1_MESSAGE};"
+            )
+            await db.commit()
+        return sqlite.SqliteThreadStore(path)
+    db = await asyncpg.connect(threads_url)
+    try:
+        await db.execute("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY)")
+        await db.execute(postgres.MIGRATIONS[0])
+        await db.execute(f"INSERT INTO schema_migrations VALUES (1); {V1_MESSAGE}")
+    finally:
+        await db.close()
+    return postgres.PostgresThreadStore(threads_url)
+
+
+async def test_a_store_made_before_scoped_ids_migrates_and_keeps_its_messages(
+    threads_url: str | None, tmp_path: Path
+) -> None:
+    store = await make_v1_store(threads_url, tmp_path / "threads.db")
+    async with store:
+        (old,) = await store.thread_messages("ctx-a")
+        assert (old.message_id, old.task_id, old.text, old.envelope_id) == ("m1", "task-a", "old", "")
+        again = MessageRow("m1", "ctx-b", "task-b", "", "user", "plain", "user", "new", "{}", 2.0)
+        assert await store.apply([Projection("e-1", messages=[again])]) == 1
+        assert [m.text for m in await store.thread_messages("ctx-b")] == ["new"]
+        same_task = MessageRow("m1", "ctx-a", "task-a", "", "user", "plain", "user", "dup", "{}", 3.0)
+        await store.apply([Projection("e-2", messages=[same_task])])
+        assert [m.text for m in await store.thread_messages("ctx-a")] == ["old"]  # unique per task
+    async with store:  # started again: nothing left to migrate
+        assert len(await store.messages_with_id("ctx-a", "m1")) == 1

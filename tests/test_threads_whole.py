@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from a2a.types import Message
 
 from agenthub.hub import content
 from agenthub.hub.server import Hub
@@ -63,6 +64,26 @@ async def test_artifact_answers_are_in_the_thread_get_task_and_chat_export(
             assert isinstance(turns, list)
             assert [t["role"] for t in turns] == ["system", "user", "assistant"]
             assert turns[-1]["content"] == answer
+
+
+async def test_a_direct_message_reply_is_the_answer(hub: Hub, client: HubClient) -> None:
+    async with serve_artifact_agent() as base:
+        await client.register_url(base)
+        reply = await client.send("artifacts", "reply just a message")
+        assert isinstance(reply, Message) and reply.task_id  # A2A's direct reply, in the hub's task
+        fetched = await client.get_task("artifacts", reply.task_id)
+        assert [p.text for p in fetched.status.message.parts] == ["answer: just a message"]
+        thread = await recorded(client, reply.context_id)
+        assert not thread.artifacts
+        assert [(m.sender, m.role, m.text) for m in thread.messages] == [
+            ("user", "user", "reply just a message"),
+            ("artifacts", "agent", "answer: just a message"),
+        ]
+        (line,) = await chat_of(client, reply.context_id)
+        assert [(t["role"], t["content"]) for t in line["messages"][1:]] == [  # type: ignore[index]
+            ("user", "reply just a message"),
+            ("assistant", "answer: just a message"),
+        ]
 
 
 async def test_streamed_chunks_are_joined_once(hub: Hub, client: HubClient) -> None:
