@@ -29,9 +29,9 @@ def pid() -> int:
 
 
 @server.tool()
-def refuse(reason: str) -> str:
-    """Always fails, with the reason."""
-    raise ToolError(f"refused: {reason}")
+def refuse(text: str) -> str:
+    """Always fails, saying why."""
+    raise ToolError(f"refused: {text}")
 
 
 if __name__ == "__main__":
