@@ -10,25 +10,17 @@ reply message. The first word of the request picks the shape of the answer:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 
-import uvicorn
 from a2a.helpers.proto_helpers import new_task_from_user_message, new_text_message
 from a2a.server.agent_execution import AgentExecutor, RequestContext
 from a2a.server.events import EventQueue
-from a2a.server.request_handlers import DefaultRequestHandler
-from a2a.server.routes import create_jsonrpc_routes, create_rest_routes
-from a2a.server.routes.agent_card_routes import create_agent_card_routes
-from a2a.server.tasks import InMemoryTaskStore, TaskUpdater
+from a2a.server.tasks import TaskUpdater
 from a2a.types import Part, Role
 from google.protobuf.json_format import ParseDict
 from google.protobuf.struct_pb2 import Value
-from starlette.applications import Starlette
 
-from agenthub.hub.server import free_port
-from tests.plain_agent import card
+from tests.plain_agent import serve_plain_agent
 
 FILE_URL = "https://example.invalid/report.pdf"
 
@@ -79,29 +71,6 @@ class ArtifactsOnly(AgentExecutor):
         await TaskUpdater(event_queue, context.task_id or "", context.context_id or "").cancel()
 
 
-@contextlib.asynccontextmanager
-async def serve_artifact_agent() -> AsyncIterator[str]:
+def serve_artifact_agent() -> contextlib.AbstractAsyncContextManager[str]:
     """Serve the agent (card, JSON-RPC, HTTP+JSON) on a free loopback port; yields its base URL."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    agent_card = card(base, ("JSONRPC", "HTTP+JSON"))
-    agent_card.name = "artifacts"
-    handler = DefaultRequestHandler(ArtifactsOnly(), InMemoryTaskStore(), agent_card)
-    app = Starlette(
-        routes=[
-            *create_agent_card_routes(agent_card),
-            *create_jsonrpc_routes(handler, rpc_url="/"),
-            *create_rest_routes(handler),
-        ]
-    )
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110 - uvicorn offers a flag, not an event
-        await asyncio.sleep(0.01)
-    try:
-        yield base
-    finally:
-        server.should_exit = True
-        await task
+    return serve_plain_agent(("JSONRPC", "HTTP+JSON"), ArtifactsOnly(), name="artifacts")

@@ -58,14 +58,19 @@ def card(base: str, bindings: tuple[str, ...], grpc_address: str = "") -> AgentC
 
 
 @contextlib.asynccontextmanager
-async def serve_plain_agent(bindings: tuple[str, ...] = ("JSONRPC", "HTTP+JSON")) -> AsyncIterator[str]:
+async def serve_plain_agent(
+    bindings: tuple[str, ...] = ("JSONRPC", "HTTP+JSON"),
+    executor: AgentExecutor | None = None,
+    name: str = "plain",
+) -> AsyncIterator[str]:
     """Serve the plain agent (card and HTTP bindings, plus gRPC when asked) on free loopback ports;
-    yields its base URL."""
+    yields its base URL. Another `executor` (and `name`) serves another plain a2a-sdk agent."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     grpc_address = f"127.0.0.1:{free_port()}"
     agent_card = card(base, bindings, grpc_address)
-    handler = DefaultRequestHandler(PlainEcho(), InMemoryTaskStore(), agent_card)
+    agent_card.name = name
+    handler = DefaultRequestHandler(executor or PlainEcho(), InMemoryTaskStore(), agent_card)
     grpc_server = grpc.aio.server()
     a2a_pb2_grpc.add_A2AServiceServicer_to_server(GrpcHandler(handler), grpc_server)
     grpc_server.add_insecure_port(grpc_address)
