@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,7 @@ class MCPServer:
         url: a streamable HTTP server, e.g. http://127.0.0.1:8000/mcp.
         prefix: put before each of its tool names (to keep two servers' tools apart).
         connect_timeout_s: longest wait to connect and list the tools.
+        reopen_s: how often a turn tries again to reach the server while it is not connected.
     """
 
     name: str
@@ -47,6 +49,7 @@ class MCPServer:
     url: str = ""
     prefix: str = ""
     connect_timeout_s: float = 10.0
+    reopen_s: float = 30.0
 
     def __post_init__(self) -> None:
         if bool(self.command) == bool(self.url):
@@ -79,13 +82,21 @@ class MCPConnection:
     _runner: asyncio.Task[None] | None = None
     _closing: asyncio.Event = field(default_factory=asyncio.Event)
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _tried_at: float = float("-inf")
 
     async def open(self) -> None:
         """Connect and list the tools; a failure is logged and leaves the tools as they were."""
+        self._tried_at = time.monotonic()
         try:
             await self._connect()
         except TransientToolError as exc:
             log.warning("MCP server unavailable", server=self.server.name, error=str(exc))
+
+    async def refresh(self) -> None:
+        """Before a turn: a server not connected is tried again (at most every `reopen_s`), so
+        one that was down when the agent started offers its tools once it is up."""
+        if self._client is None and time.monotonic() - self._tried_at >= self.server.reopen_s:
+            await self.open()
 
     async def close(self) -> None:
         """Disconnect (a stdio server's process ends with it)."""

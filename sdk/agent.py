@@ -285,6 +285,7 @@ class Agent(Lifecycle):
         """Model → tools → model … → answer. A turn made only of calls already made, or the step
         limit, ends the tool phase: the model is then asked for its answer with tools off."""
         assert self.model is not None
+        await asyncio.gather(*(connection.refresh() for connection in self.mcp))
         tools = self._offered_tools()
         runner = ToolRunner({t.name: t for t in tools}, self.retry_policy)
         chat = await self._chat(turn, message)

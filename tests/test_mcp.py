@@ -6,6 +6,7 @@ a readable error."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -36,6 +37,13 @@ def stdio_server(**options: Any) -> MCPServer:
 async def http_server() -> AsyncIterator[tuple[str, asyncio.subprocess.Process]]:
     """The test MCP server over streamable HTTP on a free loopback port: (its URL, its process)."""
     port = free_port()
+    async with serve_http(port) as process:
+        yield f"http://127.0.0.1:{port}/mcp", process
+
+
+@contextlib.asynccontextmanager
+async def serve_http(port: int) -> AsyncIterator[asyncio.subprocess.Process]:
+    """The test MCP server over streamable HTTP on `port`, until the block ends."""
     process = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "tests.mcp_server", "http", str(port), cwd=ROOT,
         stderr=asyncio.subprocess.DEVNULL,
@@ -51,7 +59,7 @@ async def http_server() -> AsyncIterator[tuple[str, asyncio.subprocess.Process]]
 
     assert await eventually(listening, timeout=30), "the MCP server did not start"
     try:
-        yield f"http://127.0.0.1:{port}/mcp", process
+        yield process
     finally:
         if process.returncode is None:
             process.kill()
@@ -159,6 +167,21 @@ async def test_a_server_down_at_start_costs_only_its_tools(hub: Hub, client: Hub
         task = await client.send("survivor", "local_echo hi")
     assert task.status.message.parts[0].text == "local: hi"
     assert model.inputs[0]["tools"] == ["local_echo"]
+
+
+async def test_a_server_down_at_start_offers_its_tools_once_it_is_up(hub: Hub, client: HubClient) -> None:
+    port = free_port()
+    late = MCPServer.http("late", f"http://127.0.0.1:{port}/mcp", connect_timeout_s=2, reopen_s=0)
+    model = RecordingModel(ScriptedModel(by_command))
+    async with Agent("patient", tools=[local_echo], mcp=[late], model=model, hub=hub.address):
+        assert (await client.send("patient", "local_echo early")).status.message.parts[
+            0
+        ].text == "local: early"
+        async with serve_http(port):
+            task = await client.send("patient", "reverse later")
+    assert task.status.message.parts[0].text == "retal"
+    assert [i["tools"] for i in model.inputs[:1]] == [["local_echo"]]
+    assert "reverse" in model.inputs[-1]["tools"]
 
 
 async def test_tool_names_used_twice_are_refused_at_start() -> None:
