@@ -2,58 +2,69 @@
 
 Configs (A2A `TaskPushNotificationConfig`, per task) live in the compacted topic `<prefix>.push`,
 keyed `<task id>/<config id>` (empty value = deleted), so they survive restarts and every instance
-sees them. The `Notifier` reads the reply topics as its own consumer group and POSTs each task
-update to the task's webhooks in log order, with the configured token and auth header, retrying
-with backoff; every attempt is recorded in `<prefix>.push-attempts`. It never sits on the routing
-path: a webhook that is down delays only its own notifications, never a message or the thread.
+sees them; a URL that can never work is refused when a config is created. The `Notifier` reads the
+reply topics as its own consumer group and hands each task update to the queue of each of the
+task's webhooks (hub/webhooks.py), which POSTs them in log order, retrying with backoff; every
+attempt is recorded in `<prefix>.push-attempts`. It never sits on the routing path: a webhook that
+is down delays only its own notifications, never a message, the thread or another webhook. Both
+loops are supervised: nothing a record or a webhook does can stop them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import time
+import contextlib
 import uuid
 
-import httpx
 import structlog
 from a2a.types import StreamResponse, TaskPushNotificationConfig
 from google.protobuf.json_format import MessageToJson
 from google.protobuf.message import DecodeError
 
 from agenthub.hub import envelopes
-from agenthub.hub.log._base import Consumer, Lifecycle, Log, Record
+from agenthub.hub.log._base import Consumer, Lifecycle, Log, Record, TopicPartition
+from agenthub.hub.loops import Readiness, SupervisedLoop, describe
+from agenthub.hub.offsets import OffsetTracker
 from agenthub.hub.topics import Topics
-from agenthub.sdk._aio import cancel_and_wait
+from agenthub.hub.webhooks import Poster, Update, Webhook, url_problem
 from agenthub.sdk.errors import InvalidRequest
 from agenthub.sdk.pb.envelope_pb2 import Kind
 
 log = structlog.get_logger(__name__)
-TOKEN_HEADER = "X-A2A-Notification-Token"
 
 
 class PushConfigs(Lifecycle):
-    """Every task's push-notification configs, backed by the compacted `<prefix>.push` topic."""
+    """Every task's push-notification configs, backed by the compacted `<prefix>.push` topic.
 
-    def __init__(self, log: Log, topics: Topics) -> None:
+    Args:
+        log: the log backend.
+        topics: topic naming.
+        fetch_wait_ms: longest wait of one fetch with nothing to read (default 20).
+        readiness: where the part reports itself down while following the topic fails.
+    """
+
+    def __init__(
+        self, log: Log, topics: Topics, *, fetch_wait_ms: int = 20, readiness: Readiness | None = None
+    ) -> None:
         self._log = log
         self._topic = topics.push
+        self._fetch_wait_ms = fetch_wait_ms
         self._configs: dict[str, dict[str, TaskPushNotificationConfig]] = {}
+        self._position = 0  # next offset of the topic to apply
+        self._advanced = asyncio.Event()  # set (and replaced) each time the position moves
         self._consumer: Consumer | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._loop = SupervisedLoop("push-configs", self._follow, readiness)
 
     async def start(self) -> None:
+        """Start following the topic; returns once every config stored so far is applied."""
         await self._log.ensure_topic(self._topic, partitions=1, compacted=True)
         self._consumer = self._log.consumer([self._topic], from_beginning=True)
         await self._consumer.start()
-        while records := await self._consumer.getmany(timeout_ms=0):
-            for record in records:
-                self._apply(record)
-        self._task = asyncio.create_task(self._follow(), name="push-configs")
+        await self._loop.start()
+        await self.caught_up()
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._task)
-        self._task = None
+        await self._loop.stop()
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
@@ -64,10 +75,20 @@ class PushConfigs(Lifecycle):
     def get(self, task_id: str, config_id: str) -> TaskPushNotificationConfig | None:
         return self._configs.get(task_id, {}).get(config_id)
 
+    async def caught_up(self) -> None:
+        """Wait until every config stored (by any hub instance) before this call is applied, so an
+        update that follows its task's config is never read without it."""
+        end = (await self._log.end_offsets(self._topic)).get(0, 0)
+        while self._position < end:
+            advanced = self._advanced
+            await advanced.wait()
+
     async def put(self, config: TaskPushNotificationConfig) -> TaskPushNotificationConfig:
-        """Store a config for its task (a new id when it has none); InvalidRequest for a bad URL."""
-        if not config.url.startswith(("http://", "https://")):
-            raise InvalidRequest(f"invalid push notification url {config.url!r}: use http(s)://...")
+        """Store a config for its task (a new id when it has none); InvalidRequest for a URL that
+        can never be a webhook."""
+        problem = url_problem(config.url)
+        if problem is not None:
+            raise InvalidRequest(f"pushNotificationConfig.url {problem}")
         stored = TaskPushNotificationConfig()
         stored.CopyFrom(config)
         stored.id = stored.id or str(uuid.uuid4())
@@ -82,21 +103,31 @@ class PushConfigs(Lifecycle):
         self._apply(record)
 
     def _apply(self, record: Record) -> None:
-        if not record.key:
+        """Apply one record; one that cannot be read (written by something else) is skipped."""
+        try:
+            task_id, _, config_id = (record.key or b"").decode().partition("/")
+            config = TaskPushNotificationConfig()
+            config.ParseFromString(record.value)
+        except (UnicodeDecodeError, DecodeError) as exc:
+            log.warning("unreadable push config skipped", offset=record.offset, error=describe(exc))
             return
-        task_id, _, config_id = record.key.decode().partition("/")
+        if not task_id:
+            return
         if not record.value:
             self._configs.get(task_id, {}).pop(config_id, None)
-            return
-        config = TaskPushNotificationConfig()
-        config.ParseFromString(record.value)
-        self._configs.setdefault(task_id, {})[config_id] = config
+        else:
+            self._configs.setdefault(task_id, {})[config_id] = config
 
     async def _follow(self) -> None:
         assert self._consumer is not None
         while True:
-            for record in await self._consumer.getmany(timeout_ms=1000):
+            records = await self._consumer.getmany(timeout_ms=self._fetch_wait_ms)
+            for record in records:
                 self._apply(record)
+                self._position = record.offset + 1
+            if records:
+                self._advanced.set()
+                self._advanced = asyncio.Event()
 
 
 def _key(task_id: str, config_id: str) -> bytes:
@@ -104,16 +135,24 @@ def _key(task_id: str, config_id: str) -> bytes:
 
 
 class Notifier(Lifecycle):
-    """POSTs task updates to their webhooks, in order, retried with backoff, every attempt recorded.
+    """Reads task updates from every reply topic and hands each to its task's webhooks.
+
+    Each webhook (push config) has its own queue (`Webhook`), so a webhook that is down delays only
+    its own notifications, and one webhook's updates go out in log order. An update's offset is
+    committed once every webhook has delivered it or given up on it (and nothing below it is still
+    pending), so a hub that stops or dies with updates queued re-sends them after its restart
+    instead of losing them: delivery is at least once, a webhook may see an update twice.
 
     Args:
         log: the log backend.
         configs: the push-notification configs.
         topics: topic naming.
         attempts: POSTs tried per update before giving up on it (default 5).
-        backoff_s: first retry delay, doubled each time (default 0.5).
+        backoff_s: first retry delay, doubled each time, jittered (default 0.5).
         timeout_s: longest one POST may take (default 5).
         fetch_wait_ms: longest wait of one fetch with nothing to read (default 20).
+        max_pending: updates held in memory before fetching pauses (default 10,000).
+        readiness: where the notifier reports itself down while its loop fails (the log is down).
     """
 
     def __init__(
@@ -126,90 +165,116 @@ class Notifier(Lifecycle):
         backoff_s: float = 0.5,
         timeout_s: float = 5.0,
         fetch_wait_ms: int = 20,
+        max_pending: int = 10_000,
+        readiness: Readiness | None = None,
     ) -> None:
         self._log = log
         self._configs = configs
         self._topics = topics
-        self._attempts = attempts
-        self._backoff_s = backoff_s
-        self._timeout_s = timeout_s
         self._fetch_wait_ms = fetch_wait_ms
+        self._max_pending = max_pending
+        readiness = readiness or Readiness()
+        self._poster = Poster(log, topics.push_attempts, attempts=attempts, backoff_s=backoff_s,
+                              timeout_s=timeout_s, readiness=readiness)  # fmt: skip
+        self._loop = SupervisedLoop("push-notifier", self._run, readiness)
+        self._webhooks: dict[tuple[str, str], Webhook] = {}
+        self._tracker = OffsetTracker()
+        self._epochs: dict[TopicPartition, int] = {}
         self._consumer: Consumer | None = None
-        self._http: httpx.AsyncClient | None = None
-        self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await self._log.ensure_topic(self._topics.push_attempts)
-        self._http = httpx.AsyncClient(timeout=self._timeout_s)
+        await self._poster.start()
         self._consumer = self._log.consumer(
-            group=self._topics.notifier_group, pattern=self._topics.replies_pattern
+            group=self._topics.notifier_group, pattern=self._topics.replies_pattern, on_revoke=self._revoked
         )
         await self._consumer.start()
-        self._task = asyncio.create_task(self._run(), name="push-notifier")
+        await self._loop.start()
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._task)
-        self._task = None
+        """Stop fetching and sending; commit what is done (what is not is sent again next start)."""
+        await self._loop.stop()
+        await asyncio.gather(*(webhook.stop() for webhook in self._webhooks.values()))
+        self._webhooks.clear()
         if self._consumer is not None:
+            with contextlib.suppress(*self._log.outages):
+                await self._commit()
             await self._consumer.stop()
             self._consumer = None
-        if self._http is not None:
-            await self._http.aclose()
-            self._http = None
+        await self._poster.stop()
 
     async def _run(self) -> None:
         assert self._consumer is not None
         while True:
-            records = await self._consumer.getmany(timeout_ms=self._fetch_wait_ms)
-            by_partition: dict[object, list[Record]] = {}
-            for record in records:
-                by_partition.setdefault(record.tp, []).append(record)
-            # Partitions are independent; within one, updates go out in log order.
-            await asyncio.gather(*(self._notify_all(batch) for batch in by_partition.values()))
+            records = await self._consumer.getmany(timeout_ms=self._fetch_wait_ms, max_records=256)
             if records:
-                await self._consumer.commit({r.tp: r.offset + 1 for r in records})
+                await self._configs.caught_up()  # a config stored before its task's updates is seen
+            for record in records:
+                self._take(record)
+            self._throttle()
+            await self._commit()
 
-    async def _notify_all(self, records: list[Record]) -> None:
-        for record in records:
-            try:
-                envelope = envelopes.decode(record)
-                configs = self._configs.of(envelope.task_id) if envelope.kind == Kind.KIND_EVENT else []
-                event = envelopes.unpack(envelope, StreamResponse) if configs else None
-            except (DecodeError, ValueError):
-                continue  # the recorder reports unreadable records; there is nothing to notify
-            for config in configs:
-                assert event is not None
-                await self._deliver(config, envelope.id, event)
+    def _take(self, record: Record) -> None:
+        """Queue one record's update for each webhook of its task (none: it is done at once)."""
+        self._tracker.take(record)
+        configs, update = self._update_of(record)
+        if not configs:
+            self._tracker.finish(record)
+            return
+        assert update is not None
+        for config in configs:
+            key = (config.task_id, config.id)
+            webhook = self._webhooks.get(key)
+            if webhook is None:
+                webhook = self._webhooks[key] = Webhook(key, self._poster, self._finished, self._emptied)
+            webhook.offer(config, update)
 
-    async def _deliver(
-        self, config: TaskPushNotificationConfig, event_id: str, event: StreamResponse
-    ) -> None:
-        assert self._http is not None
-        headers = {"Content-Type": "application/json"}
-        if config.token:
-            headers[TOKEN_HEADER] = config.token
-        if config.HasField("authentication") and config.authentication.scheme:
-            headers["Authorization"] = (
-                f"{config.authentication.scheme} {config.authentication.credentials}".strip()
-            )
+    def _update_of(self, record: Record) -> tuple[list[TaskPushNotificationConfig], Update | None]:
+        """The task's webhooks and the update to send them (none for other records; an unreadable
+        record is the recorder's to park, there is nothing to notify)."""
+        try:
+            envelope = envelopes.decode(record)
+            configs = self._configs.of(envelope.task_id) if envelope.kind == Kind.KIND_EVENT else []
+            if not configs:
+                return [], None
+            event = envelopes.unpack(envelope, StreamResponse)
+        except (DecodeError, ValueError):
+            return [], None
         body = MessageToJson(event, indent=None)
-        for attempt in range(1, self._attempts + 1):
-            try:
-                reply = await self._http.post(config.url, content=body, headers=headers)
-                status, error = reply.status_code, "" if reply.is_success else f"HTTP {reply.status_code}"
-            except httpx.HTTPError as exc:
-                status, error = 0, f"{type(exc).__name__}: {exc}"
-            await self._record(config, event_id, attempt, status, error)
-            if not error:
-                return
-            await asyncio.sleep(self._backoff_s * 2 ** (attempt - 1))
-        log.warning("push notification given up", task=config.task_id, url=config.url, event=event_id)
+        epoch = self._epochs.get(record.tp, 0)
+        return configs, Update(record, envelope.id, envelope.task_id, body, len(configs), epoch)
 
-    async def _record(
-        self, config: TaskPushNotificationConfig, event_id: str, attempt: int, status: int, error: str
-    ) -> None:
-        line = {"task_id": config.task_id, "config_id": config.id, "url": config.url, "event_id": event_id,
-                "attempt": attempt, "status": status, "error": error, "at": time.time()}  # fmt: skip
-        await self._log.produce(
-            self._topics.push_attempts, json.dumps(line).encode(), key=config.task_id.encode()
-        )
+    def _finished(self, update: Update) -> None:
+        """A webhook is done with `update`; once all are, its offset may be committed."""
+        update.waiting -= 1
+        if update.waiting == 0 and update.epoch == self._epochs.get(update.record.tp, 0):
+            self._tracker.finish(update.record)
+
+    def _emptied(self, webhook: Webhook) -> None:
+        """A webhook with nothing left to send is forgotten (a new one queues its next update)."""
+        key = webhook.key
+        if self._webhooks.get(key) is webhook:
+            del self._webhooks[key]
+
+    def _throttle(self) -> None:
+        """Pause fetching while too many updates wait for slow webhooks; resume at half."""
+        assert self._consumer is not None
+        if self._tracker.in_flight >= self._max_pending:
+            self._consumer.pause(self._consumer.assignment())
+        elif self._tracker.in_flight <= self._max_pending // 2:
+            self._consumer.resume(self._consumer.assignment())
+
+    async def _commit(self) -> None:
+        offsets = self._tracker.committable()
+        if offsets and self._consumer is not None:
+            await self._consumer.commit(offsets)
+
+    async def _revoked(self, lost: set[TopicPartition]) -> None:
+        """Partitions move to another member: commit what is done, drop what waits (the new
+        owner sends it), and make sure a send still running cannot commit for them later."""
+        await self._commit()
+        for webhook in self._webhooks.values():
+            webhook.forget(lost)
+        for tp in lost:
+            self._epochs[tp] = self._epochs.get(tp, 0) + 1
+        self._tracker.forget(lost)
