@@ -1,27 +1,101 @@
-"""Structured logging setup shared by hub and agent processes (structlog; JSON when asked)."""
+"""Structured logging setup shared by hub and agent processes (structlog; JSON when asked).
+
+What it must never do: print a secret. Exceptions are rendered as plain tracebacks, never with
+frame locals (rich's and better-exceptions' default shows every local, so a token in scope would
+be printed), and every log line, structlog's and the standard library's, passes a redaction step
+that hides credential-like fields (authorization, token, password, secret, API key, cookie...),
+bearer/basic credentials, and passwords or tokens inside URLs.
+"""
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from collections.abc import Mapping, MutableMapping
+from typing import Any
 
 import structlog
 
+REDACTED = "[redacted]"
+SECRET_WORDS = {"authorization", "token", "credential", "credentials", "password", "passwd", "secret",
+                "apikey", "cookie", "jwt"}  # fmt: skip
+_SCHEME_CREDENTIALS = re.compile(r"\b(Bearer|Basic|Token|Digest)\s+[^\s,;'\"]+", re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"(://[^/\s:@]+:)[^/\s@]+@")
+_QUERY_SECRET = re.compile(
+    r"([?&;](?:access_?token|token|api_?key|apikey|password|secret|key|sig|signature)=)[^&#\s'\"]+",
+    re.IGNORECASE,
+)
+
+
+def is_secret_key(key: str) -> bool:
+    """Whether a field named `key` holds a credential: one of its words (split on anything not a
+    letter or digit) is a secret word, or it says "api key" (`prompt_tokens` is not a secret)."""
+    words = [word for word in re.split(r"[^a-z0-9]+", key.lower()) if word]
+    joined = "".join(words)
+    return any(word in SECRET_WORDS for word in words) or "apikey" in joined
+
+
+def redact_text(text: str) -> str:
+    """`text` with credentials it carries hidden: `Bearer …`, `user:password@` in URLs, and
+    token-like query parameters."""
+    text = _SCHEME_CREDENTIALS.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
+    text = _URL_PASSWORD.sub(rf"\1{REDACTED}@", text)
+    return _QUERY_SECRET.sub(rf"\1{REDACTED}", text)
+
+
+def redact(value: Any) -> Any:
+    """A copy of `value` with credentials hidden, through dicts, lists and tuples."""
+    if isinstance(value, str):
+        return redact_text(value)
+    if isinstance(value, Mapping):
+        return {key: _field(key, item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(redact(item) for item in value)
+    return value
+
+
+def _field(key: object, value: Any) -> Any:
+    return REDACTED if isinstance(key, str) and is_secret_key(key) else redact(value)
+
+
+def redact_secrets(
+    logger: object, method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: every field of every event, redacted (runs after the exception is
+    formatted, so the traceback text is redacted too)."""
+    return {key: _field(key, value) for key, value in event_dict.items()}
+
+
+class RedactingFormatter(logging.Formatter):
+    """A standard-library formatter whose whole output (message and traceback) is redacted."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_text(super().format(record))
+
 
 def configure_logging(*, json: bool = False, level: str = "INFO") -> None:
-    """Route structlog (and stdlib logging) to stderr, as console lines or JSON lines."""
+    """Route structlog (and stdlib logging) to stderr, as console lines or JSON lines, redacted."""
     renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+        structlog.processors.JSONRenderer()
+        if json
+        else structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback)
     )
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso"),
+            structlog.processors.format_exc_info,  # a plain traceback: no frame locals
+            redact_secrets,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
+    root = logging.getLogger()
+    before = set(root.handlers)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    for handler in set(root.handlers) - before:  # ours only; a host app's handlers stay its own
+        handler.setFormatter(RedactingFormatter(logging.BASIC_FORMAT))

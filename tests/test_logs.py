@@ -1,0 +1,91 @@
+"""No secret in any log line: a process configured with `configure_logging` (console and JSON) logs
+credential-like fields, a failure whose frames hold credentials in their locals, and a standard-
+library error carrying a bearer token; its real stderr shows none of them, and still shows what an
+operator needs (the event, harmless fields, the traceback's frames and message)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from agenthub.sdk.logs import is_secret_key, redact_text
+
+SCRIPT = """
+import logging, sys
+import structlog
+from agenthub.sdk.logs import configure_logging
+
+configure_logging(json=sys.argv[1] == "json")
+log = structlog.get_logger("test")
+log.warning("push sent", authorization="Bearer s3cret-a", token="s3cret-b", prompt_tokens=12,
+            headers={"Authorization": "Bearer s3cret-c", "X-A2A-Notification-Token": "s3cret-d",
+                     "Accept": "text/plain"},
+            webhook="http://user:s3cret-e@hooks.example/p?token=s3cret-f&page=2",
+            note="sent with Bearer s3cret-g")
+
+def call_webhook(credentials):
+    api_key = "s3cret-h"
+    password = "s3cret-i"
+    raise RuntimeError("refused: Authorization: Bearer s3cret-j")
+
+try:
+    call_webhook("s3cret-k")
+except RuntimeError:
+    log.exception("webhook failed", client_secret="s3cret-l")
+logging.getLogger("somelib").error("retrying with Authorization: Bearer s3cret-m")
+"""
+
+
+@pytest.fixture(params=["console", "json"])
+def output(request: pytest.FixtureRequest) -> str:
+    """What a configured process really wrote to stderr."""
+    done = subprocess.run(
+        [sys.executable, "-c", SCRIPT, request.param], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stderr
+
+
+def test_no_secret_reaches_the_log(output: str) -> None:
+    assert "s3cret" not in output, output
+    assert "[redacted]" in output
+
+
+def test_what_operators_need_stays(output: str) -> None:
+    for kept in ["push sent", "prompt_tokens", "12", "text/plain", "hooks.example/p", "page=2",
+                 "webhook failed", "Traceback", "call_webhook", "RuntimeError: refused",
+                 "somelib", "retrying with Authorization: Bearer"]:  # fmt: skip
+        assert kept in output, (kept, output)
+
+
+def test_json_lines_stay_json() -> None:
+    done = subprocess.run([sys.executable, "-c", SCRIPT, "json"], capture_output=True, text=True, timeout=60)
+    events = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    first, failure = events
+    assert first["token"] == "[redacted]" and first["prompt_tokens"] == 12
+    assert first["headers"] == {
+        "Authorization": "[redacted]",
+        "X-A2A-Notification-Token": "[redacted]",
+        "Accept": "text/plain",
+    }
+    assert first["webhook"] == "http://user:[redacted]@hooks.example/p?token=[redacted]&page=2"
+    assert failure["exception"].startswith("Traceback") and "api_key" not in failure["exception"]
+
+
+@pytest.mark.parametrize(
+    ("key", "secret"),
+    [("authorization", True), ("X-A2A-Notification-Token", True), ("api_key", True), ("apiKey", True),
+     ("OPENAI_API_KEY", True), ("client_secret", True), ("db_password", True), ("credentials", True),
+     ("prompt_tokens", False), ("task", False), ("keyboard", False), ("url", False)],
+)  # fmt: skip
+def test_secret_keys(key: str, secret: bool) -> None:
+    assert is_secret_key(key) is secret
+
+
+def test_redact_text_keeps_what_is_not_a_credential() -> None:
+    assert redact_text("GET /a?page=2&api_key=abc&sort=up") == "GET /a?page=2&api_key=[redacted]&sort=up"
+    assert redact_text("Authorization: Basic dXNlcjpwYXNz") == "Authorization: Basic [redacted]"
+    assert redact_text("http://host:8080/path") == "http://host:8080/path"
