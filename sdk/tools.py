@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 from collections.abc import Awaitable, Callable
@@ -44,7 +45,9 @@ class Tool:
     async def call(self, arguments: dict[str, Any]) -> str:
         """One attempt: validate the arguments, run the tool, return its result as text.
 
-        Timeouts and retries are the caller's (the agent's tool loop), so each attempt is recorded."""
+        Timeouts and retries are the caller's (the agent's tool loop), so each attempt is recorded.
+        A sync function runs in a worker thread (with the caller's context variables); when its
+        attempt times out the thread still runs to its end, as Python threads cannot be stopped."""
         if self.args_model is not None:
             try:
                 arguments = dict(self.args_model.model_validate(arguments))
@@ -52,7 +55,10 @@ class Tool:
                 raise ToolError(
                     f"invalid arguments for {self.name}: {exc.errors(include_url=False)}"
                 ) from exc
-        result = self.fn(**arguments)
+        if inspect.iscoroutinefunction(self.fn):
+            result = await self.fn(**arguments)
+        else:  # in a worker thread: a slow sync tool must not stall the agent or its other calls
+            result = await asyncio.to_thread(self.fn, **arguments)
         if inspect.isawaitable(result):
             result = await result
         return result if isinstance(result, str) else json.dumps(result, default=str)

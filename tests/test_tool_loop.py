@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import threading
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -214,6 +215,32 @@ async def test_the_calls_of_one_model_turn_run_concurrently() -> None:
     assert sorted(journal[:2]) == ["start left", "start right"]
     assert answer == "left met right / right met left"  # results in the order the model asked
     assert all(r["ok"] for r in of("tool_result", data))
+
+
+async def test_a_blocking_sync_tool_does_not_stall_the_agent() -> None:
+    """A sync tool runs in a worker thread: it blocks until its async sibling has run, which
+    could never happen if it held the event loop."""
+    sibling_ran = threading.Event()
+
+    @tool(timeout=10, retries=0)
+    def blocking() -> str:
+        """Blocks its thread until the sibling ran."""
+        return "sibling seen" if sibling_ran.wait(timeout=5) else "stalled"
+
+    @tool(timeout=10, retries=0)
+    async def sibling() -> str:
+        """Runs on the event loop."""
+        sibling_ran.set()
+        return "ran"
+
+    def both(messages: Sequence[ChatMessage], tools: Sequence[Tool]) -> ModelReply:
+        if messages[-1]["role"] == "tool":
+            return ModelReply(" / ".join(m["content"] for m in messages if m["role"] == "tool"))
+        return ModelReply("", [ToolCall("blocking", {}), ToolCall("sibling", {})])
+
+    agent = Agent("threads", tools=[blocking, sibling], model=ScriptedModel(both), hub=None)
+    answer, _ = await run(agent, "go")
+    assert answer == "sibling seen / ran"
 
 
 async def test_calls_retries_and_results_are_in_the_thread(hub: Hub, client: HubClient) -> None:
