@@ -142,7 +142,7 @@ class MCPConnection:
                 async with asyncio.timeout(self.server.connect_timeout_s):
                     client = await asyncio.shield(ready)
                     listing = await client.list_tools()
-            except (TimeoutError, OSError, MCPError, ExceptionGroup) as exc:
+            except Exception as exc:  # refused, timed out, bad command, handshake: all "unavailable"
                 await cancel_and_wait(runner)
                 raise self._down(_leaf_message(exc) or "it did not answer in time") from None
             self._client, self._runner = client, runner

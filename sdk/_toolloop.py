@@ -71,7 +71,23 @@ class ToolRunner:
 
     tools: Mapping[str, Tool]
     policy: RetryPolicy
-    done: dict[str, Outcome] = field(default_factory=dict)
+    done: dict[str, Outcome] = field(default_factory=dict)  # by call key: what a repeat gets
+    by_id: dict[str, Outcome] = field(default_factory=dict)  # by call id: what each call came to
+
+    def outcomes(self, calls: Sequence[ToolCall]) -> list[Outcome]:
+        """What the calls of a finished `run` came to, in the order the model asked."""
+        return [self.by_id[call.id] for call in calls]
+
+    def direct_answer(self, outcomes: Sequence[Outcome]) -> str:
+        """The first successful result of a `return_direct` tool: the agent's answer, or ""."""
+        return next(
+            (
+                o.content
+                for o in outcomes
+                if o.ok and not o.duplicate_of and self.tools[o.call.name].return_direct
+            ),
+            "",
+        )
 
     async def run(self, calls: Sequence[ToolCall]) -> AsyncIterator[Progress]:
         """Run one model turn's calls concurrently, yielding progress as it happens; each call
@@ -90,74 +106,66 @@ class ToolRunner:
         finished.add_done_callback(lambda _: queue.put_nowait(None))
         try:
             while (progress := await queue.get()) is not None:
-                if progress.outcome is not None:
-                    self.done[_key(progress.outcome.call)] = progress.outcome
+                self._note(progress)
                 yield progress
         finally:
             for task in running:
                 task.cancel()
             await asyncio.gather(*running, return_exceptions=True)
         for call in repeats:  # after the fresh calls, so a twin in this turn has its result too
-            yield _result_progress(_repeat(call, self.done[_key(call)]))
+            progress = _result_progress(_repeat(call, self.done[_key(call)]))
+            self._note(progress)
+            yield progress
+
+    def _note(self, progress: Progress) -> None:
+        if progress.outcome is not None:
+            self.by_id[progress.outcome.call.id] = progress.outcome
+            if not progress.outcome.duplicate_of:
+                self.done[_key(progress.outcome.call)] = progress.outcome
 
     async def _one(self, call: ToolCall, report: Callable[[Progress], None]) -> None:
-        """One call with its timeout and retries; reports retries and, last, the result."""
+        """One call, to its result (reported last, after any retries)."""
         tool = self.tools.get(call.name)
         if tool is None:
             available = ", ".join(self.tools) or "none"
-            report(
-                _result_progress(
-                    Outcome(call, f"error: no tool named {call.name!r}; available: {available}", False)
-                )
-            )
-            return
+            outcome = Outcome(call, f"error: no tool named {call.name!r}; available: {available}", False)
+        else:
+            outcome = await self._attempts(call, tool, report)
+        report(_result_progress(outcome))
+
+    async def _attempts(self, call: ToolCall, tool: Tool, report: Callable[[Progress], None]) -> Outcome:
+        """Attempts with a timeout each, a transient failure retried after a growing pause."""
         timeout = tool.timeout if tool.timeout is not None else self.policy.timeout_s
         retries = tool.retries if tool.retries is not None else self.policy.retries
         attempt = 1
         while True:
             try:
                 async with asyncio.timeout(timeout):
-                    content = await tool.call(call.arguments)
-                report(_result_progress(Outcome(call, content, True)))
-                return
+                    return Outcome(call, await tool.call(call.arguments), True)
             except TRANSIENT as exc:
-                reason = _reason(exc, tool, timeout)
+                reason = _describe(exc) or (
+                    f"timed out after {timeout:g}s" if isinstance(exc, TimeoutError) else "connection failed"
+                )
                 if attempt > retries:
                     tries = f" after {attempt} attempts" if attempt > 1 else ""
-                    report(
-                        _result_progress(Outcome(call, f"error: {call.name} failed{tries}: {reason}", False))
-                    )
-                    return
+                    return Outcome(call, f"error: {call.name} failed{tries}: {reason}", False)
                 delay = self.policy.delay(attempt)
                 report(_retry_progress(call, attempt + 1, retries + 1, reason, delay))
                 await asyncio.sleep(delay)
                 attempt += 1
-            except ToolError as exc:
-                report(_result_progress(Outcome(call, f"error: {exc}", False)))
-                return
-            except AgentHubError as exc:
-                report(_result_progress(Outcome(call, f"error: {exc.message}", False)))
-                return
+            except (ToolError, AgentHubError) as exc:
+                return Outcome(call, f"error: {_describe(exc)}", False)
             except Exception as exc:  # a bug in the tool: the model hears of it, the log has the trace
                 log.exception("tool raised", tool=call.name)
-                report(
-                    _result_progress(
-                        Outcome(call, f"error: {call.name} failed: {exc or 'internal error'}", False)
-                    )
-                )
-                return
+                return Outcome(call, f"error: {call.name} failed: {exc or 'internal error'}", False)
 
 
 def _key(call: ToolCall) -> str:
     return f"{call.name}\x00{json.dumps(call.arguments, sort_keys=True, default=str)}"
 
 
-def _reason(exc: BaseException, tool: Tool, timeout: float) -> str:
-    if isinstance(exc, TimeoutError) and not str(exc):
-        return f"timed out after {timeout:g}s"
-    if isinstance(exc, AgentHubError):
-        return exc.message
-    return str(exc) or "connection failed"
+def _describe(exc: BaseException) -> str:
+    return exc.message if isinstance(exc, AgentHubError) else str(exc)
 
 
 def _repeat(call: ToolCall, prior: Outcome) -> Outcome:

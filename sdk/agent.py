@@ -46,7 +46,7 @@ from agenthub.sdk._events import now, status, text_of
 from agenthub.sdk._mcp import MCPConnection, MCPServer
 from agenthub.sdk._memory import Memory, fit, recall
 from agenthub.sdk._server import AgentEvent, AgentRequestHandler
-from agenthub.sdk._toolloop import RetryPolicy, ToolRunner
+from agenthub.sdk._toolloop import Outcome, RetryPolicy, ToolRunner
 from agenthub.sdk.client import HubClient
 from agenthub.sdk.errors import AgentHubError, AgentNotFound, ConfigError, HubUnavailable, ThreadNotFound
 from agenthub.sdk.models import ChatMessage, Model, ModelReply, ModelSettings, OpenAIModel, ToolChoice
@@ -305,23 +305,16 @@ class Agent(Lifecycle):
                 answer = reply.content
                 break
             chat.append(_assistant_calls(reply))
-            outcomes = {}
             async for progress in runner.run(reply.tool_calls):
                 yield status(
                     turn.task_id, turn.context_id, TaskState.TASK_STATE_WORKING, progress.text, progress.data
                 )
-                if progress.outcome is not None:
-                    outcomes[progress.outcome.call.id] = progress.outcome
-            for call in reply.tool_calls:
-                outcome = outcomes[call.id]
-                chat.append(
-                    {"role": "tool", "tool_call_id": call.id, "name": call.name, "content": outcome.content}
-                )
-                direct = outcome.ok and not outcome.duplicate_of and runner.tools[call.name].return_direct
-                answer = answer or (outcome.content if direct else "")
+            outcomes = runner.outcomes(reply.tool_calls)
+            chat += [_tool_result(o) for o in outcomes]
+            answer = runner.direct_answer(outcomes)
             if answer:
                 break
-            final = all(outcomes[c.id].duplicate_of for c in reply.tool_calls)
+            final = all(o.duplicate_of for o in outcomes)  # going round in circles: ask for the answer
         answer = answer or f"I could not finish within {self.max_steps} steps."
         yield TaskArtifactUpdateEvent(
             task_id=turn.task_id,
@@ -363,6 +356,11 @@ class Agent(Lifecycle):
             return []
         history = recall(thread, self.name, task_id=turn.task_id, message_id=message_id)
         return fit(history, self.memory)
+
+
+def _tool_result(outcome: Outcome) -> ChatMessage:
+    call = outcome.call
+    return {"role": "tool", "tool_call_id": call.id, "name": call.name, "content": outcome.content}
 
 
 def _assistant_calls(reply: ModelReply) -> ChatMessage:
