@@ -37,6 +37,11 @@ class HubSettings(BaseSettings):
     kafka_session_timeout_ms: int = Field(
         10_000, ge=1000, description="Kafka consumer-group session timeout (also how fast groups form)"
     )
+    kafka_static_membership: bool = Field(
+        False,
+        description="join Kafka consumer groups as static members (a quick restart causes no rebalance;"
+        " off by default: the Tansu test broker handles it slowly)",
+    )
     kafka_metadata_max_age_ms: int = Field(
         1_000, ge=100, description="how often the recorder looks for new Kafka topics"
     )
@@ -66,6 +71,14 @@ class HubSettings(BaseSettings):
     commit_interval_ms: int = Field(100, ge=0, description="how often finished inbox offsets are committed")
     drain_timeout_s: float = Field(
         10.0, ge=0, description="longest wait for in-flight requests when partitions move to another instance"
+    )
+    task_deadline_s: float = Field(
+        900.0,
+        ge=0,
+        description="a task with no update for this long and no live delivery is ended as failed (0 = never)",
+    )
+    join_timeout_s: float = Field(
+        30.0, gt=0, description="how long readiness waits for consumer groups before reporting them down"
     )
     produce_timeout_s: float = Field(
         5.0, gt=0, description="longest a send waits for the log before it is refused as UNAVAILABLE"

@@ -83,6 +83,11 @@ class Dispatcher(Lifecycle):
         for loop in self._loops:
             await loop.start()
 
+    async def joined(self) -> None:
+        """Return once this instance's consumer group has assigned it its partitions."""
+        if self._inbox is not None:
+            await self._inbox.joined()
+
     async def stop(self) -> None:
         """Stop fetching, let in-flight requests finish, commit, release."""
         for loop in self._loops:
@@ -122,6 +127,10 @@ class Dispatcher(Lifecycle):
             self._inbox.pause(partitions)
         else:
             self._inbox.resume(partitions)
+
+    def holds(self, task_id: str) -> bool:
+        """Whether this instance is delivering the task right now (the watchdog leaves it alone)."""
+        return task_id in self._running
 
     def finished(self, record: Record) -> None:
         self._tracker.finish(record)

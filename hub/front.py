@@ -9,6 +9,7 @@ only adapt this class. It never calls an agent itself.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -49,7 +50,8 @@ from a2a.utils.errors import (
 from agenthub.hub import envelopes, task_events, validation
 from agenthub.hub.cards import CardPublisher
 from agenthub.hub.config import HubSettings
-from agenthub.hub.log._base import Log
+from agenthub.hub.log._base import Log, Record
+from agenthub.hub.loops import Readiness, describe
 from agenthub.hub.push import PushConfigs
 from agenthub.hub.recorder import Recorder
 from agenthub.hub.registry import Registry
@@ -59,8 +61,8 @@ from agenthub.hub.task_view import TaskView, shaped
 from agenthub.hub.threads._base import TaskRow, ThreadStore
 from agenthub.hub.threads.outage import store_read
 from agenthub.hub.topics import Topics
-from agenthub.sdk.errors import AgentNotFound, InvalidRequest, MessageTooLarge
-from agenthub.sdk.pb.envelope_pb2 import Kind
+from agenthub.sdk.errors import AgentNotFound, InvalidRequest, LogUnavailable, MessageTooLarge
+from agenthub.sdk.pb.envelope_pb2 import Envelope, Kind
 
 ID = re.compile(r"^[A-Za-z0-9._:~@+=/-]{1,128}$")
 SENDER_HEADER = "agenthub-sender"
@@ -81,6 +83,7 @@ class HubRequestHandler(RequestHandler):
         settings: hub settings.
         cards: publishes agents' cards with this hub's interfaces.
         push: push-notification configs (the hub notifies webhooks for every agent).
+        readiness: what is down (a caller waiting while the log is down is told so).
     """
 
     def __init__(
@@ -93,6 +96,7 @@ class HubRequestHandler(RequestHandler):
         settings: HubSettings,
         cards: CardPublisher,
         push: PushConfigs,
+        readiness: Readiness | None = None,
     ) -> None:
         self._log = log
         self._cards = cards
@@ -103,6 +107,7 @@ class HubRequestHandler(RequestHandler):
         self._resends = Resends(store, recorder)
         self._replies = replies
         self._settings = settings
+        self._readiness = readiness or Readiness()
         self._topics = Topics(settings.topic_prefix)
 
     # ---- sending -------------------------------------------------------------------------
@@ -191,12 +196,7 @@ class HubRequestHandler(RequestHandler):
             await self._push.put(config)
         waiter = self._replies.open(task_id)
         try:
-            record = await self._log.produce(
-                self._topics.inbox(agent),
-                envelope.SerializeToString(),
-                key=context_id.encode(),
-                headers=envelopes.headers(envelope),
-            )
+            record = await self._append(self._topics.inbox(agent), envelope, context_id.encode())
         except BaseException:
             waiter.close()
             raise
@@ -205,13 +205,27 @@ class HubRequestHandler(RequestHandler):
         view.apply(envelope, record)
         return waiter, view
 
+    async def _append(self, topic: str, envelope: Envelope, key: bytes | None = None) -> Record:
+        """Put a caller's envelope in the log; while the log is down the caller is refused promptly
+        (LogUnavailable: UNAVAILABLE / 503), and nothing was accepted."""
+        try:
+            async with asyncio.timeout(self._settings.produce_timeout_s):
+                return await self._log.produce(
+                    topic, envelope.SerializeToString(), key=key, headers=envelopes.headers(envelope)
+                )
+        except (TimeoutError, *self._log.outages) as exc:
+            raise LogUnavailable(
+                f"the log is unavailable ({describe(exc)}); nothing was accepted: retry in a few seconds"
+            ) from None
+
     async def _until_turn_ends(
         self, waiter: Waiter, view: TaskView | None = None
     ) -> AsyncGenerator[StreamResponse]:
         """Events of the waiter's task, once each, up to the one that ends the agent's turn; each is
         projected into `view` before it is yielded, and remembered for read-your-writes."""
         seen: set[str] = set()
-        async for envelope, record in waiter:
+        while (reply := await self._next_reply(waiter)) is not None:
+            envelope, record = reply
             if envelope.id in seen:
                 continue
             seen.add(envelope.id)
@@ -222,6 +236,17 @@ class HubRequestHandler(RequestHandler):
             yield event
             if task_events.ends_call(event):
                 return
+
+    async def _next_reply(self, waiter: Waiter) -> tuple[Envelope, Record] | None:
+        """The waiter's next reply; LogUnavailable instead of waiting forever while the log is down."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                return await waiter.next(timeout=1.0)
+            if "log" in self._readiness.problems():
+                raise LogUnavailable(
+                    "the log became unavailable while waiting for the answer; the request is kept and"
+                    f" will complete: ask for task {waiter.task_id} again in a few seconds"
+                )
 
     def _route(self, params: Any, context: ServerCallContext) -> str:
         """The agent a request names (its `tenant`, or the agent in the URL of an HTTP head), after
@@ -303,7 +328,7 @@ class HubRequestHandler(RequestHandler):
                 sender=_header(context, SENDER_HEADER) or "user",
                 recipient=row.agent,
             )
-            await self._log.produce(self._topics.control, cancel.SerializeToString())
+            await self._append(self._topics.control, cancel)
             if not await self._canceled_by_dispatcher(waiter):
                 await self._cancel_queued(row)
         finally:
@@ -333,12 +358,7 @@ class HubRequestHandler(RequestHandler):
             sender=row.agent,
             recipient="user",
         )
-        record = await self._log.produce(
-            self._replies.topic,
-            envelope.SerializeToString(),
-            key=row.context_id.encode(),
-            headers=envelopes.headers(envelope),
-        )
+        record = await self._append(self._replies.topic, envelope, row.context_id.encode())
         self._recorder.expect(row.task_id, record)
 
     async def _owned_task(self, task_id: str, tenant: str) -> TaskRow:

@@ -159,23 +159,31 @@ class Operator:
         counter = Counter(await _total(self, selection), dry_run=not apply)
         if apply and from_scratch:
             await self._store.wipe()
+        chunk: list[Scanned] = []
         async for item in self.scan(selection, counter):
             if item is None:
                 yield counter.progress
             elif item.envelope is not None:
-                await self._rebuild_one(item, counter, apply=apply, from_scratch=from_scratch)
+                chunk.append(item)
+                if len(chunk) >= CHUNK:
+                    await self._rebuild_chunk(chunk, counter, apply=apply, from_scratch=from_scratch)
+                    chunk = []
+        if chunk:
+            await self._rebuild_chunk(chunk, counter, apply=apply, from_scratch=from_scratch)
         yield counter.finished()
 
-    async def _rebuild_one(self, item: Scanned, counter: Counter, *, apply: bool, from_scratch: bool) -> None:
-        assert item.envelope is not None
+    async def _rebuild_chunk(
+        self, chunk: list[Scanned], counter: Counter, *, apply: bool, from_scratch: bool
+    ) -> None:
+        """Record one chunk of envelopes in one store transaction (or count what that would write)."""
         if apply:
-            written = (await record_batch(self._store, [item.record]))[0] == 1
+            written, _ = await record_batch(self._store, [item.record for item in chunk])
         else:
-            written = from_scratch or not await self._store.is_applied(item.envelope.id)
-        if written:
-            counter.progress.written += 1
-        else:
-            counter.progress.skipped += 1
+            ids = [item.envelope.id for item in chunk if item.envelope is not None]
+            applied = set() if from_scratch else await self._store.applied_among(ids)
+            written = sum(1 for envelope_id in ids if envelope_id not in applied)
+        counter.progress.written += written
+        counter.progress.skipped += len(chunk) - written
 
     async def redrive(
         self, selection: op.Selection, agent: str, *, apply: bool

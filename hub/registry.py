@@ -16,13 +16,14 @@ from dataclasses import dataclass
 import structlog
 from a2a.types import AgentCard
 from google.protobuf.json_format import MessageToJson, Parse, ParseError
+from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from agenthub.hub.connections import GRPC, is_up
 from agenthub.hub.discovery import discover
 from agenthub.hub.log._base import Consumer, Lifecycle, Log
+from agenthub.hub.loops import Readiness, SupervisedLoop
 from agenthub.hub.topics import Topics
-from agenthub.sdk._aio import cancel_and_wait
 from agenthub.sdk.errors import AgentNotFound, InvalidRequest
 from agenthub.sdk.pb.registry_pb2 import AgentChange, AgentRecord
 
@@ -68,16 +69,21 @@ class Registry(Lifecycle):
         log: the log backend.
         topics: topic naming.
         health_interval: seconds between health checks of each agent (default 5; 0 disables).
+        readiness: where a failing registry loop is reported.
     """
 
-    def __init__(self, log: Log, topics: Topics, *, health_interval: float = 5.0) -> None:
+    def __init__(
+        self, log: Log, topics: Topics, *, health_interval: float = 5.0, readiness: Readiness | None = None
+    ) -> None:
         self._log = log
         self._topics = topics
         self._health_interval = health_interval
         self._agents: dict[str, Agent] = {}
         self._watchers: set[asyncio.Queue[AgentChange]] = set()
         self._consumer: Consumer | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._loops = [SupervisedLoop("registry", self._follow, readiness)]
+        if health_interval > 0:
+            self._loops.append(SupervisedLoop("registry-health", self._check_health, readiness))
 
     async def start(self) -> None:
         await self._log.ensure_topic(self._topics.registry, partitions=1, compacted=True)
@@ -86,13 +92,12 @@ class Registry(Lifecycle):
         while records := await self._consumer.getmany(timeout_ms=0):
             for record in records:
                 self._apply(record.key, record.value)
-        self._tasks = [asyncio.create_task(self._follow(), name="registry-follow")]
-        if self._health_interval > 0:
-            self._tasks.append(asyncio.create_task(self._check_health(), name="registry-health"))
+        for loop in self._loops:
+            await loop.start()
 
     async def stop(self) -> None:
-        await cancel_and_wait(*self._tasks)
-        self._tasks = []
+        for loop in self._loops:
+            await loop.stop()
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
@@ -173,6 +178,14 @@ class Registry(Lifecycle):
             self._watchers.discard(queue)
 
     def _apply(self, key: bytes | None, value: bytes) -> None:
+        """Apply one registry record; one that cannot be read is reported and passed over (it
+        stays in the topic for an operator), never allowed to stop the registry."""
+        try:
+            self._apply_record(key, value)
+        except (DecodeError, UnicodeDecodeError, InvalidRequest) as exc:
+            log.error("unreadable registry record passed over", key=repr(key)[:80], error=str(exc)[:200])
+
+    def _apply_record(self, key: bytes | None, value: bytes) -> None:
         if not key:
             return
         name = key.decode()
@@ -200,13 +213,22 @@ class Registry(Lifecycle):
                 self._apply(record.key, record.value)
 
     async def _check_health(self) -> None:
+        """Every `health_interval` seconds, check each distinct endpoint once (replicas and many
+        agents behind one server cost one check), all at once, and mark its agents up or down."""
         while True:
             await asyncio.sleep(self._health_interval)
+            by_place: dict[tuple[str, str, str], list[Agent]] = {}
             for agent in list(self._agents.values()):
-                up = await is_up(agent.record)
-                agent.record.state = "up" if up else "down"
-                if up:
-                    agent.record.last_heartbeat.FromSeconds(int(time.time()))
+                r = agent.record
+                by_place.setdefault((r.endpoint, r.binding, r.card_url), []).append(agent)
+            places = list(by_place.values())
+            results = await asyncio.gather(*(is_up(agents[0].record) for agents in places))
+            now = int(time.time())
+            for agents, up in zip(places, results, strict=True):
+                for agent in agents:
+                    agent.record.state = "up" if up else "down"
+                    if up:
+                        agent.record.last_heartbeat.FromSeconds(now)
 
 
 def _same_registration(a: AgentRecord, b: AgentRecord) -> bool:

@@ -10,7 +10,7 @@ from google.protobuf.message import DecodeError
 
 from agenthub.hub import envelopes
 from agenthub.hub.log._base import Consumer, Lifecycle, Log, Record
-from agenthub.sdk._aio import cancel_and_wait
+from agenthub.hub.loops import Readiness, SupervisedLoop
 from agenthub.sdk.pb.envelope_pb2 import Envelope
 
 log = structlog.get_logger(__name__)
@@ -30,6 +30,11 @@ class Waiter:
         while True:
             yield await self.queue.get()
 
+    async def next(self, timeout: float) -> Reply | None:
+        """The next reply (None: none will come); TimeoutError after `timeout` seconds without one."""
+        async with asyncio.timeout(timeout):
+            return await self.queue.get()
+
     def close(self) -> None:
         self._router.release(self)
 
@@ -41,25 +46,27 @@ class ReplyRouter(Lifecycle):
         log: the log backend.
         topic: this instance's reply topic.
         fetch_wait_ms: longest wait of one fetch with nothing to read.
+        readiness: where a failing loop is reported.
     """
 
-    def __init__(self, log: Log, topic: str, *, fetch_wait_ms: int = 20) -> None:
+    def __init__(
+        self, log: Log, topic: str, *, fetch_wait_ms: int = 20, readiness: Readiness | None = None
+    ) -> None:
         self._log = log
         self.topic = topic
         self._fetch_wait_ms = fetch_wait_ms
         self._waiters: dict[str, set[Waiter]] = {}
         self._consumer: Consumer | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._loop = SupervisedLoop("reply-router", self._run, readiness)
 
     async def start(self) -> None:
         await self._log.ensure_topic(self.topic)
         self._consumer = self._log.consumer([self.topic], from_beginning=False)
         await self._consumer.start()
-        self._task = asyncio.create_task(self._run(), name="reply-router")
+        await self._loop.start()
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._task)
-        self._task = None
+        await self._loop.stop()
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None

@@ -47,6 +47,9 @@ class Answered(Waiter):
         return
         yield
 
+    async def next(self, timeout: float) -> Reply | None:
+        return None
+
     def close(self) -> None:
         return
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import uuid
+from pathlib import Path
 
 import grpc
 import structlog
@@ -15,6 +17,9 @@ import uvicorn
 from a2a.types import a2a_pb2, a2a_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from agenthub.hub.cards import CardPublisher
 from agenthub.hub.config import HubSettings
@@ -33,6 +38,8 @@ from agenthub.hub.replies import ReplyRouter
 from agenthub.hub.services import HubGrpcHandler, RegistryServicer, ThreadServicer
 from agenthub.hub.threads._base import ThreadStore
 from agenthub.hub.topics import Topics
+from agenthub.hub.watchdog import Watchdog
+from agenthub.sdk._aio import cancel_and_wait
 from agenthub.sdk.errors import ConfigError
 from agenthub.sdk.pb import (
     operator_pb2,
@@ -65,6 +72,7 @@ def open_log(settings: HubSettings) -> Log:
         metadata_max_age_ms=settings.kafka_metadata_max_age_ms,
         idempotence=settings.kafka_idempotence,
         client_id=f"agenthub-{settings.instance_id}",
+        group_instance_id=f"agenthub-{settings.instance_id}" if settings.kafka_static_membership else None,
     )
 
 
@@ -84,6 +92,18 @@ def open_store(settings: HubSettings) -> ThreadStore:
     raise ConfigError(f"unsupported threads URL {url!r}: use postgresql://... or sqlite:///path")
 
 
+def stable_instance_id(data_dir: Path) -> str:
+    """This hub's instance id, kept in its data dir: a restarted hub keeps its reply topic and its
+    static membership in consumer groups (no rebalance when it comes back quickly)."""
+    path = data_dir / "instance-id"
+    if path.exists():
+        return path.read_text().strip()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    instance = uuid.uuid4().hex[:12]
+    path.write_text(instance + "\n")
+    return instance
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
@@ -94,6 +114,8 @@ class Hub(Lifecycle):
     """A running hub. `grpc_port` and `http_port` are the bound ports once started."""
 
     def __init__(self, settings: HubSettings) -> None:
+        if "instance_id" not in settings.model_fields_set:
+            settings = settings.model_copy(update={"instance_id": stable_instance_id(settings.data_dir)})
         self.settings = settings
         self.grpc_port = settings.port or free_port(settings.host)
         self.http_port = settings.http_port or free_port(settings.host)
@@ -101,20 +123,43 @@ class Hub(Lifecycle):
         self.readiness = Readiness()
         self.log = open_log(settings)
         self.store = open_store(settings)
-        self.registry = Registry(self.log, topics, health_interval=settings.health_interval_s)
+        self.registry = Registry(
+            self.log, topics, health_interval=settings.health_interval_s, readiness=self.readiness
+        )
         self.recorder = Recorder(
             self.log, self.store, topics, fetch_wait_ms=settings.fetch_wait_ms, readiness=self.readiness
         )
         self.replies = ReplyRouter(
-            self.log, topics.replies(settings.instance_id), fetch_wait_ms=settings.fetch_wait_ms
+            self.log,
+            topics.replies(settings.instance_id),
+            fetch_wait_ms=settings.fetch_wait_ms,
+            readiness=self.readiness,
         )
         self.dispatcher = Dispatcher(self.log, self.registry, settings, self.readiness)
+        self.watchdog = Watchdog(
+            self.log,
+            self.store,
+            self.replies.topic,
+            self.dispatcher.holds,
+            deadline_s=settings.task_deadline_s,
+            readiness=self.readiness,
+        )
         self.operator = Operator(self.log, self.store, self.registry, topics, self.replies.topic)
         self.cards = CardPublisher(settings, self.grpc_port, self.http_port)
-        self.push = PushConfigs(self.log, topics)
-        self.notifier = Notifier(self.log, self.push, topics, fetch_wait_ms=settings.fetch_wait_ms)
+        self.push = PushConfigs(self.log, topics, readiness=self.readiness)
+        self.notifier = Notifier(
+            self.log, self.push, topics, fetch_wait_ms=settings.fetch_wait_ms, readiness=self.readiness
+        )
         self.handler = HubRequestHandler(
-            self.log, self.registry, self.store, self.recorder, self.replies, settings, self.cards, self.push
+            self.log,
+            self.registry,
+            self.store,
+            self.recorder,
+            self.replies,
+            settings,
+            self.cards,
+            self.push,
+            self.readiness,
         )
         # The reply topic exists before the recorder subscribes, so this instance's answers are
         # recorded from the first one (a topic created later waits for the group to find it).
@@ -127,11 +172,15 @@ class Hub(Lifecycle):
             self.recorder,
             self.dispatcher,
             self.notifier,
+            self.watchdog,
         ]
         self._started: list[Lifecycle] = []
         self._grpc: grpc.aio.Server | None = None
         self._http: uvicorn.Server | None = None
         self._http_task: asyncio.Task[None] | None = None
+        self._health: health.aio.HealthServicer | None = None
+        self._health_names: list[str] = []
+        self._joining: asyncio.Task[None] | None = None
 
     @property
     def address(self) -> str:
@@ -146,6 +195,7 @@ class Hub(Lifecycle):
             for part in self._parts:
                 await part.start()
                 self._started.append(part)
+            self._joining = asyncio.create_task(self._until_joined(), name="hub-joining")
             await self._start_grpc()
             await self._start_http()
         except BaseException:
@@ -179,12 +229,40 @@ class Hub(Lifecycle):
         if server.add_insecure_port(f"{self.settings.host}:{self.grpc_port}") == 0:
             raise ConfigError(f"cannot listen on {self.settings.host}:{self.grpc_port} (port in use?)")
         await server.start()
-        for name in ["", *names]:
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         self._grpc = server
+        self._health, self._health_names = health_servicer, ["", *names]
+        await self._report_health(self.readiness.ready)
+        self.readiness.on_change(self._report_health)
+
+    async def _report_health(self, ready: bool) -> None:
+        """gRPC health follows readiness: NOT_SERVING while a part is down or still joining."""
+        if self._health is None:
+            return
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in self._health_names:
+            await self._health.set(name, status)
+
+    async def _readyz(self, request: Request) -> Response:
+        """HTTP readiness: 200 when every part is up, else 503 with what is down and why."""
+        problems = self.readiness.problems()
+        return JSONResponse({"ready": not problems, "down": problems}, status_code=503 if problems else 200)
+
+    async def _until_joined(self) -> None:
+        """Ready only once this instance reads its share of the inboxes and routing topics."""
+        self.readiness.starting("consumer groups")
+        try:
+            async with asyncio.timeout(self.settings.join_timeout_s):
+                await asyncio.gather(self.dispatcher.joined(), self.recorder.joined())
+        except TimeoutError:
+            self.readiness.down("consumer groups", "not assigned partitions yet; still trying")
+            await asyncio.gather(self.dispatcher.joined(), self.recorder.joined())
+        self.readiness.up("consumer groups")
 
     async def _start_http(self) -> None:
         app = http_app(self.handler, self.registry, self.cards, max_body=self.settings.max_message_bytes * 2)
+        app.router.routes.insert(0, Route("/readyz", self._readyz))
         config = uvicorn.Config(
             app, host=self.settings.host, port=self.http_port, log_level="warning", lifespan="off"
         )
@@ -203,6 +281,8 @@ class Hub(Lifecycle):
         if self._grpc is not None:
             await self._grpc.stop(grace=2)
             self._grpc = None
+        await cancel_and_wait(self._joining)
+        self._joining = None
         while self._started:
             await self._started.pop().stop()
         log.info("hub stopped")

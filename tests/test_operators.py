@@ -39,6 +39,8 @@ async def last(progress: AsyncIterator[op.Progress]) -> op.Progress:
 
 
 async def store_rows(hub: Hub) -> list[tuple[str, tuple]]:
+    """Every row of the store, once the recorder has what this hub routed (sends do not wait for it)."""
+    await hub.recorder.settle_all()
     return [row async for row in hub.store.rows()]
 
 

@@ -67,6 +67,9 @@ class Consumer(Lifecycle, ABC):
     def assignment(self) -> set[TopicPartition]:
         """Partitions this member currently reads."""
 
+    async def joined(self) -> None:
+        """Return once the group has given this member its share (at once without a group)."""
+
     @abstractmethod
     def pause(self, partitions: set[TopicPartition]) -> None:
         """Stop fetching these partitions (backpressure); their position is kept."""
@@ -81,6 +84,7 @@ class Log(Lifecycle, ABC):
 
     outages: tuple[type[BaseException], ...] = (OSError, TimeoutError)
     """Errors meaning the log is unreachable for now (try again later), not that a request is wrong."""
+
     @abstractmethod
     async def ensure_topic(self, topic: str, partitions: int | None = None, compacted: bool = False) -> None:
         """Create the topic if it does not exist (idempotent)."""

@@ -57,6 +57,8 @@ class KafkaLog(Log):
         metadata_max_age_ms: how often pattern consumers look for new topics (default 1000).
         idempotence: idempotent producer: "on", "off", or "auto" (on where the broker supports it).
         client_id: client id shown in broker logs (default "agenthub").
+        group_instance_id: static group membership: a member restarting under the same id within
+            the session timeout gets its partitions back without a rebalance (default: dynamic).
     """
 
     outages = (KafkaError, OSError, TimeoutError)
@@ -72,6 +74,7 @@ class KafkaLog(Log):
         metadata_max_age_ms: int = 1_000,
         idempotence: Idempotence = "auto",
         client_id: str = "agenthub",
+        group_instance_id: str | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.default_partitions = default_partitions
@@ -81,6 +84,7 @@ class KafkaLog(Log):
         self.metadata_max_age_ms = metadata_max_age_ms
         self._idempotence = idempotence
         self.client_id = client_id
+        self.group_instance_id = group_instance_id
         self._producer: AIOKafkaProducer | None = None
         self._admin: AIOKafkaAdminClient | None = None
         self._reader: AIOKafkaConsumer | None = None
@@ -255,17 +259,20 @@ def _record(r: ConsumerRecord[bytes, bytes]) -> Record:
 
 
 class _Revocations(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Lets the owner drain and commit before partitions move to another member."""
+    """Lets the owner drain and commit before partitions move to another member; says when the
+    group first assigned this member its partitions."""
 
     def __init__(self, on_revoke: OnRevoke | None) -> None:
         self._on_revoke = on_revoke
+        self.assigned = asyncio.Event()
 
     async def on_partitions_revoked(self, revoked: set[KafkaTopicPartition]) -> None:
         if self._on_revoke is not None and revoked:
             await self._on_revoke({_ours(tp) for tp in revoked})
 
     async def on_partitions_assigned(self, assigned: set[KafkaTopicPartition]) -> None:
-        log.debug("partitions assigned", partitions=sorted(str(tp) for tp in assigned))
+        log.debug("partitions assigned", count=len(assigned))
+        self.assigned.set()
 
 
 class KafkaConsumer(Consumer):
@@ -287,6 +294,7 @@ class KafkaConsumer(Consumer):
         self._from_beginning = from_beginning
         self._on_revoke = on_revoke
         self._consumer: AIOKafkaConsumer | None = None
+        self._listener: _Revocations | None = None
         self._paused: set[TopicPartition] = set()
 
     async def start(self) -> None:
@@ -297,6 +305,7 @@ class KafkaConsumer(Consumer):
             bootstrap_servers=kafka.bootstrap,
             client_id=kafka.client_id,
             group_id=self._group,
+            group_instance_id=kafka.group_instance_id if self._group else None,
             enable_auto_commit=False,
             auto_offset_reset="earliest" if self._from_beginning else "latest",
             fetch_max_wait_ms=kafka.fetch_wait_ms,
@@ -309,9 +318,12 @@ class KafkaConsumer(Consumer):
         if self._group is None and not self._pattern:
             await self._pin_positions(consumer)
         else:
-            consumer.subscribe(
-                topics=self._topics or (), pattern=self._pattern, listener=_Revocations(self._on_revoke)
-            )
+            self._listener = _Revocations(self._on_revoke)
+            consumer.subscribe(topics=self._topics or (), pattern=self._pattern, listener=self._listener)
+
+    async def joined(self) -> None:
+        if self._listener is not None:
+            await self._listener.assigned.wait()
 
     async def _pin_positions(self, consumer: AIOKafkaConsumer) -> None:
         """Assign every partition and fix positions now, so a tail reader misses nothing after start()."""
