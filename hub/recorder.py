@@ -78,6 +78,11 @@ class Recorder(Lifecycle):
         await self._consumer.start()
         await self._loop.start()
 
+    async def joined(self) -> None:
+        """Return once this instance's consumer group has assigned it its partitions."""
+        if self._consumer is not None:
+            await self._consumer.joined()
+
     async def stop(self) -> None:
         await self._loop.stop()
         if self._consumer is not None:
