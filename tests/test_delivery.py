@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import os
 import signal
-import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -24,6 +21,7 @@ from agenthub.hub.topics import Topics
 from agenthub.sdk import Agent, AgentHubError, HubClient, ScriptedModel, tool
 from agenthub.sdk.pb.envelope_pb2 import Kind
 from tests.conftest import eventually
+from tests.processes import hub_process
 
 TERMINAL = {TaskState.TASK_STATE_COMPLETED, TaskState.TASK_STATE_FAILED}
 
@@ -122,42 +120,6 @@ async def test_routing_metadata_travels_in_record_headers(tmp_path, hub_settings
 
 
 # ---- hubs as real processes -------------------------------------------------------------------
-
-
-def env_of(settings: HubSettings) -> dict[str, str]:
-    """Environment that gives a `agenthub serve` process the same backend settings."""
-    keys = ("log", "bootstrap", "topic_prefix", "kafka_session_timeout_ms", "retry_backoff_s", "max_attempts",
-            "threads_url")  # fmt: skip
-    values = settings.model_dump()
-    return {f"AGENTHUB_{k.upper()}": str(values[k]) for k in keys if values.get(k) is not None}
-
-
-@asynccontextmanager
-async def hub_process(
-    settings: HubSettings, data_dir: Path, port: int
-) -> AsyncIterator[asyncio.subprocess.Process]:
-    """`agenthub serve` as its own process; killed at exit if still running."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "agenthub.hub.cli", "serve", "--data-dir", str(data_dir),
-        "--port", str(port), "--http-port", str(free_port()), env={**os.environ, **env_of(settings)},
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        async with HubClient(f"127.0.0.1:{port}") as probe:
-            assert await eventually(lambda: _serving(probe), timeout=30), "hub process did not start"
-        yield process
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-
-
-async def _serving(client: HubClient) -> bool:
-    try:
-        await client.list_agents()
-    except AgentHubError:  # not up yet
-        return False
-    return True
 
 
 def counting_agent(name: str, hub: str, seen: collections.Counter[str], delay: float) -> Agent:
