@@ -136,7 +136,7 @@ class Connections(Lifecycle):
 
     def __init__(self) -> None:
         self._channels: dict[str, grpc.aio.Channel] = {}
-        self._clients: dict[tuple[str, str], ClientConnection] = {}
+        self._clients: dict[tuple[str, str, str], Connection] = {}
         self._http: httpx.AsyncClient | None = None
 
     async def stop(self) -> None:
@@ -154,12 +154,15 @@ class Connections(Lifecycle):
         return self._channels[endpoint]
 
     def to(self, record: AgentRecord, card: AgentCard) -> Connection:
-        """The connection to a registered agent, over the binding it was registered with."""
+        """The connection to a registered agent, over the binding it was registered with (kept and
+        reused: building a stub or client per call costs more than the call)."""
         binding = record.binding or GRPC
+        key = (record.endpoint, binding, record.tenant)
+        if key in self._clients:
+            return self._clients[key]
         if binding == GRPC:
-            return GrpcConnection(self.channel(record.endpoint), record.tenant)
-        key = (record.endpoint, binding)
-        if key not in self._clients:
+            self._clients[key] = GrpcConnection(self.channel(record.endpoint), record.tenant)
+        else:
             if self._http is None:
                 self._http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, read=None))
             self._clients[key] = ClientConnection(card, binding, self._http)
