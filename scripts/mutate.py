@@ -1,0 +1,194 @@
+"""Mutation testing of the hub's core modules with cosmic-ray: break the code on purpose, run the
+fast tests, and print every mutant the tests did not notice (a survivor).
+
+    python scripts/mutate.py cards                       # one small module, its default tests
+    python scripts/mutate.py front --match _owned_task   # only mutants inside one function
+    python scripts/mutate.py dispatcher --max 20         # an evenly spread sample of 20 mutants
+    python scripts/mutate.py registry --tests tests/test_cards.py
+
+The checkout is never touched: the committed tree (HEAD, or `--working-tree` for the files as they
+are) is copied to a scratch folder, `agenthub` is imported from that copy (checked before any
+mutant is made), and cosmic-ray mutates the copy in place, one mutant per test run. The tests are
+the embedded-log, SQLite-store variants only, stopping at the first failure (`-x`); a run that
+times out counts as killed. The exit code is 0 when no mutant survived, 1 otherwise, 2 when the
+unmutated tests already fail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The core modules (hub/...), and the test files that exercise each one quickly.
+MODULES: dict[str, tuple[list[str], list[str]]] = {
+    "front": (["hub/front.py"], ["test_isolation.py", "test_bindings.py", "test_failures.py",
+                                 "test_subscribe.py", "test_promises_routing.py"]),
+    "dispatcher": (["hub/dispatcher.py"], ["test_promises_routing.py", "test_delivery.py",
+                                           "test_failures.py"]),
+    "recorder": (["hub/recorder.py"], ["test_delivery.py", "test_operators.py", "test_a2a_e2e.py"]),
+    "projection": (["hub/projection.py"], ["test_projection.py", "test_operators.py", "test_a2a_e2e.py"]),
+    "log": (["hub/log/_base.py", "hub/log/embedded.py"], ["test_delivery.py", "test_operators.py"]),
+    "registry": (["hub/registry.py"], ["test_cards.py", "test_register_url.py", "test_promises_routing.py"]),
+    "push": (["hub/push.py"], ["test_push.py"]),
+    "cards": (["hub/cards.py"], ["test_cards.py", "test_bindings.py"]),
+}  # fmt: skip
+PACKAGES = {"hub": "hub", "sdk": "sdk", "agents": "agents"}  # agenthub.<name> <- folder
+
+
+def main() -> int:
+    args = parse_args()
+    modules = [path for name in args.modules for path in MODULES[name][0]]
+    tests = args.tests or sorted({f"tests/{t}" for name in args.modules for t in MODULES[name][1]})
+    scratch = Path(tempfile.mkdtemp(prefix="agenthub-mutants-"))
+    try:
+        copy_tree(scratch, working_tree=args.working_tree)
+        os.environ.update(import_env(scratch))
+        check_imports_from(scratch)
+        os.chdir(scratch)
+        command = test_command(tests, args.backend, args.select)
+        print(f"tests: {command}", flush=True)
+        started = time.monotonic()
+        if subprocess.run(shlex.split(command), capture_output=True).returncode != 0:
+            print("the unmutated tests fail: fix them first (run the command above in the checkout)")
+            return 2
+        timeout = args.timeout or 3 * (time.monotonic() - started) + 30
+        survivors = run_mutants(modules, command, timeout, args)
+    finally:
+        if args.keep:
+            print(f"scratch copy kept in {scratch}")
+        else:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return 1 if survivors else 0
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("modules", nargs="+", choices=sorted(MODULES), help="core modules to mutate")
+    parser.add_argument("--tests", nargs="+", help="test files to run instead of the modules' defaults")
+    parser.add_argument("--match", help="only mutants inside functions whose name matches this regex")
+    parser.add_argument("--max", type=int, help="at most this many mutants, spread evenly over the modules")
+    parser.add_argument("--timeout", type=float, help="seconds per test run [default: 3x the clean run + 30]")
+    parser.add_argument("--select", help="a pytest -k expression narrowing the tests further")
+    parser.add_argument("--backend", default="embedded", choices=["embedded", "kafka"], help="log backend")
+    parser.add_argument("--working-tree", action="store_true", help="mutate the files as they are, not HEAD")
+    parser.add_argument("--keep", action="store_true", help="keep the scratch copy afterwards")
+    return parser.parse_args()
+
+
+def copy_tree(scratch: Path, *, working_tree: bool) -> None:
+    """The project's files in `scratch`: HEAD's tree, or the tracked and new files as they are."""
+    if not working_tree:
+        archive = subprocess.run(["git", "archive", "HEAD"], cwd=ROOT, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(scratch)], input=archive, check=True)
+        return
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT, capture_output=True, check=True,
+    ).stdout.decode()  # fmt: skip
+    for name in filter(None, listed.split("\0")):
+        source = ROOT / name
+        if source.is_file():
+            (scratch / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, scratch / name)
+
+
+# Loaded first by every Python process of the run: takes the editable install's finder away, so a
+# module missing from the copy fails to import instead of coming from the checkout.
+NO_EDITABLE = """import sys
+sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, "__module__", "").startswith("__editable__")]
+"""
+
+
+def import_env(scratch: Path) -> dict[str, str]:
+    """Environment that imports `agenthub.*` from the scratch copy, and only from there."""
+    shim = scratch / "_import" / "agenthub"
+    shim.mkdir(parents=True)
+    (shim.parent / "sitecustomize.py").write_text(NO_EDITABLE)
+    for name, folder in PACKAGES.items():
+        (shim / name).symlink_to(scratch / folder, target_is_directory=True)
+    path = [str(scratch / "_import"), str(scratch), os.environ.get("PYTHONPATH", "")]
+    return {"PYTHONPATH": os.pathsep.join(filter(None, path)), "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+def check_imports_from(scratch: Path) -> None:
+    """Refuse to go on unless every agenthub package is imported from the scratch copy."""
+    probe = (
+        "import agenthub.hub, agenthub.sdk, agenthub.agents as a; print(a.__file__, agenthub.hub.__file__)"
+    )
+    found = subprocess.run([sys.executable, "-c", probe], cwd=scratch, capture_output=True, text=True)
+    paths = found.stdout.split()
+    if found.returncode != 0 or not paths or not all(p.startswith(str(scratch)) for p in paths):
+        sys.exit(f"agenthub is not imported from the scratch copy ({found.stdout or found.stderr}); stopping")
+
+
+def test_command(tests: list[str], backend: str, select: str | None) -> str:
+    selected = f"{backend} and sqlite" + (f" and ({select})" if select else "")
+    pytest = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-m", "not model"]
+    return shlex.join([*pytest, "-k", selected, *tests])
+
+
+def run_mutants(modules: list[str], command: str, timeout: float, args: argparse.Namespace) -> int:
+    """Make and test the mutants one by one in the scratch copy; print survivors; how many survived."""
+    from cosmic_ray.commands import init
+    from cosmic_ray.mutating import mutate_and_test
+    from cosmic_ray.work_db import WorkDB, use_db
+    from cosmic_ray.work_item import TestOutcome, WorkerOutcome
+
+    with use_db("session.sqlite", WorkDB.Mode.create) as db:
+        init([Path(m) for m in modules], db, {})
+        items = sorted(db.pending_work_items, key=_position)
+    if args.match:
+        items = [w for w in items if re.search(args.match, w.mutations[0].definition_name or "")]
+    if args.max is not None and len(items) > args.max:
+        step = len(items) / args.max
+        items = [items[int(i * step)] for i in range(args.max)]
+    print(f"{len(items)} mutants of {', '.join(modules)}; {timeout:.0f}s per test run", flush=True)
+    counts = {"killed": 0, "survived": 0, "incompetent": 0, "not run": 0}
+    for number, item in enumerate(items, 1):
+        mutation = item.mutations[0]
+        where = f"{mutation.module_path}:{mutation.start_pos[0]} {mutation.operator_name}"
+        where += f" in {mutation.definition_name}"
+        result = mutate_and_test(item.mutations, command, timeout)
+        if result.worker_outcome != WorkerOutcome.NORMAL:
+            counts["not run"] += 1
+            continue
+        if result.test_outcome == TestOutcome.SURVIVED:
+            counts["survived"] += 1
+            print(f"[{number}/{len(items)}] SURVIVED {where}\n{indent(result.diff or '')}", flush=True)
+        elif result.test_outcome == TestOutcome.KILLED:
+            counts["killed"] += 1
+            print(f"[{number}/{len(items)}] killed   {where}", flush=True)
+        else:
+            counts["incompetent"] += 1
+    print("summary: " + ", ".join(f"{n} {what}" for what, n in counts.items()))
+    return counts["survived"]
+
+
+def _position(item: Any) -> tuple[str, tuple[int, int], str, int]:
+    """Mutants in file order, so a --max sample spreads evenly over the code."""
+    m = item.mutations[0]
+    return str(m.module_path), m.start_pos, m.operator_name, m.occurrence
+
+
+def indent(diff: str) -> str:
+    lines = [
+        line for line in diff.splitlines() if line.startswith(("+", "-")) and line[:3] not in ("+++", "---")
+    ]
+    return "\n".join(f"    {line}" for line in lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
