@@ -203,6 +203,14 @@ class Dispatcher(Lifecycle):
     async def deliver(self, lane: Lane, envelope: Envelope, request: SendMessageRequest) -> None:
         """Deliver one request to its agent and put its outcome in the log, whatever happens."""
         emitter = _Emitter(self, envelope, lane.agent)
+        if _time_left(envelope) <= 0:
+            reason = "the caller's deadline passed before the agent could be called"
+            await emitter.outcome(
+                task_events.status_event(
+                    envelope.task_id, envelope.context_id, TaskState.TASK_STATE_FAILED, reason
+                )
+            )
+            return
         if envelope.task_id in self._canceled:
             await emitter.outcome(
                 task_events.status_event(
@@ -257,7 +265,7 @@ class Dispatcher(Lifecycle):
         started = time.monotonic()
         attempts, last_error = 0, ""
         while True:
-            await lane.breaker.admitted()
+            await self._admitted(lane, envelope)
             emitter.begin_attempt(envelope.attempt + attempts)
             try:
                 reason = await self._call(lane.agent, envelope, request, emitter)
@@ -288,6 +296,17 @@ class Dispatcher(Lifecycle):
                 )
             return
 
+    async def _admitted(self, lane: Lane, envelope: Envelope) -> None:
+        """Wait while the agent's circuit is open, but not past the caller's deadline."""
+        left = _time_left(envelope)
+        try:
+            async with asyncio.timeout(None if left == float("inf") else max(0.0, left)):
+                await lane.breaker.admitted()
+        except TimeoutError:
+            raise AgentUnreachable(
+                f"agent {lane.agent!r} stayed unreachable until the caller's deadline passed"
+            ) from None
+
     async def _call(
         self, agent: str, envelope: Envelope, request: SendMessageRequest, emitter: _Emitter
     ) -> str:
@@ -300,7 +319,7 @@ class Dispatcher(Lifecycle):
         events = connection.stream(
             _for_agent(request, envelope),
             tuple(m for m in metadata if m[1]),
-            self._settings.agent_call_timeout_s,
+            min(self._settings.agent_call_timeout_s, _time_left(envelope)),
         )
         async with contextlib.aclosing(events):
             async for event in events:
@@ -349,6 +368,13 @@ class Dispatcher(Lifecycle):
         extra = (("agenthub-error", reason.encode()), ("agenthub-source", source.encode()))
         await self.produce(self._topics.dlq(agent), record.value, record.key, record.headers + extra)
         log.error("unreadable inbox record dead-lettered", agent=agent, source=source, reason=reason)
+
+
+def _time_left(envelope: Envelope) -> float:
+    """Seconds until the caller's deadline (infinity when it set none)."""
+    if not envelope.HasField("deadline"):
+        return float("inf")
+    return envelope.deadline.ToNanoseconds() / 1e9 - time.time()
 
 
 def _for_agent(request: SendMessageRequest, envelope: Envelope) -> SendMessageRequest:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import time
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -189,6 +190,7 @@ class HubRequestHandler(RequestHandler):
             reply_topic=self._replies.topic,
             traceparent=_header(context, "traceparent"),
         )
+        _stamp_deadline(envelope, context)
         if params.configuration.HasField("task_push_notification_config"):  # stored before any update exists
             config = TaskPushNotificationConfig()
             config.CopyFrom(params.configuration.task_push_notification_config)
@@ -433,6 +435,14 @@ def _header(context: ServerCallContext, key: str) -> str:
         if k.lower() == key:
             return v if isinstance(v, str) else v.decode()
     return ""
+
+
+def _stamp_deadline(envelope: Envelope, context: ServerCallContext) -> None:
+    """Carry the caller's gRPC deadline in the envelope: the dispatcher honours it."""
+    grpc_context = context.state.get("grpc_context")
+    remaining = grpc_context.time_remaining() if grpc_context is not None else None
+    if remaining is not None:
+        envelope.deadline.FromNanoseconds(time.time_ns() + int(remaining * 1e9))
 
 
 def _payload(event: StreamResponse) -> Event:

@@ -10,14 +10,14 @@ import uuid
 import grpc
 import httpx
 import pytest
-from a2a.types import Message, Part, Role, SendMessageRequest, TaskState, a2a_pb2_grpc
+from a2a.types import Message, Part, Role, SendMessageRequest, Task, TaskState, a2a_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agenthub.hub import envelopes
 from agenthub.hub.loops import Backoff, Readiness, SupervisedLoop
 from agenthub.hub.server import Hub
 from agenthub.hub.topics import Topics
-from agenthub.sdk import HubClient
+from agenthub.sdk import Agent, HubClient, ScriptedModel, tool
 from agenthub.sdk.pb.envelope_pb2 import Kind
 from tests.conftest import eventually
 
@@ -147,3 +147,30 @@ async def test_a_send_while_the_log_refuses_writes_is_unavailable_at_once(
     assert await hub.log.end_offsets(inbox) == before, "nothing may be accepted"
     answer = await client.send("calculator", "2 + 2")
     assert answer.status.message.parts[0].text == "2 + 2 = 4"
+
+
+@tool(timeout=60)
+async def dawdle(text: str) -> str:
+    """Take far longer than the caller is willing to wait."""
+    await asyncio.sleep(30)
+    return text
+
+
+async def test_the_callers_deadline_ends_the_agent_call(hub: Hub, client: HubClient) -> None:
+    """A caller that gives up after 1 s does not leave the agent working for 30 s: the hub's call
+    carries the caller's deadline, and the task ends FAILED saying so."""
+    async with Agent("dawdler", tools=[dawdle], model=ScriptedModel(), hub=hub.address):
+        stub = a2a_pb2_grpc.A2AServiceStub(client.channel)
+        request = request_to("dawdler", "slowly")
+        with pytest.raises(grpc.aio.AioRpcError) as gave_up:
+            await stub.SendMessage(request, timeout=1.0)
+        assert gave_up.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+        async def ended() -> Task | None:
+            listed = await client.list_tasks("dawdler")
+            tasks = [t for t in listed.tasks if t.status.state == TaskState.TASK_STATE_FAILED]
+            return tasks[0] if tasks else None
+
+        task = await eventually(ended, timeout=15)
+        assert task is not None, "the task must end within seconds of the caller's deadline, not after 30 s"
+        assert "deadline" in task.status.message.parts[0].text.lower()  # missed in the call, or before it
