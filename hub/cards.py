@@ -1,5 +1,11 @@
 """Agent cards as the hub publishes them: the agent's own card, reachable through the hub on
-every binding (gRPC with tenant = name, JSON-RPC and HTTP+JSON under /agents/<name>/)."""
+every binding (gRPC with tenant = name, JSON-RPC and HTTP+JSON under /agents/<name>/).
+
+The published card keeps everything the agent says of itself (name, description, version,
+provider, skills, modes, extensions, capabilities); the hub changes only what it provides: the
+interfaces (its own), streaming and push notifications (it serves both for every agent). The
+agent's signatures are dropped, since they no longer match the card as published.
+"""
 
 from __future__ import annotations
 
@@ -52,6 +58,7 @@ class CardPublisher:
         )  # fmt: skip
         out.capabilities.streaming = True
         out.capabilities.push_notifications = True
+        del out.signatures[:]
         return out
 
 

@@ -2,35 +2,53 @@
 streaming) under /agents/<name>/, plus an agent listing and liveness.
 
 The bindings are a2a-sdk's routes over the hub's one `RequestHandler`, so they behave exactly like
-the gRPC head; the agent named in the URL plays the part of gRPC's `tenant`.
+the gRPC head; the agent named in the URL plays the part of gRPC's `tenant`. Around them, this module
+only guards the door: bodies are capped while they stream in (chunked ones included), a body that
+is not JSON by its declared media type or not UTF-8 is refused with the binding's own error, every
+error carries the codes of the one table in `agenthub.sdk.errors`, and HTTP+JSON answers are
+labelled `application/a2a+json`, the media type A2A registers for its JSON payloads.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
 
 from a2a.server.context import ServerCallContext
 from a2a.server.jsonrpc_models import JSONRPCError
 from a2a.server.request_handlers import RequestHandler
-from a2a.server.request_handlers.response_helpers import EXCEPTION_MAP
+from a2a.server.request_handlers.response_helpers import EXCEPTION_MAP, build_error_response
 from a2a.server.routes import create_jsonrpc_routes, create_rest_routes
 from a2a.server.routes.common import DefaultServerCallContextBuilder
-from a2a.utils.errors import A2A_ERROR_MAPPING, A2A_ERROR_REASONS, JSON_RPC_ERROR_CODE_MAP, ErrorMapping
+from a2a.utils.constants import A2A_JSON_MEDIA_TYPE
+from a2a.utils.error_handlers import build_rest_error_payload
+from a2a.utils.errors import (
+    A2A_ERROR_MAPPING,
+    A2A_ERROR_REASONS,
+    JSON_RPC_ERROR_CODE_MAP,
+    A2AError,
+    ContentTypeNotSupportedError,
+    ErrorMapping,
+    JSONParseError,
+)
 from google.protobuf.json_format import MessageToDict
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agenthub.hub.cards import CardPublisher, etag
 from agenthub.hub.front import PATH_AGENT
+from agenthub.hub.guard import GuardedHandler
 from agenthub.hub.registry import Registry
-from agenthub.sdk.errors import AGENTHUB_ERRORS, STATUS
+from agenthub.sdk.errors import STATUS
 
 CARD_MAX_AGE_S = 60
+JSON_MEDIA_TYPES = frozenset({"application/json", A2A_JSON_MEDIA_TYPE})
+Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 class PathAgentContextBuilder(DefaultServerCallContextBuilder):
@@ -43,10 +61,12 @@ class PathAgentContextBuilder(DefaultServerCallContextBuilder):
 
 
 def teach_a2a_our_errors() -> None:
-    """a2a-sdk's JSON-RPC and REST heads look errors up by exact class in their own tables: add
-    AgentHub's classes with the codes from `agenthub.sdk.errors.STATUS`, the one table."""
-    for cls in AGENTHUB_ERRORS:
-        status = STATUS[cls]
+    """a2a-sdk's JSON-RPC and REST heads look errors up by exact class in their own tables: give
+    them every class of `agenthub.sdk.errors.STATUS`, the one table (AgentHub's own errors, and
+    A2A's with the specification's codes where a2a-sdk's differ)."""
+    for cls, status in STATUS.items():
+        if not issubclass(cls, A2AError):
+            continue
         A2A_ERROR_MAPPING[cls] = ErrorMapping(status.http, status.grpc.name, status.reason)
         A2A_ERROR_REASONS[cls] = status.reason
         JSON_RPC_ERROR_CODE_MAP[cls] = status.jsonrpc
@@ -54,20 +74,103 @@ def teach_a2a_our_errors() -> None:
 
 
 class BodyLimit:
-    """Refuses a request whose declared body is larger than the hub accepts, before reading it."""
+    """Reads each request body whole before the app sees it, refusing (413) one that declares or
+    turns out to be larger than the hub accepts: at most `limit` bytes are ever held, whether the
+    body comes with a Content-Length or chunked."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self._app = app
         self._limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            length = dict(scope["headers"]).get(b"content-length", b"0")
-            if length.isdigit() and int(length) > self._limit:
-                message = f"request body is {int(length)} bytes; this hub accepts at most {self._limit}"
-                await _problem(413, "INVALID_ARGUMENT", message)(scope, receive, send)
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length", b"0")
+        if length.isdigit() and int(length) > self._limit:
+            await self._too_large(int(length), scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size, more = 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunk: bytes = message.get("body", b"")
+            size += len(chunk)
+            if size > self._limit:
+                await self._too_large(size, scope, receive, send, at_least=True)
                 return
-        await self._app(scope, receive, send)
+            chunks.append(chunk)
+            more = bool(message.get("more_body"))
+        await self._app(scope, _replay(b"".join(chunks), receive), send)
+
+    async def _too_large(
+        self, size: int, scope: Scope, receive: Receive, send: Send, *, at_least: bool = False
+    ) -> None:
+        size_text = f"over {size}" if at_least else str(size)
+        message = f"request body is {size_text} bytes; this hub accepts at most {self._limit}"
+        await _problem(413, "INVALID_ARGUMENT", message)(scope, receive, send)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that hands the app the body already read, then waits on the client as usual."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def replayed() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replayed
+
+
+def _unacceptable_body(request: Request, body: bytes) -> A2AError | None:
+    """Why a request body cannot be read as A2A JSON: its declared media type, or its encoding."""
+    declared = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if body and declared and declared not in JSON_MEDIA_TYPES:
+        accepted = " or ".join(sorted(JSON_MEDIA_TYPES))
+        return ContentTypeNotSupportedError(f"content type {declared!r} is not supported: send {accepted}")
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return JSONParseError(f"the request body is not UTF-8 (invalid byte at position {exc.start})")
+    return None
+
+
+def jsonrpc_guarded(endpoint: Endpoint) -> Endpoint:
+    """The JSON-RPC endpoint behind the body checks: a refused body is a JSON-RPC error (HTTP 200)."""
+
+    async def guarded(request: Request) -> Response:
+        problem = _unacceptable_body(request, await request.body())
+        if problem is not None:
+            return JSONResponse(build_error_response(None, problem))
+        return await endpoint(request)
+
+    return guarded
+
+
+def rest_guarded(endpoint: Endpoint) -> Endpoint:
+    """An HTTP+JSON endpoint behind the body checks (415 / 400), its JSON answers as A2A JSON."""
+
+    async def guarded(request: Request) -> Response:
+        problem = _unacceptable_body(request, await request.body())
+        if problem is not None:
+            payload = build_rest_error_payload(problem)
+            response: Response = JSONResponse(payload, status_code=payload["error"]["code"])
+        else:
+            response = await endpoint(request)
+        if response.headers.get("content-type", "").startswith("application/json"):
+            response.headers["content-type"] = A2A_JSON_MEDIA_TYPE
+        return response
+
+    return guarded
+
+
+def _guarded(routes: Sequence[BaseRoute], guard: Callable[[Endpoint], Endpoint]) -> list[BaseRoute]:
+    return [
+        Route(r.path, guard(r.endpoint), methods=r.methods)
+        for r in routes
+        if isinstance(r, Route)  # a2a-sdk's /{tenant} mount is left out: the URL names the agent
+    ]
 
 
 def http_app(
@@ -76,6 +179,7 @@ def http_app(
     """The Starlette app of the hub's HTTP head; bodies over `max_body` bytes are refused with 413."""
     teach_a2a_our_errors()
     builder = PathAgentContextBuilder()
+    handler = GuardedHandler(handler)
 
     async def card(request: Request) -> Response:
         name = request.path_params["name"]
@@ -106,8 +210,8 @@ def http_app(
 
     per_agent: list[BaseRoute] = [
         Route("/.well-known/agent-card.json", card, methods=["GET"]),
-        *create_jsonrpc_routes(handler, rpc_url="/", context_builder=builder),
-        *(r for r in create_rest_routes(handler, context_builder=builder) if not isinstance(r, Mount)),
+        *_guarded(create_jsonrpc_routes(handler, rpc_url="/", context_builder=builder), jsonrpc_guarded),
+        *_guarded(create_rest_routes(handler, context_builder=builder), rest_guarded),
     ]
     return Starlette(
         routes=[

@@ -1,5 +1,9 @@
 """agenthub.v1.OperatorService: replay, rebuild, re-drive and topic stats over gRPC, so the CLI, a UI
-or another tool drive the same `Operator`."""
+or another tool drive the same `Operator`.
+
+The selection a client sends is checked here (offsets and times a log can hold); errors go out
+through the server's `GuardInterceptor` with their status from the one table.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,25 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from agenthub.hub import validation
 from agenthub.hub.operator import Operator
-from agenthub.hub.services import abort_with, streamed
-from agenthub.sdk.errors import AgentHubError
 from agenthub.sdk.pb import operator_pb2 as op
 from agenthub.sdk.pb import operator_pb2_grpc
+
+
+def checked(selection: op.Selection) -> op.Selection:
+    """The selection, if every value in it is one the log can be asked about."""
+    for field in ("from_offset", "to_offset"):
+        if selection.HasField(field):
+            validation.offset(getattr(selection, field), field)
+    for field in ("from_time", "to_time"):
+        if selection.HasField(field):
+            validation.timestamp(getattr(selection, field), field)
+    for field in ("context_id", "agent", "sender", "kind"):
+        validation.text(getattr(selection, field), field)
+    for topic in selection.topics:
+        validation.text(topic, "topics")
+    return selection
 
 
 class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
@@ -23,30 +41,25 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
     async def Replay(
         self, request: op.ReplayRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[op.ReplayEvent]:
-        async for event in streamed(self._operator.replay(request.selection), context):
+        async for event in self._operator.replay(checked(request.selection)):
             yield event
 
     async def Rebuild(
         self, request: op.RebuildRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[op.Progress]:
-        rebuild = self._operator.rebuild(
-            request.selection, apply=request.apply, from_scratch=request.from_scratch
-        )
-        async for progress in streamed(rebuild, context):
+        selection = checked(request.selection)
+        rebuild = self._operator.rebuild(selection, apply=request.apply, from_scratch=request.from_scratch)
+        async for progress in rebuild:
             yield progress
 
     async def Redrive(
         self, request: op.RedriveRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[op.Progress]:
-        redrive = self._operator.redrive(request.selection, request.agent, apply=request.apply)
-        async for progress in streamed(redrive, context):
+        redrive = self._operator.redrive(checked(request.selection), request.agent, apply=request.apply)
+        async for progress in redrive:
             yield progress
 
     async def TopicStats(
         self, request: op.TopicStatsRequest, context: grpc.aio.ServicerContext
     ) -> op.TopicStatsResponse:
-        try:
-            return await self._operator.stats()
-        except AgentHubError as exc:
-            await abort_with(context, exc)
-            raise
+        return await self._operator.stats()

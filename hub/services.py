@@ -1,17 +1,23 @@
-"""The hub's own gRPC services (registry, threads) and the A2A gRPC adapter with AgentHub's error table."""
+"""The hub's own gRPC services (registry, threads) and the A2A gRPC adapter with AgentHub's error table.
+
+Servicers raise AgentHub errors and let them go: the server's `GuardInterceptor` (hub/guard.py)
+ends each call with the error's status from the one table, and turns anything unexpected into a
+logged, generic INTERNAL. Client input is checked here with `agenthub.hub.validation`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
-from a2a.server.request_handlers import GrpcHandler
+from a2a.server.request_handlers import GrpcHandler, RequestHandler
 from a2a.types import TaskState
 from a2a.utils.errors import A2AError
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from agenthub.hub import export
+from agenthub.hub import export, thread_view, validation
+from agenthub.hub.front import ID
+from agenthub.hub.guard import GuardedHandler, abort
 from agenthub.hub.operator import Operator
 from agenthub.hub.registry import Registry
 from agenthub.hub.threads._base import (
@@ -22,45 +28,21 @@ from agenthub.hub.threads._base import (
     ThreadStore,
     ThreadSummary,
 )
-from agenthub.sdk.errors import AgentHubError, InvalidRequest, ThreadNotFound, status_of
+from agenthub.sdk.errors import InvalidRequest, ThreadNotFound
 from agenthub.sdk.pb import registry_pb2 as reg
 from agenthub.sdk.pb import registry_pb2_grpc, threads_pb2_grpc
 from agenthub.sdk.pb import threads_pb2 as thr
 
-T = TypeVar("T")
-
 
 class HubGrpcHandler(GrpcHandler):
-    """a2a-sdk's gRPC adapter; AgentHub's own errors get their codes from `agenthub.sdk.errors`."""
+    """a2a-sdk's gRPC adapter over the guarded handler; every error gets its status from the one
+    table in `agenthub.sdk.errors` (the A2A specification's codes for A2A's own errors)."""
+
+    def __init__(self, handler: RequestHandler) -> None:
+        super().__init__(GuardedHandler(handler))
 
     async def abort_context(self, error: A2AError, context: grpc.aio.ServicerContext) -> None:
-        if isinstance(error, AgentHubError):
-            await context.abort(status_of(error).grpc, error.message)
-        await super().abort_context(error, context)
-
-
-async def abort_with(context: grpc.aio.ServicerContext, error: AgentHubError) -> None:
-    await context.abort(status_of(error).grpc, error.message)
-
-
-async def streamed(items: AsyncIterator[T], context: grpc.aio.ServicerContext) -> AsyncIterator[T]:
-    """A server stream whose AgentHub errors end the call with their mapped status."""
-    try:
-        async for item in items:
-            yield item
-    except AgentHubError as exc:
-        await abort_with(context, exc)
-
-
-def page_offset(token: str) -> int:
-    """The offset a page token stands for; InvalidRequest for a token we did not hand out."""
-    try:
-        offset = int(token or 0)
-    except ValueError:
-        raise InvalidRequest(f"invalid page_token {token!r}") from None
-    if offset < 0:
-        raise InvalidRequest(f"invalid page_token {token!r}")
-    return offset
+        await abort(context, error)
 
 
 def thread_filter(request: thr.ListThreadsRequest) -> ThreadFilter:
@@ -70,12 +52,18 @@ def thread_filter(request: thr.ListThreadsRequest) -> ThreadFilter:
             f"unknown state {request.state!r}: use an A2A TaskState name like TASK_STATE_FAILED"
         )
     return ThreadFilter(
-        agent=request.agent or None,
+        agent=validation.text(request.agent, "agent") or None,
         state=request.state or None,
-        text=request.text or None,
-        since=request.since.ToNanoseconds() / 1e9 if request.HasField("since") else None,
-        until=request.until.ToNanoseconds() / 1e9 if request.HasField("until") else None,
+        text=validation.text(request.text, "text", validation.MAX_SEARCH_CHARS) or None,
+        since=validation.timestamp(request.since, "since") if request.HasField("since") else None,
+        until=validation.timestamp(request.until, "until") if request.HasField("until") else None,
     )
+
+
+def _context_id(value: str) -> str:
+    if not ID.match(value):
+        raise InvalidRequest(f"invalid context_id {value[:40]!r}: use 1-128 URL-safe characters")
+    return value
 
 
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
@@ -87,23 +75,16 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def RegisterAgent(
         self, request: reg.RegisterAgentRequest, context: grpc.aio.ServicerContext
     ) -> reg.RegisterAgentResponse:
-        try:
-            if request.url:
-                agent = await self._registry.register_url(request.url, request.name)
-            else:
-                agent = await self._registry.register(request.card_json, request.endpoint)
-        except AgentHubError as exc:
-            await abort_with(context, exc)
-            raise
+        if request.url:
+            agent = await self._registry.register_url(request.url, request.name)
+        else:
+            agent = await self._registry.register(request.card_json, request.endpoint)
         return reg.RegisterAgentResponse(agent=agent.record)
 
     async def DeregisterAgent(
         self, request: reg.DeregisterAgentRequest, context: grpc.aio.ServicerContext
     ) -> reg.DeregisterAgentResponse:
-        try:
-            await self._registry.deregister(request.name)
-        except AgentHubError as exc:
-            await abort_with(context, exc)
+        await self._registry.deregister(request.name)
         return reg.DeregisterAgentResponse()
 
     async def ListAgents(
@@ -114,19 +95,12 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def GetAgent(
         self, request: reg.GetAgentRequest, context: grpc.aio.ServicerContext
     ) -> reg.AgentRecord:
-        try:
-            return self._registry.get(request.name).record
-        except AgentHubError as exc:
-            await abort_with(context, exc)
-            raise
+        return self._registry.get(request.name).record
 
     async def Heartbeat(
         self, request: reg.HeartbeatRequest, context: grpc.aio.ServicerContext
     ) -> reg.HeartbeatResponse:
-        try:
-            self._registry.heartbeat(request.name)
-        except AgentHubError as exc:
-            await abort_with(context, exc)
+        self._registry.heartbeat(request.name)
         return reg.HeartbeatResponse()
 
     async def WatchAgents(
@@ -169,6 +143,7 @@ def message_pb(m: MessageRow) -> thr.ThreadMessage:
         partition=m.partition,
         offset=m.offset,
         traceparent=m.traceparent,
+        envelope_id=m.envelope_id,
     )
 
 
@@ -192,30 +167,39 @@ def _status_pb(s: StatusRow) -> thr.StatusChange:
 class ThreadServicer(threads_pb2_grpc.ThreadServiceServicer):
     """agenthub.v1.ThreadService over the thread store."""
 
-    def __init__(self, store: ThreadStore, registry: Registry, operator: Operator) -> None:
+    def __init__(
+        self,
+        store: ThreadStore,
+        registry: Registry,
+        operator: Operator,
+        settle: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
         self._store = store
         self._registry = registry
         self._operator = operator
+        self._settle = settle  # read-your-writes: what this hub routed is recorded before a read
+
+    async def _fresh(self) -> None:
+        if self._settle is not None:
+            await self._settle()
 
     async def ListThreads(
         self, request: thr.ListThreadsRequest, context: grpc.aio.ServicerContext
     ) -> thr.ListThreadsResponse:
-        size = request.page_size or 50
-        try:
-            where, offset = thread_filter(request), page_offset(request.page_token)
-        except AgentHubError as exc:
-            await abort_with(context, exc)
-            raise
-        page = await self._store.list_threads(where, limit=min(size, 500), offset=offset)
+        size = validation.page_size(request.page_size, default=50)
+        where, offset = thread_filter(request), validation.page_offset(request.page_token)
+        await self._fresh()
+        page = await self._store.list_threads(where, limit=size, offset=offset)
         return thr.ListThreadsResponse(
             threads=[summary_pb(t) for t in page.threads],
             next_page_token=str(page.next_offset) if page.next_offset is not None else "",
         )
 
     async def GetThread(self, request: thr.GetThreadRequest, context: grpc.aio.ServicerContext) -> thr.Thread:
-        messages = await self._store.thread_messages(request.context_id)
+        await self._fresh()
+        messages = await self._store.thread_messages(_context_id(request.context_id))
         if not messages:
-            await abort_with(context, ThreadNotFound(f"no thread with id {request.context_id!r}"))
+            raise ThreadNotFound(f"no thread with id {request.context_id!r}")
         tasks = await self._store.thread_tasks(request.context_id)
         agents = sorted(({m.recipient for m in messages} | {m.sender for m in messages}) - {"user"})
         summary = ThreadSummary(
@@ -230,15 +214,14 @@ class ThreadServicer(threads_pb2_grpc.ThreadServiceServicer):
             summary=summary_pb(summary),
             messages=[message_pb(m) for m in messages],
             tasks=[task_pb(t) for t in tasks],
+            artifacts=await thread_view.artifacts(self._store, request.context_id),
         )
 
     async def ExportThreads(
         self, request: thr.ExportThreadsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[thr.ExportLine]:
-        async for line in streamed(self._export(request), context):
-            yield line
-
-    async def _export(self, request: thr.ExportThreadsRequest) -> AsyncIterator[thr.ExportLine]:
+        if request.context_id:
+            _context_id(request.context_id)
         ids = await export.thread_ids(self._store, request.context_id, thread_filter(request.filter))
         if request.format == thr.EXPORT_FORMAT_CHAT:
             lines = export.chat_lines(self._store, self._registry, ids)

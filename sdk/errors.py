@@ -12,8 +12,16 @@ from typing import NamedTuple
 import grpc
 from a2a.utils.errors import (
     A2AError,
+    ContentTypeNotSupportedError,
+    ExtendedAgentCardNotConfiguredError,
+    ExtensionSupportRequiredError,
+    InternalError,
+    InvalidAgentResponseError,
     InvalidParamsError,
     InvalidRequestError,
+    JSONParseError,
+    MethodNotFoundError,
+    PushNotificationNotSupportedError,
     TaskNotCancelableError,
     TaskNotFoundError,
     UnsupportedOperationError,
@@ -111,22 +119,38 @@ STATUS: dict[type[Exception], Status] = {
     LogUnavailable: Status(grpc.StatusCode.UNAVAILABLE, 503, -32054, "LOG_UNAVAILABLE", 5),
     ConfigError: Status(grpc.StatusCode.FAILED_PRECONDITION, 400, -32052, "INVALID_CONFIGURATION", 2),
     AgentHubError: Status(grpc.StatusCode.INTERNAL, 500, -32603, "INTERNAL_ERROR", 1),
-    # a2a-sdk's own errors, as the A2A v1 specification maps them.
+    # a2a-sdk's own errors, as the A2A v1 specification maps them (section 5.4, "Error Code
+    # Mappings"; a2a-sdk's own table differs in places: UNIMPLEMENTED, 409, 415 and 502 below).
     TaskNotFoundError: Status(grpc.StatusCode.NOT_FOUND, 404, -32001, "TASK_NOT_FOUND", 4),
     TaskNotCancelableError: Status(
-        grpc.StatusCode.FAILED_PRECONDITION, 400, -32002, "TASK_NOT_CANCELABLE", 2
+        grpc.StatusCode.FAILED_PRECONDITION, 409, -32002, "TASK_NOT_CANCELABLE", 2
     ),
-    UnsupportedOperationError: Status(
-        grpc.StatusCode.FAILED_PRECONDITION, 400, -32004, "UNSUPPORTED_OPERATION", 2
+    PushNotificationNotSupportedError: Status(
+        grpc.StatusCode.UNIMPLEMENTED, 400, -32003, "PUSH_NOTIFICATION_NOT_SUPPORTED", 2
     ),
-    VersionNotSupportedError: Status(
-        grpc.StatusCode.FAILED_PRECONDITION, 400, -32009, "VERSION_NOT_SUPPORTED", 2
+    UnsupportedOperationError: Status(grpc.StatusCode.UNIMPLEMENTED, 400, -32004, "UNSUPPORTED_OPERATION", 2),
+    ContentTypeNotSupportedError: Status(
+        grpc.StatusCode.INVALID_ARGUMENT, 415, -32005, "CONTENT_TYPE_NOT_SUPPORTED", 2
     ),
+    InvalidAgentResponseError: Status(grpc.StatusCode.INTERNAL, 502, -32006, "INVALID_AGENT_RESPONSE", 1),
+    ExtendedAgentCardNotConfiguredError: Status(
+        grpc.StatusCode.FAILED_PRECONDITION, 400, -32007, "EXTENDED_AGENT_CARD_NOT_CONFIGURED", 2
+    ),
+    ExtensionSupportRequiredError: Status(
+        grpc.StatusCode.FAILED_PRECONDITION, 400, -32008, "EXTENSION_SUPPORT_REQUIRED", 2
+    ),
+    VersionNotSupportedError: Status(grpc.StatusCode.UNIMPLEMENTED, 400, -32009, "VERSION_NOT_SUPPORTED", 2),
     InvalidParamsError: Status(grpc.StatusCode.INVALID_ARGUMENT, 400, -32602, "INVALID_PARAMS", 2),
     InvalidRequestError: Status(grpc.StatusCode.INVALID_ARGUMENT, 400, -32600, "INVALID_REQUEST", 2),
+    JSONParseError: Status(grpc.StatusCode.INVALID_ARGUMENT, 400, -32700, "INVALID_REQUEST", 2),
+    MethodNotFoundError: Status(grpc.StatusCode.UNIMPLEMENTED, 404, -32601, "METHOD_NOT_FOUND", 2),
+    InternalError: Status(grpc.StatusCode.INTERNAL, 500, -32603, "INTERNAL_ERROR", 1),
 }
 
 AGENTHUB_ERRORS = [cls for cls in STATUS if issubclass(cls, AgentHubError)]
+
+# What a client sees of a failure the hub did not expect: the details stay in the hub's log.
+INTERNAL_MESSAGE = "internal error in the hub; it has been logged (reference {reference})"
 
 
 def status_of(error: BaseException) -> Status:

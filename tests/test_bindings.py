@@ -129,7 +129,14 @@ async def test_jsonrpc_errors(hub: Hub, path: str, body, headers: dict, code: in
     ("method", "path", "body", "headers", "status", "reason"),
     [
         ("POST", "calculator/message:send", b"{not json", {}, 400, "INVALID_REQUEST"),
-        ("POST", "calculator/message:send", b"1 + 1", {"content-type": "text/plain"}, 400, "INVALID_REQUEST"),
+        (
+            "POST",
+            "calculator/message:send",
+            b"1 + 1",
+            {"content-type": "text/plain"},
+            415,
+            "CONTENT_TYPE_NOT_SUPPORTED",
+        ),
         ("GET", "calculator/tasks/no-such-task", None, {}, 404, "TASK_NOT_FOUND"),
         ("POST", "nobody/message:send", MESSAGE, {}, 404, "AGENT_NOT_FOUND"),
         ("POST", "calculator/message:send", MESSAGE, {"A2A-Version": "2.0"}, 400, "VERSION_NOT_SUPPORTED"),
@@ -167,7 +174,7 @@ async def test_grpc_refuses_another_major_version(hub: Hub, client: HubClient) -
     request.tenant = "calculator"
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.SendMessage(request, metadata=(("a2a-version", "2.0"),))
-    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED  # A2A 5.4: VersionNotSupportedError
     assert "not supported" in caught.value.details()
 
 

@@ -1,0 +1,253 @@
+"""What every head does with a failure, written once.
+
+- A deliberate error (any `A2AError`, AgentHub's included) becomes its codes from the one table in
+  `agenthub.sdk.errors`, with a `google.rpc.ErrorInfo` detail naming its reason on gRPC.
+- Anything else is a fault of the hub: it is logged here with its details and a short reference,
+  and the client gets a generic INTERNAL error carrying only that reference, never an exception
+  class, a message from a library or a traceback.
+- A gRPC request that is not even a valid protobuf message is a client mistake (INVALID_ARGUMENT).
+
+`GuardedHandler` wraps the A2A `RequestHandler` for every binding; `GuardInterceptor` wraps every
+gRPC method of the server (A2A, registry, threads, operator, health). Neither knows any method.
+"""
+
+from __future__ import annotations
+
+import inspect
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
+from typing import Any, TypeVar
+
+import grpc
+import structlog
+from a2a.server.context import ServerCallContext
+from a2a.server.events.event_queue import Event
+from a2a.server.request_handlers import RequestHandler
+from a2a.types import (
+    AgentCard,
+    CancelTaskRequest,
+    DeleteTaskPushNotificationConfigRequest,
+    GetExtendedAgentCardRequest,
+    GetTaskPushNotificationConfigRequest,
+    GetTaskRequest,
+    ListTaskPushNotificationConfigsRequest,
+    ListTaskPushNotificationConfigsResponse,
+    ListTasksRequest,
+    ListTasksResponse,
+    Message,
+    SendMessageRequest,
+    SubscribeToTaskRequest,
+    Task,
+    TaskPushNotificationConfig,
+)
+from a2a.utils.errors import A2AError, InternalError
+from a2a.utils.grpc_status import status_to_grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+from agenthub.sdk.errors import INTERNAL_MESSAGE, status_of
+
+log = structlog.get_logger(__name__)
+T = TypeVar("T")
+A2A_DOMAIN = "a2a-protocol.org"
+
+
+def internal_error(exc: BaseException, where: str) -> InternalError:
+    """The generic error a client sees for an unexpected failure; the details go to the log."""
+    reference = uuid.uuid4().hex[:12]
+    log.error("unexpected failure", where=where, reference=reference, exc_info=exc)
+    return InternalError(INTERNAL_MESSAGE.format(reference=reference))
+
+
+async def abort(context: grpc.aio.ServicerContext, error: A2AError) -> None:
+    """End a gRPC call with the error's status from the one table and an ErrorInfo naming its reason."""
+    status = status_of(error)
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.ErrorInfo(reason=status.reason, domain=A2A_DOMAIN))
+    rich = status_to_grpc(
+        status_pb2.Status(code=status.grpc.value[0], message=error.message, details=[detail])
+    )
+    context.set_trailing_metadata(tuple(context.trailing_metadata() or ()) + tuple(rich.trailing_metadata))
+    await context.abort(rich.code, rich.details)
+
+
+class GuardedHandler(RequestHandler):
+    """The hub's `RequestHandler` as the heads see it: unexpected failures become `internal_error`."""
+
+    def __init__(self, inner: RequestHandler) -> None:
+        self._inner = inner
+
+    async def _unary(self, where: str, call: Awaitable[T]) -> T:
+        try:
+            return await call
+        except A2AError:
+            raise
+        except Exception as exc:
+            raise internal_error(exc, where) from None
+
+    async def _stream(self, where: str, events: AsyncGenerator[Event]) -> AsyncGenerator[Event]:
+        async with aclosing(events):
+            try:
+                async for event in events:
+                    yield event
+            except A2AError:
+                raise
+            except Exception as exc:
+                raise internal_error(exc, where) from None
+
+    async def on_message_send(self, params: SendMessageRequest, context: ServerCallContext) -> Task | Message:
+        return await self._unary("SendMessage", self._inner.on_message_send(params, context))
+
+    async def on_message_send_stream(
+        self, params: SendMessageRequest, context: ServerCallContext
+    ) -> AsyncGenerator[Event]:
+        async for event in self._stream(
+            "SendStreamingMessage", self._inner.on_message_send_stream(params, context)
+        ):
+            yield event
+
+    async def on_subscribe_to_task(
+        self, params: SubscribeToTaskRequest, context: ServerCallContext
+    ) -> AsyncGenerator[Event]:
+        async for event in self._stream("SubscribeToTask", self._inner.on_subscribe_to_task(params, context)):
+            yield event
+
+    async def on_get_task(self, params: GetTaskRequest, context: ServerCallContext) -> Task | None:
+        return await self._unary("GetTask", self._inner.on_get_task(params, context))
+
+    async def on_list_tasks(self, params: ListTasksRequest, context: ServerCallContext) -> ListTasksResponse:
+        return await self._unary("ListTasks", self._inner.on_list_tasks(params, context))
+
+    async def on_cancel_task(self, params: CancelTaskRequest, context: ServerCallContext) -> Task | None:
+        return await self._unary("CancelTask", self._inner.on_cancel_task(params, context))
+
+    async def on_get_extended_agent_card(
+        self, params: GetExtendedAgentCardRequest, context: ServerCallContext
+    ) -> AgentCard:
+        return await self._unary(
+            "GetExtendedAgentCard", self._inner.on_get_extended_agent_card(params, context)
+        )
+
+    async def on_create_task_push_notification_config(
+        self, params: TaskPushNotificationConfig, context: ServerCallContext
+    ) -> TaskPushNotificationConfig:
+        call = self._inner.on_create_task_push_notification_config(params, context)
+        return await self._unary("CreateTaskPushNotificationConfig", call)
+
+    async def on_get_task_push_notification_config(
+        self, params: GetTaskPushNotificationConfigRequest, context: ServerCallContext
+    ) -> TaskPushNotificationConfig:
+        call = self._inner.on_get_task_push_notification_config(params, context)
+        return await self._unary("GetTaskPushNotificationConfig", call)
+
+    async def on_list_task_push_notification_configs(
+        self, params: ListTaskPushNotificationConfigsRequest, context: ServerCallContext
+    ) -> ListTaskPushNotificationConfigsResponse:
+        call = self._inner.on_list_task_push_notification_configs(params, context)
+        return await self._unary("ListTaskPushNotificationConfigs", call)
+
+    async def on_delete_task_push_notification_config(
+        self, params: DeleteTaskPushNotificationConfigRequest, context: ServerCallContext
+    ) -> None:
+        call = self._inner.on_delete_task_push_notification_config(params, context)
+        await self._unary("DeleteTaskPushNotificationConfig", call)
+
+
+class _Undecodable:
+    """Stands for a request whose bytes are not the method's protobuf message."""
+
+
+UNDECODABLE = _Undecodable()
+
+
+class GuardInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps every unary-request gRPC method: undecodable requests get INVALID_ARGUMENT, deliberate
+    errors their table status, unexpected failures a logged, generic INTERNAL."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.request_streaming:
+            return handler  # unknown methods (UNIMPLEMENTED) and server reflection pass as they are
+        method = str(handler_call_details.method)
+        decode = _tolerant(handler.request_deserializer)
+        if handler.response_streaming:
+            return grpc.unary_stream_rpc_method_handler(
+                _guard_stream(handler.unary_stream, method),
+                request_deserializer=decode,
+                response_serializer=handler.response_serializer,
+            )
+        return grpc.unary_unary_rpc_method_handler(
+            _guard_unary(handler.unary_unary, method),
+            request_deserializer=decode,
+            response_serializer=handler.response_serializer,
+        )
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def decode(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:  # protobuf raises DecodeError, and others for some corrupt inputs
+            return UNDECODABLE
+
+    return decode
+
+
+async def _refuse_undecodable(request: Any, method: str, context: grpc.aio.ServicerContext) -> None:
+    if request is UNDECODABLE:
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT, f"the request to {method} is not a valid protobuf message"
+        )
+
+
+async def _fail(exc: Exception, method: str, context: grpc.aio.ServicerContext) -> None:
+    """End the call for an exception a servicer let through (an abort passes on untouched)."""
+    if isinstance(exc, grpc.aio.BaseError):
+        raise exc
+    await abort(context, exc if isinstance(exc, A2AError) else internal_error(exc, method))
+
+
+def _guard_unary(behavior: Callable[..., Any], method: str) -> Callable[..., Awaitable[Any]]:
+    async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await _refuse_undecodable(request, method, context)
+        try:
+            return await behavior(request, context)
+        except Exception as exc:
+            await _fail(exc, method, context)
+            raise
+
+    return guarded
+
+
+def _guard_stream(behavior: Callable[..., Any], method: str) -> Callable[..., AsyncIterator[Any]]:
+    if not inspect.isasyncgenfunction(behavior):  # writes with context.write (e.g. health Watch)
+
+        async def written(request: Any, context: grpc.aio.ServicerContext) -> None:
+            await _refuse_undecodable(request, method, context)
+            try:
+                await behavior(request, context)
+            except Exception as exc:
+                await _fail(exc, method, context)
+                raise
+
+        return written  # type: ignore[return-value]
+
+    async def guarded(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        await _refuse_undecodable(request, method, context)
+        try:
+            async with aclosing(behavior(request, context)) as items:
+                async for item in items:
+                    yield item
+        except Exception as exc:
+            await _fail(exc, method, context)
+            raise
+
+    return guarded
