@@ -265,7 +265,7 @@ class Dispatcher(Lifecycle):
         started = time.monotonic()
         attempts, last_error = 0, ""
         while True:
-            await self._admitted(lane, envelope)
+            await self._admitted(lane, envelope, settings.retry_window_s - (time.monotonic() - started))
             emitter.begin_attempt(envelope.attempt + attempts)
             try:
                 reason = await self._call(lane.agent, envelope, request, emitter)
@@ -296,15 +296,17 @@ class Dispatcher(Lifecycle):
                 )
             return
 
-    async def _admitted(self, lane: Lane, envelope: Envelope) -> None:
-        """Wait while the agent's circuit is open, but not past the caller's deadline."""
-        left = _time_left(envelope)
+    async def _admitted(self, lane: Lane, envelope: Envelope, window_left: float) -> None:
+        """Wait while the agent's circuit is open, but not past the caller's deadline or the retry
+        window (requests still in the inbox wait there, paused, for as long as it takes)."""
+        wait = min(_time_left(envelope), window_left)
         try:
-            async with asyncio.timeout(None if left == float("inf") else max(0.0, left)):
+            async with asyncio.timeout(max(0.0, wait)):
                 await lane.breaker.admitted()
         except TimeoutError:
             raise AgentUnreachable(
-                f"agent {lane.agent!r} stayed unreachable until the caller's deadline passed"
+                f"agent {lane.agent!r} stayed unreachable for {self._settings.retry_window_s:.0f}s"
+                " or until the caller's deadline"
             ) from None
 
     async def _call(
