@@ -41,6 +41,7 @@ class PostgresCluster:
         self.data_dir = self._root / "pgdata"
         self.port = port or free_port()
         self._user = SYSTEM_USER if os.geteuid() == 0 else None
+        self._server: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
@@ -52,17 +53,31 @@ class PostgresCluster:
 
     def start(self) -> None:
         """Initialise the cluster if needed and start it; returns when it accepts connections.
-        fsync is off (a test server; a killed server still recovers, only a machine crash would
-        lose data), commits stay synchronous so a `kill()` loses no committed row."""
+
+        The server is a child of this process, in its process group, so it goes when the test run
+        is killed. fsync is off (a test server; a killed server still recovers, only a machine
+        crash would lose data); commits stay synchronous, so `kill()` loses no committed row.
+        """
         if not (self.data_dir / "PG_VERSION").exists():
             self._init()
-        options = f"-h 127.0.0.1 -p {self.port} -k '' -c fsync=off -c max_connections=200"
-        self._run("pg_ctl", "-w", "-t", "60", "-o", options, "-l", str(self._root / "server.log"), "start")
+        listen = ["-h", "127.0.0.1", "-p", str(self.port), "-k", ""]  # loopback TCP only, no socket file
+        settings = ["-c", "fsync=off", "-c", "max_connections=200"]
+        command = [str(_wheel_bin() / "postgres"), "-D", str(self.data_dir), *listen, *settings]
+        with (self._root / "server.log").open("a") as output:
+            self._server = subprocess.Popen(command, stdout=output, stderr=output, user=self._user)
+        deadline = time.monotonic() + 60
+        while not self._ready(self._server.pid):
+            if self._server.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"PostgreSQL did not start:\n{self._log_tail()}")
+            time.sleep(0.05)
 
     def stop(self) -> None:
-        """A clean shutdown (clients are disconnected); a no-op when it is not running."""
-        if self.pid() is not None:
-            self._run("pg_ctl", "-w", "-t", "60", "-m", "fast", "stop")
+        """A clean ("fast") shutdown: clients are disconnected; a no-op when it is not running."""
+        pid = self.pid()
+        if pid is not None:
+            os.kill(pid, signal.SIGINT)
+            self._wait_gone([pid])
 
     def kill(self) -> None:
         """Crash the server: SIGKILL to the postmaster and every backend (as an OOM kill or a lost
@@ -76,9 +91,7 @@ class PostgresCluster:
         processes = [postmaster, *postmaster.children(recursive=True)]
         for process in processes:
             process.send_signal(signal.SIGKILL)
-        psutil.wait_procs(processes, timeout=30)
-        while any(_alive(process.pid) for process in processes):
-            time.sleep(0.05)
+        self._wait_gone([process.pid for process in processes])
 
     def restart(self) -> None:
         self.stop()
@@ -117,15 +130,33 @@ class PostgresCluster:
 
     def _run(self, tool: str, *args: str) -> None:
         """Run one of the wheel's PostgreSQL programs on this data dir (as the system user when
-        root). Output goes to a file, not a pipe: the server pg_ctl starts would inherit a pipe and
-        keep it open. A failure raises with the server log's tail."""
+        root); a failure raises with its output."""
         command = [str(_wheel_bin() / tool), "-D", str(self.data_dir), *args]
-        with (self._root / "commands.log").open("a") as output:
-            done = subprocess.run(command, stdout=output, stderr=output, user=self._user, timeout=120)
-        if (code := done.returncode) != 0:
-            logs = [self._root / "commands.log", self._root / "server.log"]
-            tail = "\n".join(path.read_text()[-2000:] for path in logs if path.exists())
-            raise RuntimeError(f"{tool} {' '.join(args)} failed ({code}):\n{tail}")
+        done = subprocess.run(command, capture_output=True, text=True, user=self._user, timeout=120)
+        if done.returncode != 0:
+            raise RuntimeError(f"{tool} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+
+    def _ready(self, pid: int) -> bool:
+        """Whether the server `pid` says it accepts connections (its postmaster.pid's last line)."""
+        try:
+            lines = (self.data_dir / "postmaster.pid").read_text().splitlines()
+        except FileNotFoundError:
+            return False
+        return len(lines) >= 8 and lines[0].strip() == str(pid) and lines[7].strip() == "ready"
+
+    def _wait_gone(self, pids: list[int], timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while any(_alive(pid) for pid in pids):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"PostgreSQL did not exit:\n{self._log_tail()}")
+            time.sleep(0.05)
+        if self._server is not None:
+            self._server.wait()  # reap our child
+            self._server = None
+
+    def _log_tail(self) -> str:
+        path = self._root / "server.log"
+        return path.read_text()[-2000:] if path.exists() else ""
 
 
 def _prepare_for_system_user(root: Path, data_dir: Path) -> None:
