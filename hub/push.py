@@ -23,7 +23,7 @@ from google.protobuf.message import DecodeError
 
 from agenthub.hub import envelopes
 from agenthub.hub.log._base import Consumer, Lifecycle, Log, Record, TopicPartition
-from agenthub.hub.loops import Readiness, SupervisedLoop, describe
+from agenthub.hub.loops import Readiness, SupervisedLoop, describe, retry_until_ok
 from agenthub.hub.offsets import OffsetTracker
 from agenthub.hub.topics import Topics
 from agenthub.hub.webhooks import Poster, Update, Webhook, url_problem
@@ -173,14 +173,15 @@ class Notifier(Lifecycle):
         self._topics = topics
         self._fetch_wait_ms = fetch_wait_ms
         self._max_pending = max_pending
-        readiness = readiness or Readiness()
+        self._readiness = readiness or Readiness()
         self._poster = Poster(log, topics.push_attempts, attempts=attempts, backoff_s=backoff_s,
-                              timeout_s=timeout_s, readiness=readiness)  # fmt: skip
-        self._loop = SupervisedLoop("push-notifier", self._run, readiness)
+                              timeout_s=timeout_s, readiness=self._readiness)  # fmt: skip
+        self._loop = SupervisedLoop("push-notifier", self._run, self._readiness)
         self._webhooks: dict[tuple[str, str], Webhook] = {}
         self._tracker = OffsetTracker()
         self._epochs: dict[TopicPartition, int] = {}
         self._consumer: Consumer | None = None
+        self._paused = False
 
     async def start(self) -> None:
         await self._log.ensure_topic(self._topics.push_attempts)
@@ -207,8 +208,10 @@ class Notifier(Lifecycle):
         assert self._consumer is not None
         while True:
             records = await self._consumer.getmany(timeout_ms=self._fetch_wait_ms, max_records=256)
-            if records:
-                await self._configs.caught_up()  # a config stored before its task's updates is seen
+            if records:  # a config stored before its task's updates must be seen with them
+                await retry_until_ok(
+                    "push-configs", self._configs.caught_up, self._readiness, retry_on=self._log.outages
+                )
             for record in records:
                 self._take(record)
             self._throttle()
@@ -260,9 +263,11 @@ class Notifier(Lifecycle):
         """Pause fetching while too many updates wait for slow webhooks; resume at half."""
         assert self._consumer is not None
         if self._tracker.in_flight >= self._max_pending:
-            self._consumer.pause(self._consumer.assignment())
-        elif self._tracker.in_flight <= self._max_pending // 2:
+            self._consumer.pause(self._consumer.assignment())  # again: new partitions may have come
+            self._paused = True
+        elif self._paused and self._tracker.in_flight <= self._max_pending // 2:
             self._consumer.resume(self._consumer.assignment())
+            self._paused = False
 
     async def _commit(self) -> None:
         offsets = self._tracker.committable()

@@ -102,9 +102,9 @@ class Hook:
 
 
 @contextlib.asynccontextmanager
-async def webhook() -> AsyncIterator[Hook]:
-    """A webhook server on a free loopback port."""
-    hook = Hook(free_port())
+async def webhook(port: int | None = None) -> AsyncIterator[Hook]:
+    """A webhook server on a loopback port (a free one unless given)."""
+    hook = Hook(port or free_port())
     app = Starlette(routes=[Route("/hook", hook.handle, methods=["POST"])])
     config = uvicorn.Config(app, host="127.0.0.1", port=hook.port, log_level="warning", lifespan="off")
     server = uvicorn.Server(config)
@@ -335,8 +335,9 @@ async def test_a_malformed_url_in_the_config_topic_stops_nothing_across_restarts
     hub_settings: Callable[..., HubSettings],  # type: ignore[no-untyped-def]
 ) -> None:
     """A config an older hub let through (`http://[::1`) sits in the push topic next to a good one
-    for the same task: the poison one is recorded as given up, the good one and every other
-    webhook get their updates, before and after a restart, and nothing is sent twice."""
+    for the same task, with an unreadable record: the poison one is recorded as given up, the good
+    one and every other webhook get their updates, before and after a restart, and nothing is
+    sent twice."""
     from agenthub.agents import calculator
     from tests.scripted import calculator_model
 
@@ -352,7 +353,9 @@ async def test_a_malformed_url_in_the_config_topic_stops_nothing_across_restarts
             task = await submit(client, "held", "wait")
             poison = TaskPushNotificationConfig(task_id=task.id, id="poison", url="http://[::1")
             key = f"{task.id}/poison".encode()
-            await hub.log.produce(Topics(settings.topic_prefix).push, poison.SerializeToString(), key=key)
+            push_topic = Topics(settings.topic_prefix).push
+            await hub.log.produce(push_topic, poison.SerializeToString(), key=key)
+            await hub.log.produce(push_topic, b"\xff\xff\xff", key=b"\xff\xfe")  # not a config at all
             good = await stub.CreateTaskPushNotificationConfig(
                 TaskPushNotificationConfig(tenant="held", task_id=task.id, url=hook.url)
             )
@@ -383,6 +386,37 @@ async def test_a_malformed_url_in_the_config_topic_stops_nothing_across_restarts
             newer_states = await hook.completed(newer.id)
             assert_in_order(newer_states)
             assert len(hook.received) == answered + len(newer_states)  # nothing committed was re-sent
+
+
+async def test_updates_still_queued_when_the_hub_stops_are_sent_after_its_restart(
+    tmp_path,
+    hub_settings: Callable[..., HubSettings],  # type: ignore[no-untyped-def]
+) -> None:
+    """Offsets are committed only for updates a webhook is done with: a hub stopped while its
+    webhook is down (still retrying) sends the task's updates, all and in order, once restarted."""
+    from agenthub.agents import calculator
+    from tests.scripted import calculator_model
+
+    settings = hub_settings(
+        tmp_path / "data", port=free_port(), http_port=free_port(), push_attempts=1000, push_backoff_s=0.05
+    )
+    port = free_port()
+    async with (
+        Hub(settings) as hub,
+        HubClient(hub.address) as client,
+        calculator.build(hub=hub.address, model=calculator_model()),
+    ):
+        stub = a2a_pb2_grpc.A2AServiceStub(client.channel)
+        task = (
+            await stub.SendMessage(send_with_push("calculator", "4 + 4", f"http://127.0.0.1:{port}/hook"))
+        ).task
+
+        async def retrying() -> bool:
+            return any(a["attempt"] >= 2 for a in await attempts(hub, task.id))
+
+        assert await eventually(retrying, timeout=30)
+    async with webhook(port) as hook, Hub(settings) as hub:
+        assert_in_order(await hook.completed(task.id))
 
 
 @pytest.mark.parametrize("backend", ["kafka"])
