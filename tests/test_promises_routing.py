@@ -126,12 +126,14 @@ async def state_becomes(client: HubClient, agent: str, task_id: str, state: Task
 
 
 class Flaky(Agent):
-    """Fails every call whose text mentions 'poison' (a transient error to the hub) and counts them."""
+    """While `poisonous`, fails every call whose text mentions 'poison' (an error the hub retries:
+    the agent is there, the call failed) and counts them; echoes everything else."""
 
+    poisonous = True
     poisoned = 0
 
     async def handle(self, request: SendMessageRequest):  # type: ignore[no-untyped-def, override]
-        if "poison" in request.message.parts[0].text:
+        if self.poisonous and "poison" in request.message.parts[0].text:
             self.poisoned += 1
             raise RuntimeError("cannot digest this")
         async for event in super().handle(request):

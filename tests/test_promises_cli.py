@@ -1,0 +1,331 @@
+"""The command line's promises, run as a user runs them (a subprocess against a real hub), each
+checked by its value: exported lines and files, listing filters, deregistration, `--context`,
+AGENTHUB_HUB, replay by partition and time, exact offsets and lag in `replay --stats`, re-drive
+from the command line, and `agenthub up` stopping in order on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from a2a.types import Message, Part, Role, SendMessageRequest, Task, TaskState, a2a_pb2_grpc
+from google.protobuf.json_format import MessageToJson
+
+from agenthub.hub.server import Hub, free_port
+from agenthub.sdk import Agent, HubClient, ScriptedModel, tool
+from tests.conftest import eventually
+from tests.test_cli import AGENTHUB, agenthub
+from tests.test_promises_routing import Flaky, echo
+
+
+async def traffic(client: HubClient) -> tuple[str, str]:
+    """A delegated thread (triage -> calculator) and a plain one (calculator); their context ids."""
+    delegated = await client.send("triage", "What is 12 + 30?")
+    plain = await client.send("calculator", "2 * 4")
+    return delegated.context_id, plain.context_id
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# ---- threads ---------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("reference_agents")
+async def test_threads_export_to_stdout_to_a_file_and_by_filter(
+    hub: Hub, client: HubClient, tmp_path: Path
+) -> None:
+    delegated, plain = await traffic(client)
+    code, out, err = await agenthub("threads", "export", delegated, "--hub", hub.address)
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and err == f"exported {len(lines)} lines\n"
+    assert lines and {line["envelope"]["context_id"] for line in lines} == {delegated}
+
+    target = tmp_path / "out" / "thread.jsonl"
+    code, out, err = await agenthub("threads", "export", delegated, "-o", str(target), "--hub", hub.address)
+    assert (code, out, err) == (0, "", f"exported {len(lines)} lines to {target}\n")
+    assert [json.loads(line) for line in target.read_text().splitlines()] == lines
+
+    code, out, _ = await agenthub(
+        "threads", "export", "--format", "chat", "--agent", "triage", "--hub", hub.address
+    )
+    chats = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and {c["metadata"]["context_id"] for c in chats} == {delegated}
+    assert sorted(c["metadata"]["agent"] for c in chats) == ["calculator", "triage"]
+
+    code, out, _ = await agenthub("threads", "export", "--search", "2 * 4", "--hub", hub.address)
+    assert code == 0 and {json.loads(line)["envelope"]["context_id"] for line in out.splitlines()} == {plain}
+
+    code, out, err = await agenthub("threads", "export", delegated, "--format", "xml", "--hub", hub.address)
+    assert (code, out) == (2, "") and err == "error: unknown format 'xml': use envelopes or chat\n"
+
+
+@pytest.mark.usefixtures("reference_agents")
+async def test_threads_list_filters_select_exactly(hub: Hub, client: HubClient) -> None:
+    delegated, plain = await traffic(client)
+
+    async def listed(*args: str) -> tuple[list[str], str]:
+        code, out, err = await agenthub("threads", "list", *args, "--json", "--hub", hub.address)
+        assert code == 0, err
+        reply = json.loads(out)
+        return [t["context_id"] for t in reply.get("threads", [])], reply.get("next_page_token", "")
+
+    assert await listed("--agent", "triage") == ([delegated], "")
+    assert await listed("--search", "2 * 4") == ([plain], "")
+    assert await listed("--state", "failed") == ([], "")
+    assert await listed("--state", "completed") == ([plain, delegated], "")
+    assert await listed("--since", "1d") == ([plain, delegated], "")
+    assert await listed("--from", iso(datetime.now(UTC) + timedelta(hours=1))) == ([], "")
+    first, token = await listed("--limit", "1")
+    assert first == [plain] and token
+    assert await listed("--limit", "1", "--page", token) == ([delegated], "")
+
+    code, out, err = await agenthub("threads", "list", "--state", "failed", "--hub", hub.address)
+    assert (code, out) == (0, "no threads match\n")
+    code, out, err = await agenthub("threads", "list", "--limit", "1", "--hub", hub.address)
+    assert code == 0 and plain in out and delegated not in out and err == f"more: --page {token}\n"
+
+
+# ---- agents and sending ------------------------------------------------------------------------
+
+
+async def test_agents_deregister(hub: Hub, client: HubClient) -> None:
+    card = Agent("spare", description="Not running.", hub=None, model=ScriptedModel()).card()
+    await client.register(MessageToJson(card, indent=None), f"127.0.0.1:{free_port()}")
+    code, out, _ = await agenthub("agents", "deregister", "spare", "--hub", hub.address)
+    assert (code, out) == (0, "deregistered spare\n")
+    code, out, _ = await agenthub("agents", "list", "--json", "--hub", hub.address)
+    assert code == 0 and json.loads(out) == []
+    code, out, err = await agenthub("agents", "deregister", "spare", "--hub", hub.address)
+    assert (code, out) == (4, "") and err.startswith("error: no agent named 'spare'")
+
+
+async def agenthub_env(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    """Run the CLI with extra environment variables."""
+    process = await asyncio.create_subprocess_exec(
+        *AGENTHUB, *args, env={**os.environ, **env},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+@pytest.mark.usefixtures("reference_agents")
+async def test_send_with_context_through_the_hub_named_by_agenthub_hub(hub: Hub, client: HubClient) -> None:
+    env = {"AGENTHUB_HUB": hub.address}
+    code, out, err = await agenthub_env(env, "send", "calculator", "1 + 1", "--json")
+    assert code == 0, err
+    first = json.loads(out)
+    code, out, err = await agenthub_env(
+        env, "send", "calculator", "2 + 3", "--context", first["context_id"], "--json"
+    )
+    assert code == 0, err
+    second = json.loads(out)
+    assert second["context_id"] == first["context_id"] and second["id"] != first["id"]
+    assert second["status"]["state"] == "TASK_STATE_COMPLETED"
+    thread = await client.get_thread(first["context_id"])
+    assert [m.text for m in thread.messages if m.sender == "user"] == ["1 + 1", "2 + 3"]
+
+    nowhere = {"AGENTHUB_HUB": f"127.0.0.1:{free_port()}"}
+    code, _, err = await agenthub_env(nowhere, "agents", "list")
+    assert code == 5 and "cannot reach the hub" in err
+    code, out, _ = await agenthub_env(nowhere, "agents", "list", "--json", "--hub", hub.address)
+    assert code == 0 and {a["name"] for a in json.loads(out)} == {"calculator", "notes", "triage"}
+
+
+# ---- replay ----------------------------------------------------------------------------------
+
+
+@pytest.mark.usefixtures("reference_agents")
+async def test_replay_by_partition_offset_and_time(hub: Hub, client: HubClient) -> None:
+    first = await client.send("calculator", "1 + 1")
+    await asyncio.sleep(0.05)  # keep the cut-off strictly between two records' timestamps
+    middle = datetime.now(UTC)
+    await asyncio.sleep(0.05)
+    later = [await client.send("calculator", text) for text in ("2 + 2", "3 + 3")]
+    inbox = f"{hub.settings.topic_prefix}.inbox.calculator"
+
+    async def replayed(*args: str) -> list[dict]:
+        code, out, err = await agenthub("replay", "--topic", inbox, *args, "--hub", hub.address)
+        records = [json.loads(line) for line in out.splitlines()]
+        assert code == 0 and err.endswith(f", {len(records)} selected\n"), err
+        return records
+
+    everything = await replayed()
+    assert sorted(r["envelope"]["task_id"] for r in everything) == sorted([first.id, *(t.id for t in later)])
+    by_partition: dict[int, list[dict]] = {}
+    for record in everything:
+        by_partition.setdefault(record["partition"], []).append(record)
+    for partition, records in by_partition.items():
+        assert [r["offset"] for r in records] == list(range(len(records)))  # a fresh topic, in order
+        assert await replayed("--partition", str(partition)) == records
+        assert await replayed("--partition", str(partition), "--from-offset", "1") == records[1:]
+    for empty in set(range(hub.settings.partitions)) - set(by_partition):
+        assert await replayed("--partition", str(empty)) == []
+
+    assert {r["envelope"]["task_id"] for r in await replayed("--from", iso(middle))} == {t.id for t in later}
+    assert [r["envelope"]["task_id"] for r in await replayed("--to", iso(middle))] == [first.id]
+    assert len(await replayed("--since", "1h")) == 3
+    assert await replayed("--from", iso(datetime.now(UTC) + timedelta(hours=1))) == []
+
+
+def stats_rows(table: str) -> dict[str, dict[str, tuple[int, ...]]]:
+    """`replay --stats` as {topic: {"": (partitions, records), group: (committed, lag)}}."""
+    rows: dict[str, dict[str, tuple[int, ...]]] = {}
+    topic = ""
+    for line in table.splitlines()[1:]:
+        cells = line.split()
+        if not line.startswith(" "):
+            topic = cells[0]
+            rows[topic] = {"": (int(cells[1]), int(cells[2]))}
+        elif cells:
+            rows[topic][cells[0]] = (int(cells[1]), int(cells[2]))
+    return rows
+
+
+async def test_replay_stats_show_exact_records_committed_offsets_and_lag(hub: Hub, client: HubClient) -> None:
+    release = asyncio.Event()
+
+    @tool(return_direct=True, timeout=60)
+    async def hold(text: str) -> str:
+        """Answer at once, or (for "wait") once the test says so."""
+        if text == "wait":
+            await release.wait()
+        return f"held: {text}"
+
+    prefix = hub.settings.topic_prefix
+    inbox, group = f"{prefix}.inbox.holder", "dispatch"
+
+    async def stats() -> dict[str, tuple[int, ...]]:
+        """The inbox's row ("") and its dispatching group's (whatever the group is named)."""
+        code, out, err = await agenthub("replay", "--stats", "--hub", hub.address)
+        assert code == 0, err
+        rows = stats_rows(out).get(inbox, {})
+        dispatch = [v for k, v in rows.items() if k.startswith(f"{prefix}.dispatch")]
+        return {"": rows.get("", ()), **({group: dispatch[0]} if len(dispatch) == 1 else {})}
+
+    async def settled(expected: tuple[int, int]) -> dict[str, tuple[int, ...]] | None:
+        now = await stats()
+        return now if now.get(group) == expected else None
+
+    async with Agent("holder", tools=[hold], model=ScriptedModel(), hub=hub.address):
+        await client.send("holder", "at once")
+        first = await eventually(lambda: settled((1, 0)), timeout=30)
+        assert first and first[""] == (hub.settings.partitions, 1)
+
+        request = SendMessageRequest(
+            tenant="holder",
+            message=Message(message_id=str(uuid.uuid4()), role=Role.ROLE_USER, parts=[Part(text="wait")]),
+        )
+        request.configuration.return_immediately = True
+        task = (await a2a_pb2_grpc.A2AServiceStub(client.channel).SendMessage(request)).task
+
+        async def held() -> bool:
+            return (await client.get_task("holder", task.id)).status.state == TaskState.TASK_STATE_WORKING
+
+        assert await eventually(held, timeout=20)
+        now = await stats()
+        assert now[""] == (hub.settings.partitions, 2) and now[group] == (1, 1)  # one in flight
+
+        release.set()
+        final = await eventually(lambda: settled((2, 0)), timeout=30)
+        assert final and final[""] == (hub.settings.partitions, 2)
+
+
+async def test_redrive_a_dead_letter_from_the_command_line(hub: Hub, client: HubClient) -> None:
+    async with Flaky("flaky", tools=[echo], model=ScriptedModel(), hub=hub.address) as agent:
+        failed = await client.send("flaky", "poison")
+        assert isinstance(failed, Task) and failed.status.state == TaskState.TASK_STATE_FAILED
+        agent.poisonous = False  # the agent is fixed: the parked request can go again
+        redrive = ("replay", "--topic", f"{hub.settings.topic_prefix}.dlq.flaky", "--redrive", "flaky")
+        code, out, err = await agenthub(*redrive, "--hub", hub.address)
+        assert (code, out) == (0, "")
+        assert err == (
+            "redrive to flaky: 1 of 1 records read, 1 selected, would write 1, 0 already there"
+            " (dry run: add --apply to write)\n"
+        )
+        assert (await client.get_task("flaky", failed.id)).status.state == TaskState.TASK_STATE_FAILED
+
+        code, _, err = await agenthub(*redrive, "--apply", "--hub", hub.address)
+        assert (code, err) == (
+            0,
+            "redrive to flaky: 1 of 1 records read, 1 selected, wrote 1, 0 already there\n",
+        )
+
+        async def completed():  # type: ignore[no-untyped-def]
+            task = await client.get_task("flaky", failed.id)
+            return task.status.state == TaskState.TASK_STATE_COMPLETED and task
+
+        task = await eventually(completed, timeout=30)
+        assert task and task.status.message.parts[0].text == "echo: poison"
+        code, _, err = await agenthub(*redrive, "--apply", "--hub", hub.address)
+        assert (code, err) == (
+            0,
+            "redrive to flaky: 1 of 1 records read, 1 selected, wrote 0, 1 already there\n",
+        )
+
+
+# ---- agenthub up -------------------------------------------------------------------------------
+
+
+def closed(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+@pytest.mark.model
+async def test_up_stops_agents_then_hub_then_model_on_sigterm(tmp_path: Path) -> None:
+    port, http_port, model_port = free_port(), free_port(), free_port()
+    data = tmp_path / "data"
+    up = await asyncio.create_subprocess_exec(
+        *AGENTHUB, "up", "--port", str(port), "--http-port", str(http_port), "--model-port", str(model_port),
+        "--data-dir", str(data), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    assert up.stdout is not None
+    try:
+        banner = ""
+        async with asyncio.timeout(180):
+            while "Press Ctrl-C" not in banner:
+                line = await up.stdout.readline()
+                assert line, f"agenthub up exited early:\n{banner}"
+                banner += line.decode()
+        code, out, _ = await agenthub("agents", "list", "--json", "--hub", f"127.0.0.1:{port}")
+        assert code == 0
+        ports = {a["name"]: int(a["endpoint"].rsplit(":", 1)[1]) for a in json.loads(out)}
+        ports |= {"hub": port, "model": model_port}
+        assert all(not closed(p) for p in ports.values())
+
+        up.send_signal(signal.SIGTERM)
+        quiet: dict[str, int] = {}  # part -> the probing round in which it stopped listening
+        deadline, round_ = time.monotonic() + 120, 0
+        while len(quiet) < len(ports) and time.monotonic() < deadline:
+            round_ += 1
+            quiet |= {name: round_ for name, p in ports.items() if name not in quiet and closed(p)}
+            await asyncio.sleep(0.005)
+        rest, _ = await asyncio.wait_for(up.communicate(), 60)
+    finally:
+        if up.returncode is None:
+            up.kill()
+            await up.wait()
+    assert up.returncode == 0, rest.decode()
+    assert rest.decode().strip().endswith("stopped.")
+    # A part is stopped only once the one before it has exited: reverse start order.
+    rounds = [quiet[name] for name in ("triage", "notes", "calculator", "hub", "model")]
+    assert rounds == sorted(rounds) and rounds[0] < rounds[3] < rounds[4], quiet
+    logs = data / "logs"
+    assert sorted(p.name for p in logs.iterdir()) == [
+        "calculator.log", "hub.log", "model.log", "notes.log", "triage.log"
+    ]  # fmt: skip
+    assert "hub stopped" in (logs / "hub.log").read_text()
+    assert all((logs / f"{name}.log").stat().st_size > 0 for name in ("triage", "notes", "calculator"))
