@@ -42,6 +42,8 @@ async def discover(url: str, *, timeout: float = 5.0) -> Found:
     try:
         async with httpx.AsyncClient(timeout=timeout, follow_redirects=True) as http:
             reply = await http.get(card_url, headers={"Accept": "application/json"})
+    except httpx.InvalidURL as exc:
+        raise InvalidRequest(f"invalid agent URL {url!r}: {exc}") from None
     except httpx.HTTPError as exc:
         raise AgentUnavailable(
             f"cannot fetch the agent card at {card_url}: {exc or type(exc).__name__}"

@@ -11,6 +11,7 @@ labelled `application/a2a+json`, the media type A2A registers for its JSON paylo
 
 from __future__ import annotations
 
+import json
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
@@ -30,6 +31,7 @@ from a2a.utils.errors import (
     A2AError,
     ContentTypeNotSupportedError,
     ErrorMapping,
+    InvalidRequestError,
     JSONParseError,
 )
 from google.protobuf.json_format import MessageToDict
@@ -44,6 +46,7 @@ from agenthub.hub.cards import CardPublisher, etag
 from agenthub.hub.front import PATH_AGENT
 from agenthub.hub.guard import GuardedHandler
 from agenthub.hub.registry import Registry
+from agenthub.hub.validation import json_kind
 from agenthub.sdk.errors import STATUS
 
 CARD_MAX_AGE_S = 60
@@ -136,6 +139,18 @@ def _unacceptable_body(request: Request, body: bytes) -> A2AError | None:
     return None
 
 
+def _not_an_object(body: bytes) -> A2AError | None:
+    """JSON that is not an object cannot be an HTTP+JSON request (malformed JSON is left to the
+    binding's parser, whose message says where it broke)."""
+    try:
+        value = json.loads(body) if body.strip() else {}
+    except ValueError:
+        return None
+    if isinstance(value, dict):
+        return None
+    return InvalidRequestError(f"the request body must be a JSON object, not {json_kind(value)}")
+
+
 def jsonrpc_guarded(endpoint: Endpoint) -> Endpoint:
     """The JSON-RPC endpoint behind the body checks: a refused body is a JSON-RPC error (HTTP 200)."""
 
@@ -152,7 +167,8 @@ def rest_guarded(endpoint: Endpoint) -> Endpoint:
     """An HTTP+JSON endpoint behind the body checks (415 / 400), its JSON answers as A2A JSON."""
 
     async def guarded(request: Request) -> Response:
-        problem = _unacceptable_body(request, await request.body())
+        body = await request.body()
+        problem = _unacceptable_body(request, body) or _not_an_object(body)
         if problem is not None:
             payload = build_rest_error_payload(problem)
             response: Response = JSONResponse(payload, status_code=payload["error"]["code"])

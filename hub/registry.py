@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import structlog
 from a2a.types import AgentCard
-from google.protobuf.json_format import MessageToJson, Parse, ParseError
+from google.protobuf.json_format import MessageToJson, ParseDict, ParseError
 from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -24,6 +24,7 @@ from agenthub.hub.discovery import discover
 from agenthub.hub.log._base import Consumer, Lifecycle, Log
 from agenthub.hub.loops import Readiness, SupervisedLoop
 from agenthub.hub.topics import Topics
+from agenthub.hub.validation import json_object
 from agenthub.sdk.errors import AgentNotFound, InvalidRequest
 from agenthub.sdk.pb.registry_pb2 import AgentChange, AgentRecord
 
@@ -52,7 +53,7 @@ class Agent:
 def parse_card(card_json: str) -> AgentCard:
     """An A2A card from its JSON form; InvalidRequest with the parser's reason if it is not one."""
     try:
-        card = Parse(card_json, AgentCard(), ignore_unknown_fields=True)
+        card = ParseDict(json_object(card_json, "agent card"), AgentCard(), ignore_unknown_fields=True)
     except (ParseError, ValueError) as exc:
         raise InvalidRequest(f"invalid agent card: {exc}") from exc
     if not AGENT_NAME.match(card.name):

@@ -7,7 +7,9 @@ a NUL byte PostgreSQL refuses, a LIKE pattern too complex to run) or as an inter
 
 from __future__ import annotations
 
+import json
 import re
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -63,3 +65,28 @@ def offset(value: int, field: str) -> int:
     if not 0 <= value <= MAX_OFFSET:
         raise InvalidRequest(f"{field} must be between 0 and {MAX_OFFSET}, not {value}")
     return value
+
+
+def json_object(text: str | bytes, what: str) -> dict[str, Any]:
+    """The JSON object `text` holds; InvalidRequest when it is not JSON, or JSON but not an object
+    (protobuf's own parser would name a Python exception for that)."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise InvalidRequest(f"{what} is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise InvalidRequest(f"{what} must be a JSON object, not {json_kind(value)}")
+    return value
+
+
+def json_kind(value: object) -> str:
+    """What a decoded JSON value is, in JSON's words."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
