@@ -114,7 +114,9 @@ async def store_restart(
     after_s: float = 4.0,
 ) -> Run:
     """PostgreSQL (the drill's own cluster) SIGKILLed mid-load and started again after `outage_s`."""
-    with PostgresCluster(workdir / "pg") as pg:
+    # Its own temporary folder, not under `workdir`: the server runs as another user when root, and
+    # pytest makes its own temporary folders private (again at each run's start, in any process).
+    with PostgresCluster() as pg:
         admin = await asyncpg.connect(pg.url)
         await admin.execute("CREATE DATABASE drill")
         await admin.close()
