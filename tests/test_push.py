@@ -43,6 +43,7 @@ from agenthub.hub.log._base import TopicPartition
 from agenthub.hub.server import Hub, free_port
 from agenthub.hub.topics import Topics
 from agenthub.sdk import Agent, HubClient, ScriptedModel, tool
+from agenthub.sdk.errors import AgentHubError
 from tests.conftest import eventually, stock_client
 
 pytestmark = pytest.mark.usefixtures("reference_agents")
@@ -132,7 +133,10 @@ async def held_agent(hub: Hub) -> AsyncIterator[asyncio.Event]:
         return f"released: {text}"
 
     async with Agent("held", tools=[hold], model=ScriptedModel(), hub=hub.address):
-        yield gate
+        try:
+            yield gate
+        finally:
+            gate.set()  # a test that failed early leaves no call hanging in the agent
 
 
 def send_with_push(agent: str, text: str, url: str) -> SendMessageRequest:
@@ -149,13 +153,23 @@ def send_with_push(agent: str, text: str, url: str) -> SendMessageRequest:
 
 
 async def submit(client: HubClient, agent: str, text: str) -> Task:
-    """A non-blocking send: the task as soon as the hub accepted it."""
+    """A non-blocking send: the task once the hub can find it (it is WORKING)."""
     request = SendMessageRequest(
         tenant=agent,
         message=Message(message_id=str(uuid.uuid4()), role=Role.ROLE_USER, parts=[Part(text=text)]),
     )
     request.configuration.return_immediately = True
-    return (await a2a_pb2_grpc.A2AServiceStub(client.channel).SendMessage(request)).task
+    task = (await a2a_pb2_grpc.A2AServiceStub(client.channel).SendMessage(request)).task
+
+    async def working() -> Task | None:
+        with contextlib.suppress(AgentHubError):
+            found = await client.get_task(agent, task.id)
+            return found if found.status.state == TaskState.TASK_STATE_WORKING else None
+        return None
+
+    found = await eventually(working, timeout=30)
+    assert found, f"task {task.id} never became WORKING"
+    return found
 
 
 def state_of(body: dict) -> str:
