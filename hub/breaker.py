@@ -68,6 +68,11 @@ class Breaker:
         if self._threshold and self._failures >= self._threshold and not self.is_open:
             self._open()
 
+    def alive(self) -> None:
+        """The agent showed it is there (it registered again): close the circuit now."""
+        if self.is_open:
+            self._close()
+
     def _open(self) -> None:
         log.warning("agent unreachable: circuit open, its requests wait", agent=self.agent)
         self._closed.clear()
@@ -82,10 +87,16 @@ class Breaker:
             if await self._probe():
                 break
             await asyncio.sleep(self._interval)
+        self._prober = None
+        self._close()
+
+    def _close(self) -> None:
         log.info("agent reachable again: circuit closed", agent=self.agent)
         self._failures = 0
         self._closed.set()
-        self._prober = None
+        if self._prober is not None:
+            self._prober.cancel()
+            self._prober = None
         if self._on_change is not None:
             self._on_change(False)
 

@@ -70,6 +70,7 @@ class Dispatcher(Lifecycle):
             SupervisedLoop("dispatcher", self._run, self._readiness),
             SupervisedLoop("dispatcher-control", self._follow_control, self._readiness),
             SupervisedLoop("dispatcher-commits", self._commit_periodically, self._readiness),
+            SupervisedLoop("dispatcher-registry", self._follow_registry, self._readiness),
         ]
 
     async def start(self) -> None:
@@ -155,6 +156,13 @@ class Dispatcher(Lifecycle):
         they went to another instance, it redelivers what was not committed (at-least-once).
         """
         await self._commit()
+
+    async def _follow_registry(self) -> None:
+        """An agent that registers again is alive: its circuit closes at once, without a probe."""
+        async for change in self._registry.watch():
+            lane = self._lanes.get(change.agent.name)
+            if lane is not None and not change.removed:
+                lane.breaker.alive()
 
     # ---- cancellation --------------------------------------------------------------------
 

@@ -94,7 +94,7 @@ def hub_settings(log_settings: dict[str, object], threads_url: str | None) -> Ca
             "http_port": 0,
             "data_dir": data_dir,
             "retry_backoff_s": 0.05,
-            "retry_window_s": 10,
+            "retry_window_s": 20,
             "health_interval_s": 0,
             "instance_id": f"test{uuid.uuid4().hex[:6]}",
             "threads_url": threads_url,
