@@ -1,23 +1,26 @@
 """The command line is consistent: every command that prints data takes `--json`, and `agenthub up`
-takes the backend options of `serve` and gives them to its hub process."""
+takes the backend options of `serve` and gives them to its hub process (the demo runs on Kafka)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import signal
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import pytest
 import typer
 import typer.core
 
 from agenthub.hub.cli import app, backend_args
-from agenthub.hub.server import Hub
+from agenthub.hub.server import Hub, free_port
 from agenthub.hub.supervisor import Supervisor
 from agenthub.sdk import Agent, HubClient
 from agenthub.sdk.pb import operator_pb2 as op
 from tests.conftest import eventually
-from tests.test_cli import agenthub
+from tests.test_cli import AGENTHUB, agenthub
 
 # Commands that print no data: they run until Ctrl-C, or write JSON lines whatever the options.
 NO_JSON = {"serve", "up", "models serve", "threads export"}
@@ -107,3 +110,38 @@ async def test_replay_stats_json_has_the_log_offsets(
     assert code == 0, err
     progress = json.loads(out)
     assert progress["dry_run"] is True and int(progress["scanned"]) == int(progress["total"]) > 0
+
+
+async def banner_of(up: asyncio.subprocess.Process) -> str:
+    """What `agenthub up` prints until it says it is up (it fails the test if `up` exits first)."""
+    assert up.stdout is not None
+    printed: list[str] = []
+    async with asyncio.timeout(240):
+        while not printed or "Press Ctrl-C" not in printed[-1]:
+            line = (await up.stdout.readline()).decode()
+            assert line, "agenthub up exited early:\n" + "".join(printed)
+            printed.append(line)
+    return "".join(printed)
+
+
+@pytest.mark.model
+async def test_up_runs_the_demo_on_kafka(tmp_path: Path, kafka_bootstrap: str) -> None:
+    port, data_dir = free_port(), tmp_path / "data"
+    up = await asyncio.create_subprocess_exec(
+        *AGENTHUB, "up", "--port", str(port), "--http-port", str(free_port()),
+        "--model-port", str(free_port()), "--data-dir", str(data_dir),
+        "--log", "kafka", "--bootstrap", kafka_bootstrap, "--default-agent", "calculator",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        assert f"127.0.0.1:{port}" in await banner_of(up)
+        hub = f"127.0.0.1:{port}"
+        code, out, err = await agenthub(
+            "send", "calculator", "6 * 7", "--hub", hub, timeout=180
+        )  # a real model
+        assert (code, out.strip()) == (0, "6 * 7 = 42"), err
+        assert (data_dir / "threads.db").exists() and not (data_dir / "log.db").exists()  # the log is Kafka
+    finally:
+        up.send_signal(signal.SIGINT)
+        rest, _ = await asyncio.wait_for(up.communicate(), 120)
+    assert up.returncode == 0 and "stopped." in rest.decode(), rest.decode()
