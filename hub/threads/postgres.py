@@ -67,6 +67,12 @@ def _numbered(sql: str) -> str:
     return _PLACEHOLDER.sub(lambda _: f"${next(counter)}", sql)
 
 
+def _storable(params: Sequence[Any]) -> list[Any]:
+    """Parameters PostgreSQL accepts: TEXT cannot hold NUL, so a NUL in a string (an agent may well
+    answer one) is stored as U+FFFD; the message's JSON keeps the exact text, escaped."""
+    return [p.replace("\x00", "\ufffd") if isinstance(p, str) and "\x00" in p else p for p in params]
+
+
 class _Connection:
     """An asyncpg connection (or pool) as an `Executor`."""
 
@@ -74,14 +80,14 @@ class _Connection:
         self._db = db
 
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        status = await self._db.execute(_numbered(sql), *params)
+        status = await self._db.execute(_numbered(sql), *_storable(params))
         return int(status.rsplit(" ", 1)[-1]) if status[-1:].isdigit() else 0
 
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[Sequence[Any]]:
-        return [tuple(row) for row in await self._db.fetch(_numbered(sql), *params)]
+        return [tuple(row) for row in await self._db.fetch(_numbered(sql), *_storable(params))]
 
     async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        await self._db.executemany(_numbered(sql), rows)
+        await self._db.executemany(_numbered(sql), [_storable(row) for row in rows])
 
 
 class PostgresThreadStore(SqlThreadStore):
