@@ -344,6 +344,13 @@ async def test_push_configs_on_the_http_bindings(hub: Hub, client: HubClient, bi
                 assert "pushNotificationConfig.url" in reply.text
 
 
+def restartable(hub_settings: Callable[..., HubSettings], tmp_path, **overrides: object) -> HubSettings:  # type: ignore[no-untyped-def]
+    """Settings for a hub a test starts twice: fixed ports, and its own topic prefix (on Kafka the
+    module's `hub` fixture must not share its consumer groups)."""
+    return hub_settings(tmp_path / "data", port=free_port(), http_port=free_port(),
+                        topic_prefix=f"r{uuid.uuid4().hex[:10]}", **overrides)  # fmt: skip
+
+
 async def test_a_malformed_url_in_the_config_topic_stops_nothing_across_restarts(
     tmp_path,
     hub_settings: Callable[..., HubSettings],  # type: ignore[no-untyped-def]
@@ -355,7 +362,7 @@ async def test_a_malformed_url_in_the_config_topic_stops_nothing_across_restarts
     from agenthub.agents import calculator
     from tests.scripted import calculator_model
 
-    settings = hub_settings(tmp_path / "data", port=free_port(), http_port=free_port(), **FAST_PUSH)
+    settings = restartable(hub_settings, tmp_path, **FAST_PUSH)
     async with webhook() as hook:
         async with (
             Hub(settings) as hub,
@@ -411,9 +418,7 @@ async def test_updates_still_queued_when_the_hub_stops_are_sent_after_its_restar
     from agenthub.agents import calculator
     from tests.scripted import calculator_model
 
-    settings = hub_settings(
-        tmp_path / "data", port=free_port(), http_port=free_port(), push_attempts=1000, push_backoff_s=0.05
-    )
+    settings = restartable(hub_settings, tmp_path, push_attempts=1000, push_backoff_s=0.05)
     port = free_port()
     async with (
         Hub(settings) as hub,
