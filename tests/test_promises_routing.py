@@ -34,13 +34,6 @@ from agenthub.sdk import Agent, HubClient, ScriptedModel, tool
 from agenthub.sdk.pb import operator_pb2 as op
 from tests.conftest import eventually, stock_client
 
-TERMINAL = {
-    TaskState.TASK_STATE_COMPLETED,
-    TaskState.TASK_STATE_FAILED,
-    TaskState.TASK_STATE_CANCELED,
-    TaskState.TASK_STATE_REJECTED,
-}
-
 
 class Gate:
     """What a gated agent's tool saw: texts in the order calls started, calls in flight (overall and
@@ -112,7 +105,7 @@ async def until(check: Callable[[], bool], timeout: float = 20.0) -> bool:
     return bool(await eventually(probe, timeout=timeout))
 
 
-async def state_becomes(client: HubClient, agent: str, task_id: str, state: TaskState.ValueType) -> Task:
+async def state_becomes(client: HubClient, agent: str, task_id: str, state: TaskState) -> Task:
     async def reached():  # type: ignore[no-untyped-def]
         task = await client.get_task(agent, task_id)
         return task.status.state == state and task
