@@ -1,13 +1,13 @@
 """A long fuzzing run against a fresh hub: many more cases than the suite's, then a summary.
 
-    python scripts/fuzz.py [--examples 5000] [--seed N] [--show 5]
+    python scripts/fuzz.py [--examples 5000] [--seed N] [--show 5] [--threads-url postgresql://...]
 
 Runs the strategies of tests/fuzzing.py (garbled protobuf and raw bytes on every gRPC method of
 the hub, random JSON-RPC and HTTP+JSON requests) against a hub in a temporary directory (embedded
-log, SQLite store), without stopping at the first fault: it prints how many cases each head got,
-the answers they got (status counts), the faults by kind with a few examples each, and whether the
-hub still answered a plain question on every binding afterwards. Exit status 1 when anything is
-wrong.
+log; SQLite store, or the PostgreSQL database --threads-url names), without stopping at the first
+fault: it prints how many cases each head got, the answers they got (status counts), the faults
+by kind with a few examples each, and whether the hub still answered a plain question on every
+binding afterwards. Exit status 1 when anything is wrong.
 """
 
 from __future__ import annotations
@@ -83,20 +83,26 @@ def main() -> int:
     parser.add_argument("--examples", type=int, default=5000, help="cases per head (default 5000)")
     parser.add_argument("--seed", type=int, default=0, help="hypothesis seed (default 0)")
     parser.add_argument("--show", type=int, default=5, help="examples printed per kind of fault")
+    parser.add_argument("--threads-url", help="thread store URL (default: SQLite in a temporary dir)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as workdir, fuzzing.BackgroundHub(Path(workdir) / "hub") as hub:
+    with (
+        tempfile.TemporaryDirectory() as workdir,
+        fuzzing.BackgroundHub(Path(workdir) / "hub", args.threads_url) as hub,
+    ):
         with fuzzing.clients(hub) as (channel, http):
             heads: list[tuple[str, st.SearchStrategy[Any], Callable[[Any], Answer]]] = [
-                ("gRPC", fuzzing.grpc_cases(), lambda c: fuzzing.grpc_call(channel, *c)),
+                ("gRPC", fuzzing.grpc_cases(), lambda c: fuzzing.grpc_call(channel, c)),
                 ("JSON-RPC", fuzzing.jsonrpc_cases(), lambda c: fuzzing.http_call(http, c, "jsonrpc")),
                 ("HTTP+JSON", fuzzing.rest_cases(), lambda c: fuzzing.http_call(http, c, "rest")),
             ]
             answers = [a for head in heads for a in run(*head, args.examples, args.seed)]
         faulty = summary(answers, args.show)
         afterwards = fuzzing.serves_normally(hub)
+        lost = fuzzing.parked(hub)
         print(f"\nafterwards, a plain question on every binding: {afterwards}")
+        print(f"records the hub could not record in its threads (parked): {lost}")
     healthy = set(afterwards.values()) == {"TASK_STATE_COMPLETED"}
-    return 0 if faulty == 0 and healthy else 1
+    return 0 if faulty == 0 and healthy and lost == 0 else 1
 
 
 if __name__ == "__main__":

@@ -67,11 +67,13 @@ def echo(text: str) -> str:
 
 
 class BackgroundHub:
-    """A hub (embedded log, SQLite store) and the `echo` agent, running in their own thread and
-    event loop, so synchronous fuzzers can hammer it; `with BackgroundHub(dir) as hub:`."""
+    """A hub (embedded log; SQLite store unless `threads_url` names another) and the `echo` agent,
+    running in their own thread and event loop, so synchronous fuzzers can hammer it;
+    `with BackgroundHub(dir) as hub:`."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, threads_url: str | None = None) -> None:
         self._data_dir = data_dir
+        self._threads_url = threads_url
         self._ready = threading.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
@@ -102,7 +104,12 @@ class BackgroundHub:
     async def _main(self) -> None:
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
         settings = HubSettings(
-            port=0, http_port=0, data_dir=self._data_dir, health_interval_s=0, retry_backoff_s=0.05
+            port=0,
+            http_port=0,
+            data_dir=self._data_dir,
+            threads_url=self._threads_url,
+            health_interval_s=0,
+            retry_backoff_s=0.05,
         )
         async with (
             Hub(settings) as hub,
@@ -177,6 +184,7 @@ NASTY_TEXT = [
     "http://", "😀" * 300, "x" * 70_000, "agenthub.inbox.echo", "request", "{}", "null",
 ]  # fmt: skip
 texts = st.one_of(st.text(max_size=30), st.sampled_from(NASTY_TEXT), st.text(min_size=100, max_size=600))
+VERSIONS = ["1.0", "1.0", "1.0", None, "2.0", "0.3", "1", "x" * 300, ""]
 INT_EDGES = [0, 1, -1, 2**31 - 1, -(2**31), 2**53, 2**63 - 1, -(2**63), 10**15]
 
 
@@ -255,16 +263,26 @@ def _aimed(method: MethodDescriptor, request: Message) -> Message:
     return request
 
 
+@dataclass(frozen=True)
+class GrpcCase:
+    """One gRPC call to make: the method, the request's bytes, and its A2A-Version metadata."""
+
+    method: MethodDescriptor
+    payload: bytes
+    version: str | None
+
+
 @st.composite
-def grpc_cases(draw: st.DrawFn) -> tuple[MethodDescriptor, bytes]:
-    """(method, request bytes): a garbled protobuf request of any hub service, or raw random bytes."""
+def grpc_cases(draw: st.DrawFn) -> GrpcCase:
+    """A garbled protobuf request to any method of the hub's services, or raw random bytes."""
     method = draw(st.sampled_from(METHODS))
+    version = draw(st.sampled_from(VERSIONS))
     if draw(st.integers(0, 4)) == 0:
-        return method, draw(st.binary(max_size=200))
+        return GrpcCase(method, draw(st.binary(max_size=200)), version)
     if method.name in ("SendMessage", "SendStreamingMessage") and draw(st.booleans()):
-        return method, draw(sends()).SerializeToString()
+        return GrpcCase(method, draw(sends()).SerializeToString(), version)
     request = _aimed(method, draw(messages(method.input_type)))
-    return method, request.SerializeToString()
+    return GrpcCase(method, request.SerializeToString(), version)
 
 
 @st.composite
@@ -287,7 +305,6 @@ MEDIA_TYPES = [
     None, "application/json", "application/a2a+json", "text/plain", "application/json; charset=latin-1",
     "multipart/form-data; boundary=x", "application/x-www-form-urlencoded", ";;", "application/json+x",
 ]  # fmt: skip
-VERSIONS = ["1.0", "1.0", "1.0", None, "2.0", "0.3", "1", "x" * 300, ""]
 
 
 @dataclass(frozen=True)
@@ -392,15 +409,17 @@ def rest_cases(draw: st.DrawFn) -> HttpCase:
 # ---- drivers -----------------------------------------------------------------------------------
 
 
-def grpc_call(channel: grpc.Channel, method: MethodDescriptor, payload: bytes, head: str = "grpc") -> Answer:
+def grpc_call(channel: grpc.Channel, case: GrpcCase) -> Answer:
     """Send raw request bytes to a gRPC method; the status and everything the server said."""
+    method, payload, head = case.method, case.payload, "grpc"
+    metadata = (("a2a-version", case.version),) if case.version else None
     path = f"/{method.containing_service.full_name}/{method.name}"
     identity: Callable[[bytes], bytes] = lambda data: data  # noqa: E731
     texts_seen: list[str] = []
     try:
         if method.server_streaming:
             call = channel.unary_stream(path, request_serializer=identity, response_deserializer=identity)
-            stream = call(payload, timeout=CALL_TIMEOUT_S)
+            stream = call(payload, timeout=CALL_TIMEOUT_S, metadata=metadata)
             for count, item in enumerate(stream):
                 texts_seen.append(repr(item)[:2000])
                 if count >= STREAM_ITEMS:
@@ -408,7 +427,7 @@ def grpc_call(channel: grpc.Channel, method: MethodDescriptor, payload: bytes, h
                     break
         else:
             call = channel.unary_unary(path, request_serializer=identity, response_deserializer=identity)
-            texts_seen.append(repr(call(payload, timeout=CALL_TIMEOUT_S))[:2000])
+            texts_seen.append(repr(call(payload, timeout=CALL_TIMEOUT_S, metadata=metadata))[:2000])
     except grpc.RpcError as exc:
         code = exc.code()  # type: ignore[attr-defined]
         if code == grpc.StatusCode.CANCELLED:
@@ -466,6 +485,15 @@ def serves_normally(hub: BackgroundHub) -> dict[str, str]:
         "JSONRPC": rpc_reply["result"]["task"]["status"]["state"],
         "HTTP+JSON": rest_reply["task"]["status"]["state"],
     }
+
+
+def parked(hub: BackgroundHub) -> int:
+    """Records the hub could not record in its threads (parked): a fuzz case must not lose any."""
+    from agenthub.sdk.pb import operator_pb2_grpc
+
+    with grpc.insecure_channel(hub.address) as channel:
+        stats = operator_pb2_grpc.OperatorServiceStub(channel).TopicStats(operator_pb2.TopicStatsRequest())
+    return sum(t.records for t in stats.topics if t.topic.endswith(".parked"))
 
 
 def elapsed(start: float) -> str:

@@ -20,14 +20,13 @@ import grpc
 import httpx
 import pytest
 from a2a.types import a2a_pb2
-from google.protobuf.descriptor import MethodDescriptor
 from hypothesis import HealthCheck, given, settings
 
 from agenthub.hub.server import Hub
 from agenthub.sdk import Agent, HubClient, ScriptedModel
 from agenthub.sdk.pb import registry_pb2
 from tests import fuzzing
-from tests.fuzzing import Answer, BackgroundHub, HttpCase
+from tests.fuzzing import Answer, BackgroundHub, GrpcCase, HttpCase
 
 FUZZ = settings(
     deadline=None,
@@ -61,9 +60,8 @@ def judged(answer: Answer) -> None:
 
 @settings(FUZZ, max_examples=1200)
 @given(case=fuzzing.grpc_cases())
-def test_grpc_services(channel: grpc.Channel, case: tuple[MethodDescriptor, bytes]) -> None:
-    method, payload = case
-    judged(fuzzing.grpc_call(channel, method, payload))
+def test_grpc_services(channel: grpc.Channel, case: GrpcCase) -> None:
+    judged(fuzzing.grpc_call(channel, case))
 
 
 @settings(FUZZ, max_examples=600)
@@ -90,7 +88,7 @@ def test_http_json(http: httpx.Client, case: HttpCase) -> None:
 def test_the_drills_findings(channel: grpc.Channel, method: str, payload: bytes) -> None:
     """The malformed inputs the fault drills found answered as internal errors, each named."""
     (descriptor,) = [m for m in fuzzing.METHODS if m.name == method]
-    answer = fuzzing.grpc_call(channel, descriptor, payload)
+    answer = fuzzing.grpc_call(channel, GrpcCase(descriptor, payload, "1.0"))
     assert answer.status == "INVALID_ARGUMENT", answer
     judged(answer)
 
@@ -131,10 +129,12 @@ def test_a_chunked_body_is_capped_while_it_streams(fuzzed: BackgroundHub) -> Non
 
 
 def test_serves_normally_afterwards(fuzzed: BackgroundHub) -> None:
-    """After every fuzzer, a plain question is answered on every binding."""
+    """After every fuzzer, a plain question is answered on every binding, and nothing the fuzzers
+    sent was lost from the threads (parked as unrecordable)."""
     assert fuzzing.serves_normally(fuzzed) == dict.fromkeys(
         ["GRPC", "JSONRPC", "HTTP+JSON"], "TASK_STATE_COMPLETED"
     )
+    assert fuzzing.parked(fuzzed) == 0
 
 
 async def test_nul_characters_are_recorded(hub: Hub, client: HubClient) -> None:
