@@ -166,6 +166,7 @@ _BY_GRPC_CODE: dict[grpc.StatusCode, type[AgentHubError]] = {
     grpc.StatusCode.NOT_FOUND: AgentNotFound,
     grpc.StatusCode.UNAVAILABLE: HubUnavailable,
     grpc.StatusCode.FAILED_PRECONDITION: ConfigError,
+    grpc.StatusCode.UNIMPLEMENTED: InvalidRequest,  # an operation or A2A version the server refuses
 }
 
 
