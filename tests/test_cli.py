@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import socket
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,9 +27,16 @@ async def agenthub(*args: str, timeout: float = 60) -> tuple[int, str, str]:
     return process.returncode, out.decode(), err.decode()
 
 
+def closed(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
 @pytest.mark.model
-async def test_up_runs_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
+async def test_up_runs_the_demo_and_stops_in_order_on_sigterm(tmp_path: Path) -> None:
     port, http_port, model_port = free_port(), free_port(), free_port()
+    data = tmp_path / "data"
     up = await asyncio.create_subprocess_exec(
         *AGENTHUB,
         "up",
@@ -38,11 +47,12 @@ async def test_up_runs_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
         "--model-port",
         str(model_port),
         "--data-dir",
-        str(tmp_path / "data"),
+        str(data),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
     assert up.stdout is not None
+    quiet: dict[str, int] = {}  # part -> the probing round in which it stopped listening
     try:
         banner = ""
         async with asyncio.timeout(180):
@@ -56,6 +66,8 @@ async def test_up_runs_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
         code, out, _ = await agenthub("agents", "list", "--hub", hub, "--json")
         assert code == 0
         assert sorted(a["name"] for a in json.loads(out)) == ["calculator", "notes", "triage"]
+        ports = {a["name"]: int(a["endpoint"].rsplit(":", 1)[1]) for a in json.loads(out)}
+        ports |= {"hub": port, "model": model_port}
 
         code, out, err = await agenthub("send", "triage", "What is 12 + 30?", "--hub", hub)
         assert (code, out.strip()) == (0, "12 + 30 = 42")
@@ -65,11 +77,27 @@ async def test_up_runs_the_demo_and_stops_cleanly(tmp_path: Path) -> None:
         assert code == 0
         assert "user → triage: What is 12 + 30?" in out
         assert "calculator task" in out and "triage → calculator: What is 12 + 30?" in out
+
+        assert not any(closed(p) for p in ports.values())
+        up.send_signal(signal.SIGTERM)
+        deadline, round_ = time.monotonic() + 120, 0
+        while len(quiet) < len(ports) and time.monotonic() < deadline:
+            round_ += 1
+            quiet |= {name: round_ for name, p in ports.items() if name not in quiet and closed(p)}
+            await asyncio.sleep(0.005)
     finally:
-        up.send_signal(signal.SIGINT)
+        if up.returncode is None and not quiet:
+            up.send_signal(signal.SIGTERM)
         rest, _ = await asyncio.wait_for(up.communicate(), 60)
     assert up.returncode == 0, rest.decode()
-    assert "stopped." in rest.decode()
+    assert rest.decode().strip().endswith("stopped.")
+    # Each part is stopped only once the one before it has exited: reverse start order.
+    rounds = [quiet[name] for name in ("triage", "notes", "calculator", "hub", "model")]
+    assert rounds == sorted(rounds) and rounds[0] < rounds[3] < rounds[4], quiet
+    logs = data / "logs"
+    names = ["calculator.log", "hub.log", "model.log", "notes.log", "triage.log"]
+    assert sorted(p.name for p in logs.iterdir()) == names
+    assert "hub stopped" in (logs / "hub.log").read_text()
 
 
 @pytest.mark.usefixtures("reference_agents")

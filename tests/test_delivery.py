@@ -27,10 +27,15 @@ TERMINAL = {TaskState.TASK_STATE_COMPLETED, TaskState.TASK_STATE_FAILED}
 
 
 class Fragile(Agent):
-    """Crashes on any message that mentions poison; echoes the rest."""
+    """While `poisonous`, crashes on any message that mentions poison (an error the hub retries: the
+    agent is there, the call failed), counting those calls in `poisoned`; echoes the rest."""
+
+    poisonous = True
+    poisoned = 0
 
     async def handle(self, request: SendMessageRequest):  # type: ignore[no-untyped-def, override]
-        if "poison" in request.message.parts[0].text:
+        if self.poisonous and "poison" in request.message.parts[0].text:
+            self.poisoned += 1
             raise RuntimeError("cannot digest this")
         async for event in super().handle(request):
             yield event

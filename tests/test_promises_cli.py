@@ -1,16 +1,13 @@
 """The command line's promises, run as a user runs them (a subprocess against a real hub), each
 checked by its value: exported lines and files, listing filters, deregistration, `--context`,
-AGENTHUB_HUB, replay by partition and time, exact offsets and lag in `replay --stats`, re-drive
-from the command line, and `agenthub up` stopping in order on SIGTERM."""
+AGENTHUB_HUB, replay by partition and time, exact offsets and lag in `replay --stats`, and re-drive
+from the command line."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
-import signal
-import socket
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,7 +20,7 @@ from agenthub.hub.server import Hub, free_port
 from agenthub.sdk import Agent, HubClient, ScriptedModel, tool
 from tests.conftest import eventually
 from tests.test_cli import AGENTHUB, agenthub
-from tests.test_promises_routing import Flaky, echo
+from tests.test_delivery import Fragile, echo
 
 
 async def traffic(client: HubClient) -> tuple[str, str]:
@@ -243,7 +240,7 @@ async def test_replay_stats_show_exact_records_committed_offsets_and_lag(hub: Hu
 
 
 async def test_redrive_a_dead_letter_from_the_command_line(hub: Hub, client: HubClient) -> None:
-    async with Flaky("flaky", tools=[echo], model=ScriptedModel(), hub=hub.address) as agent:
+    async with Fragile("flaky", tools=[echo], model=ScriptedModel(), hub=hub.address) as agent:
         failed = await client.send("flaky", "poison")
         assert isinstance(failed, Task) and failed.status.state == TaskState.TASK_STATE_FAILED
         agent.poisonous = False  # the agent is fixed: the parked request can go again
@@ -273,59 +270,3 @@ async def test_redrive_a_dead_letter_from_the_command_line(hub: Hub, client: Hub
             0,
             "redrive to flaky: 1 of 1 records read, 1 selected, wrote 0, 1 already there\n",
         )
-
-
-# ---- agenthub up -------------------------------------------------------------------------------
-
-
-def closed(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) != 0
-
-
-@pytest.mark.model
-async def test_up_stops_agents_then_hub_then_model_on_sigterm(tmp_path: Path) -> None:
-    port, http_port, model_port = free_port(), free_port(), free_port()
-    data = tmp_path / "data"
-    up = await asyncio.create_subprocess_exec(
-        *AGENTHUB, "up", "--port", str(port), "--http-port", str(http_port), "--model-port", str(model_port),
-        "--data-dir", str(data), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    assert up.stdout is not None
-    try:
-        banner = ""
-        async with asyncio.timeout(180):
-            while "Press Ctrl-C" not in banner:
-                line = await up.stdout.readline()
-                assert line, f"agenthub up exited early:\n{banner}"
-                banner += line.decode()
-        code, out, _ = await agenthub("agents", "list", "--json", "--hub", f"127.0.0.1:{port}")
-        assert code == 0
-        ports = {a["name"]: int(a["endpoint"].rsplit(":", 1)[1]) for a in json.loads(out)}
-        ports |= {"hub": port, "model": model_port}
-        assert all(not closed(p) for p in ports.values())
-
-        up.send_signal(signal.SIGTERM)
-        quiet: dict[str, int] = {}  # part -> the probing round in which it stopped listening
-        deadline, round_ = time.monotonic() + 120, 0
-        while len(quiet) < len(ports) and time.monotonic() < deadline:
-            round_ += 1
-            quiet |= {name: round_ for name, p in ports.items() if name not in quiet and closed(p)}
-            await asyncio.sleep(0.005)
-        rest, _ = await asyncio.wait_for(up.communicate(), 60)
-    finally:
-        if up.returncode is None:
-            up.kill()
-            await up.wait()
-    assert up.returncode == 0, rest.decode()
-    assert rest.decode().strip().endswith("stopped.")
-    # A part is stopped only once the one before it has exited: reverse start order.
-    rounds = [quiet[name] for name in ("triage", "notes", "calculator", "hub", "model")]
-    assert rounds == sorted(rounds) and rounds[0] < rounds[3] < rounds[4], quiet
-    logs = data / "logs"
-    assert sorted(p.name for p in logs.iterdir()) == [
-        "calculator.log", "hub.log", "model.log", "notes.log", "triage.log"
-    ]  # fmt: skip
-    assert "hub stopped" in (logs / "hub.log").read_text()
-    assert all((logs / f"{name}.log").stat().st_size > 0 for name in ("triage", "notes", "calculator"))

@@ -33,6 +33,7 @@ from agenthub.hub.server import Hub, free_port
 from agenthub.sdk import Agent, HubClient, ScriptedModel, tool
 from agenthub.sdk.pb import operator_pb2 as op
 from tests.conftest import eventually, stock_client
+from tests.test_delivery import Fragile, echo
 
 
 class Gate:
@@ -118,33 +119,12 @@ async def state_becomes(client: HubClient, agent: str, task_id: str, state: Task
 # ---- deliveries, counted --------------------------------------------------------------------
 
 
-class Flaky(Agent):
-    """While `poisonous`, fails every call whose text mentions 'poison' (an error the hub retries:
-    the agent is there, the call failed) and counts them; echoes everything else."""
-
-    poisonous = True
-    poisoned = 0
-
-    async def handle(self, request: SendMessageRequest):  # type: ignore[no-untyped-def, override]
-        if self.poisonous and "poison" in request.message.parts[0].text:
-            self.poisoned += 1
-            raise RuntimeError("cannot digest this")
-        async for event in super().handle(request):
-            yield event
-
-
-@tool(return_direct=True)
-def echo(text: str) -> str:
-    """Echo the text."""
-    return f"echo: {text}"
-
-
 async def test_a_failing_agent_gets_exactly_max_attempts_calls_then_the_dead_letter(
     tmp_path, hub_settings: Callable[..., HubSettings]
 ) -> None:
     async with (
         Hub(hub_settings(tmp_path, max_attempts=4)) as hub,
-        Flaky("flaky", tools=[echo], model=ScriptedModel(), hub=hub.address) as agent,
+        Fragile("flaky", tools=[echo], model=ScriptedModel(), hub=hub.address) as agent,
         HubClient(hub.address) as client,
     ):
         task = await client.send("flaky", "poison")
