@@ -1,18 +1,21 @@
 """Fault drills against real processes, printing their figures for the README's reliability section.
 
     python scripts/drill.py store-restart  [--log embedded|kafka] [--senders 12] [--outage 5]
-    python scripts/drill.py broker-outage  [--senders 12] [--outage 45]
+    python scripts/drill.py broker-outage  [--broker cut|kill] [--senders 12] [--outage 45]
     python scripts/drill.py poison         [--log embedded|kafka] [--senders 8]
     python scripts/drill.py agent-restart  [--log embedded|kafka] [--senders 12] [--outage 3]
     python scripts/drill.py hub-restart    [--log embedded|kafka] [--senders 8]
-    python scripts/drill.py all            (each drill once, on the backends it concerns)
+    python scripts/drill.py all            (each drill on every backend it concerns)
 
-Each prints one line per drill: accepted, completed, failed, lost, duplicated (and redelivered
-after an agent died mid-call), refused sends (by gRPC code, with the slowest refusal), and the
-time to recover (from the repair until every request accepted before it had ended); `--json`
-prints the figures as JSON lines instead. Everything runs on loopback in a temporary folder:
-its own PostgreSQL, Tansu broker (in memory, or on S3 served by moto for the broker drill), hub
-and agent processes. Exit code 1 when a drill lost, failed or duplicated a request.
+Each prints one line per drill: accepted, completed, failed, lost, duplicated, redelivered (handed
+to the agent again after the agent or the hub died with it, as at-least-once intends), refused
+sends (by gRPC code, with the slowest refusal), and the time to recover (from the repair until
+every request accepted before it had ended), then notes (what readiness said during the outage,
+streams that ended without their final event, ...); `--json` prints JSON lines instead.
+Everything runs on loopback in a temporary folder (`--keep DIR` leaves it, with the hub's and the
+agent's logs): its own PostgreSQL, Tansu broker (in memory behind a link the drill cuts, or with
+`--broker kill` on S3 served by moto, killed and restarted), hub and agent processes.
+Exit code 1 when a drill lost, failed or duplicated a request.
 """
 
 from __future__ import annotations
@@ -35,22 +38,33 @@ from tests.drill_runs import Run
 DrillFn = Callable[[Path, argparse.Namespace, dict[str, Any]], Awaitable[Run]]
 DRILLS: dict[str, tuple[DrillFn, tuple[str, ...]]] = {
     "store-restart": (
-        lambda d, a, s: drill_runs.store_restart(d, s, senders=a.senders, outage_s=a.outage or 5.0),
+        lambda d, a, s: drill_runs.store_restart(d, s, senders=a.senders or 12, timing=timing(a, 5.0)),
         ("embedded",),
     ),
     "broker-outage": (
         lambda d, a, _: drill_runs.broker_outage(
-            d, mode=a.broker, senders=a.senders, outage_s=a.outage or 45.0
+            d, mode=a.broker, senders=a.senders or (2 if a.broker == "kill" else 12), timing=timing(a, 45.0)
         ),
         ("kafka",),
     ),
-    "poison": (lambda d, a, s: drill_runs.poison_records(d, s, senders=a.senders), ("embedded", "kafka")),
-    "agent-restart": (
-        lambda d, a, s: drill_runs.agent_restart(d, s, senders=a.senders, down_s=a.outage or 3.0),
+    "poison": (
+        lambda d, a, s: drill_runs.poison_records(d, s, senders=a.senders or 8),
         ("embedded", "kafka"),
     ),
-    "hub-restart": (lambda d, a, s: drill_runs.hub_restart(d, s, senders=a.senders), ("kafka", "embedded")),
+    "agent-restart": (
+        lambda d, a, s: drill_runs.agent_restart(d, s, senders=a.senders or 12, timing=timing(a, 3.0)),
+        ("embedded", "kafka"),
+    ),
+    "hub-restart": (
+        lambda d, a, s: drill_runs.hub_restart(d, s, senders=a.senders or 8),
+        ("kafka", "embedded"),
+    ),
 }
+
+
+def timing(args: argparse.Namespace, outage_s: float) -> drill_runs.Timing:
+    """The drill's timing, with `--outage` (seconds the part stays down) when given."""
+    return drill_runs.Timing(outage_s=args.outage or outage_s)
 
 
 @contextmanager
@@ -80,7 +94,7 @@ def main() -> None:
     )
     parser.add_argument("drill", choices=[*DRILLS, "all"])
     parser.add_argument("--log", choices=["embedded", "kafka"], help="log backend (default: the drill's)")
-    parser.add_argument("--senders", type=int, default=12, help="concurrent senders (default 12)")
+    parser.add_argument("--senders", type=int, help="concurrent senders (default: the drill's, 2 to 12)")
     parser.add_argument("--outage", type=float, default=0.0, help="seconds the broken part stays down")
     parser.add_argument(
         "--broker",

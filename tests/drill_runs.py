@@ -48,6 +48,7 @@ from tests.processes import AgentProcess, HubProcess
 
 AGENT = "counter"
 GARBAGE = b"\xff\x00\x13 drill: not an envelope"
+Step = Callable[[], Awaitable[None]]  # how a drill breaks a part, or repairs it
 
 
 @dataclass
@@ -76,13 +77,81 @@ def kafka_settings(bootstrap: str) -> dict[str, Any]:
     return {"log": "kafka", "bootstrap": bootstrap, "topic_prefix": f"drill{uuid.uuid4().hex[:8]}"}
 
 
-async def _loaded(hub: HubProcess, workdir: Path, senders: int, delay: float) -> tuple[AgentProcess, Load]:
-    """The hub ready, the ledger agent registered, a load built (not started)."""
-    await hub.start()
-    await wait_serving(hub.address, 60)
+@dataclass
+class Rig:
+    """What a drill runs: its folder, the hub's settings, the hub and agent processes, the load."""
+
+    workdir: Path
+    settings: HubSettings
+    hub: HubProcess
+    agent: AgentProcess
+    load: Load
+
+
+@dataclass
+class Timing:
+    """How long the load runs before the fault (at least), while the part is down, and after."""
+
+    warmup_s: float = 1.0
+    outage_s: float = 5.0
+    after_s: float = 4.0
+
+
+@asynccontextmanager
+async def _running(settings: HubSettings, workdir: Path, senders: int, delay: float) -> AsyncIterator[Rig]:
+    """A hub process (ready), the ledger agent registered with it, and a load (not started);
+    the processes are ended on the way out."""
+    hub = HubProcess(settings, workdir / "hub")
     agent = AgentProcess(hub.address, workdir / "ledger.tsv", name=AGENT, delay=delay)
-    await agent.start()
-    return agent, Load(hub.address, hub.http_url, AGENT, senders=senders)
+    try:
+        await hub.start()
+        await wait_serving(hub.address, 60)
+        await agent.start()
+        yield Rig(workdir, settings, hub, agent, Load(hub.address, hub.http_url, AGENT, senders=senders))
+    finally:
+        await agent.kill()
+        await hub.stop()
+
+
+async def _outage(
+    rig: Rig,
+    drill: str,
+    fault: Step,
+    repair: Step,
+    timing: Timing,
+    *,
+    probe_get_task: bool = False,
+    newcomers: int = 0,
+) -> Run:
+    """Load, fault, `outage_s`, repair, `after_s` more load; then every request's end read back and
+    counted. `newcomers` fresh senders start at the fault (what does a new client get meanwhile?);
+    `probe_get_task`: GetTask of accepted tasks all along (never NOT_FOUND)."""
+    hub, loads = rig.hub, [rig.load]
+    async with Watch(hub.address, hub.http_url, rig.load if probe_get_task else None) as watch:
+        await _warm_up(rig.load, timing.warmup_s)
+        fault_at = time.monotonic()
+        await fault()
+        if newcomers:
+            loads.append(Load(hub.address, hub.http_url, AGENT, senders=newcomers, tag="outage"))
+            await loads[-1].start()
+        await asyncio.sleep(timing.outage_s)
+        await repair()
+        repaired_at = time.monotonic()
+        await asyncio.sleep(timing.after_s)
+        await asyncio.gather(*(load.stop(grace=90) for load in loads))
+        for load in loads:
+            await load.settle(90)
+            load.dump(rig.workdir / "requests.jsonl", fault_at)
+        await wait_serving(hub.address, 30)
+    backend, ledger = _backend(rig.settings), rig.agent.ledger
+    figures = await count(drill, backend, *loads, ledger=ledger, repaired_at=repaired_at)
+    readings, notes = watch.readings, figures.notes
+    serving = readings.first_serving_after(repaired_at)
+    notes["down_s"] = round(repaired_at - fault_at, 1)
+    notes["health_during_outage"] = sorted(readings.health_between(fault_at, repaired_at))
+    notes["readyz_during_outage"] = sorted(set(readings.readyz_between(fault_at, repaired_at)))[:3]
+    notes["serving_after_repair_s"] = None if serving is None else round(serving - repaired_at, 1)
+    return Run(figures, readings, fault_at, repaired_at, hub.log_tail(20_000))
 
 
 async def _warm_up(load: Load, extra_s: float = 1.0, timeout: float = 60.0) -> None:
@@ -92,28 +161,14 @@ async def _warm_up(load: Load, extra_s: float = 1.0, timeout: float = 60.0) -> N
     await asyncio.sleep(extra_s)
 
 
-def _readiness_notes(figures: Figures, readings: Readings, fault_at: float, repaired_at: float) -> None:
-    """What gRPC health and /readyz said while the part was down, and how soon after the repair
-    the hub said SERVING again."""
-    figures.notes["health_during_outage"] = sorted(readings.health_between(fault_at, repaired_at))
-    figures.notes["readyz_during_outage"] = sorted(set(readings.readyz_between(fault_at, repaired_at)))[:3]
-    serving = readings.first_serving_after(repaired_at)
-    figures.notes["serving_after_repair_s"] = None if serving is None else round(serving - repaired_at, 1)
-
-
 # ---- 1. the thread store restarted --------------------------------------------------------------
 
 
 async def store_restart(
-    workdir: Path,
-    log_settings: dict[str, Any],
-    *,
-    senders: int = 12,
-    warmup_s: float = 1.0,
-    outage_s: float = 5.0,
-    after_s: float = 4.0,
+    workdir: Path, log_settings: dict[str, Any], *, senders: int = 12, timing: Timing | None = None
 ) -> Run:
-    """PostgreSQL (the drill's own cluster) SIGKILLed mid-load and started again after `outage_s`."""
+    """PostgreSQL (the drill's own cluster) SIGKILLed mid-load and started again after `outage_s`;
+    GetTask of accepted tasks all along; a rebuild dry run once the recorder has caught up."""
     # Its own temporary folder, not under `workdir`: the server runs as another user when root, and
     # pytest makes its own temporary folders private (again at each run's start, in any process).
     with PostgresCluster() as pg:
@@ -121,29 +176,19 @@ async def store_restart(
         await admin.execute("CREATE DATABASE drill")
         await admin.close()
         settings = settings_for(workdir / "hub", threads_url=pg.database_url("drill"), **log_settings)
-        hub = HubProcess(settings, workdir / "hub")
-        agent, load = await _loaded(hub, workdir, senders, delay=0.2)
-        try:
-            async with Watch(hub.address, hub.http_url, load) as watch:
-                await _warm_up(load, warmup_s)
-                fault_at = time.monotonic()
-                await asyncio.to_thread(pg.kill)
-                await asyncio.sleep(outage_s)
-                await asyncio.to_thread(pg.start)
-                repaired_at = time.monotonic()
-                await asyncio.sleep(after_s)
-                await load.stop()
-                await load.settle(60)
-                await wait_serving(hub.address, 30)
-            figures = await count("store restart", _backend(settings), load, ledger=agent.ledger,
-                                  repaired_at=repaired_at)  # fmt: skip
-            figures.notes["rebuild_would_write"] = await _settled_rebuild(hub.address)
-            figures.notes["get_task_answers"] = dict(watch.readings.get_task_codes())
-            _readiness_notes(figures, watch.readings, fault_at, repaired_at)
-            return Run(figures, watch.readings, fault_at, repaired_at, hub.log_tail(20_000))
-        finally:
-            await agent.kill()
-            await hub.stop()
+        async with _running(settings, workdir, senders, delay=0.2) as rig:
+            fault, repair = partial(asyncio.to_thread, pg.kill), partial(_in_loop, pg.start)
+            run = await _outage(rig, "store restart", fault, repair, timing or Timing(), probe_get_task=True)
+            run.figures.notes["rebuild_would_write"] = await _settled_rebuild(rig.hub.address)
+            run.figures.notes["get_task_answers"] = dict(run.readings.get_task_codes())
+            return run
+
+
+async def _in_loop(step: Callable[[], None]) -> None:
+    """Run a blocking step on the event loop's own thread (it stalls the load for that long).
+    Starting PostgreSQL from a worker thread of this process (gRPC's threads running) sometimes
+    gave a server that never came up and wrote no log line."""
+    step()
 
 
 async def _settled_rebuild(hub: str, timeout: float = 30.0) -> int:
@@ -164,9 +209,6 @@ def _backend(settings: HubSettings) -> str:
 
 
 # ---- 2. the broker down, then back with its data ------------------------------------------------
-
-
-Step = Callable[[], Awaitable[None]]
 
 
 @asynccontextmanager
@@ -204,45 +246,15 @@ async def _broker(mode: str) -> AsyncIterator[tuple[str, Step, Step]]:
 
 
 async def broker_outage(
-    workdir: Path,
-    *,
-    mode: str = "cut",
-    senders: int = 12,
-    warmup_s: float = 1.0,
-    outage_s: float = 12.0,
-    after_s: float = 5.0,
+    workdir: Path, *, mode: str = "cut", senders: int = 12, timing: Timing | None = None
 ) -> Run:
     """The Kafka broker gone for `outage_s` mid-load (see `_broker` for the modes), then back with
     its data; two fresh senders keep trying while it is gone."""
     async with _broker(mode) as (bootstrap, fault, repair):
         settings = settings_for(workdir / "hub", **kafka_settings(bootstrap))
-        hub = HubProcess(settings, workdir / "hub")
-        agent, load = await _loaded(hub, workdir, senders, delay=0.2)
-        try:
-            async with Watch(hub.address, hub.http_url) as watch:
-                await _warm_up(load, warmup_s)
-                fault_at = time.monotonic()
-                await fault()
-                newcomers = Load(hub.address, hub.http_url, AGENT, senders=2, tag="outage")
-                await newcomers.start()
-                await asyncio.sleep(outage_s)
-                await repair()
-                repaired_at = time.monotonic()
-                await asyncio.sleep(after_s)
-                await asyncio.gather(load.stop(grace=60), newcomers.stop(grace=60))
-                await load.settle(90)
-                await newcomers.settle(30)
-                await wait_serving(hub.address, 30)
-            for each in (load, newcomers):
-                each.dump(workdir / "requests.jsonl", fault_at)
-            figures = await count(f"broker outage ({mode})", _backend(settings), load, newcomers,
-                                  ledger=agent.ledger, repaired_at=repaired_at)  # fmt: skip
-            figures.notes["outage_s"] = outage_s
-            _readiness_notes(figures, watch.readings, fault_at, repaired_at)
-            return Run(figures, watch.readings, fault_at, repaired_at, hub.log_tail(20_000))
-        finally:
-            await agent.kill()
-            await hub.stop()
+        async with _running(settings, workdir, senders, delay=0.2) as rig:
+            timing = timing or Timing(outage_s=12.0)
+            return await _outage(rig, f"broker outage ({mode})", fault, repair, timing, newcomers=2)
 
 
 # ---- 3. poison records on every topic -----------------------------------------------------------
@@ -327,37 +339,13 @@ async def _records(log: Log, topic: str) -> list[Record]:
 
 
 async def agent_restart(
-    workdir: Path,
-    log_settings: dict[str, Any],
-    *,
-    senders: int = 12,
-    warmup_s: float = 1.0,
-    down_s: float = 3.0,
-    after_s: float = 4.0,
+    workdir: Path, log_settings: dict[str, Any], *, senders: int = 12, timing: Timing | None = None
 ) -> Run:
-    """The agent SIGKILLed with ~`senders` requests in flight, restarted on its port after `down_s`."""
+    """The agent SIGKILLed with ~`senders` requests in flight, restarted on its port after `outage_s`."""
     settings = settings_for(workdir / "hub", **log_settings)
-    hub = HubProcess(settings, workdir / "hub")
-    agent, load = await _loaded(hub, workdir, senders, delay=1.0)
-    try:
-        async with Watch(hub.address, hub.http_url) as watch:
-            await _warm_up(load, warmup_s)
-            fault_at = time.monotonic()
-            await agent.kill()
-            await asyncio.sleep(down_s)
-            await agent.start()
-            repaired_at = time.monotonic()
-            await asyncio.sleep(after_s)
-            await load.stop(grace=90)
-            await load.settle(90)
-        figures = await count("agent restart", _backend(settings), load, ledger=agent.ledger,
-                              repaired_at=repaired_at)  # fmt: skip
-        figures.notes["agent_down_s"] = round(repaired_at - fault_at, 1)
-        _readiness_notes(figures, watch.readings, fault_at, repaired_at)
-        return Run(figures, watch.readings, fault_at, repaired_at, hub.log_tail(20_000))
-    finally:
-        await agent.kill()
-        await hub.stop()
+    async with _running(settings, workdir, senders, delay=1.0) as rig:
+        timing = timing or Timing(outage_s=3.0)
+        return await _outage(rig, "agent restart", rig.agent.kill, rig.agent.start, timing)
 
 
 # ---- 5. the hub restarted -----------------------------------------------------------------------
@@ -368,33 +356,29 @@ async def hub_restart(
     log_settings: dict[str, Any],
     *,
     senders: int = 8,
-    warmup_s: float = 1.0,
-    after_s: float = 4.0,
+    timing: Timing | None = None,
     probe_timeout_s: float = 30.0,
 ) -> Run:
     """The hub SIGKILLed mid-load and started again; one send the moment its health says SERVING."""
+    timing = timing or Timing()
     settings = settings_for(workdir / "hub", **log_settings)
-    hub = HubProcess(settings, workdir / "hub")
-    agent, load = await _loaded(hub, workdir, senders, delay=0.2)
-    try:
-        await _warm_up(load, warmup_s)
+    async with _running(settings, workdir, senders, delay=0.2) as rig:
+        hub, load = rig.hub, rig.load
+        await _warm_up(load, timing.warmup_s)
         fault_at = time.monotonic()
         await hub.kill()
         await hub.spawn()
         ready_after = await wait_serving(hub.address, 90)
         repaired_at = time.monotonic()
         probe = await _probe_send(hub.address, probe_timeout_s)
-        await asyncio.sleep(after_s)
+        await asyncio.sleep(timing.after_s)
         await load.stop(grace=60)
         await load.settle(90)
-        figures = await count("hub restart", _backend(settings), load, ledger=agent.ledger,
+        figures = await count("hub restart", _backend(settings), load, ledger=rig.agent.ledger,
                               repaired_at=repaired_at, hub_died=True)  # fmt: skip
         figures.notes["ready_after_s"] = None if ready_after is None else round(ready_after, 1)
         figures.notes["first_send_after_ready"] = probe
         return Run(figures, Readings(), fault_at, repaired_at, hub.log_tail(20_000), {"probe": probe})
-    finally:
-        await agent.kill()
-        await hub.stop()
 
 
 async def _probe_send(hub: str, timeout: float) -> dict[str, Any]:

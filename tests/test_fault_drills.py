@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests import drill_runs
-from tests.drill_runs import Run
+from tests.drill_runs import Run, Timing
 
 
 def explain(run: Run) -> str:
@@ -46,7 +46,7 @@ def assert_readiness_told_the_truth(run: Run, part: str) -> None:
 async def test_store_restart_loses_nothing_and_threads_stay_whole(
     tmp_path: Path, log_settings: dict[str, Any]
 ):
-    run = await drill_runs.store_restart(tmp_path, log_settings, senders=12, outage_s=5.0)
+    run = await drill_runs.store_restart(tmp_path, log_settings, senders=12, timing=Timing(outage_s=5.0))
     assert_nothing_lost(run)
     assert run.figures.notes["rebuild_would_write"] == 0, f"the store missed records{explain(run)}"
     answers = run.readings.get_task_codes()
@@ -60,7 +60,7 @@ async def test_broker_outage_loses_nothing_and_refuses_new_sends(tmp_path: Path,
     """Kafka only; the drill runs a broker of its own: in memory behind a link it cuts, or on S3
     (moto), killed and restarted with its data. Tansu on moto's S3 serves a few requests a second,
     so that one gets two senders (with twelve, answers fall tens of seconds behind, fault or not)."""
-    run = await drill_runs.broker_outage(tmp_path, mode=mode, senders=senders, outage_s=15.0)
+    run = await drill_runs.broker_outage(tmp_path, mode=mode, senders=senders, timing=Timing(outage_s=15.0))
     assert_nothing_lost(run)
     refused = run.figures.refused
     assert refused and set(refused) == {"UNAVAILABLE"}, f"new sends not refused as UNAVAILABLE{explain(run)}"
@@ -83,7 +83,7 @@ async def test_poison_records_on_every_topic_stop_nothing(tmp_path: Path, log_se
 
 
 async def test_agent_restart_completes_every_request_once(tmp_path: Path, log_settings: dict[str, Any]):
-    run = await drill_runs.agent_restart(tmp_path, log_settings, senders=12, down_s=3.0)
+    run = await drill_runs.agent_restart(tmp_path, log_settings, senders=12, timing=Timing(outage_s=3.0))
     assert_nothing_lost(run)
     assert run.figures.redelivered > 0, f"no request was in flight when the agent died{explain(run)}"
 
