@@ -53,7 +53,8 @@ def shown(url: str) -> str:
     """A URL as logs and records may show it: scheme, host, port and path only (no credentials)."""
     try:
         parts = urllib.parse.urlsplit(url)
-        netloc = parts.hostname or ""
+        host = parts.hostname or ""
+        netloc = f"[{host}]" if ":" in host else host
         if parts.port:
             netloc = f"{netloc}:{parts.port}"
     except ValueError:
