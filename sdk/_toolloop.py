@@ -170,9 +170,9 @@ def _describe(exc: BaseException) -> str:
 
 def _repeat(call: ToolCall, prior: Outcome) -> Outcome:
     """The answer to a call already made in this task: not run again, the model is told."""
-    content = (
-        f"You already called {call.name} with these arguments in this task; its result was: "
-        f"{prior.content}. Do not call it again: use this result."
+    content = (  # the result first: a small model that parrots the start still answers right
+        f"{prior.content}\n(You already called {call.name} with these arguments in this task and "
+        "that was its result. Do not call it again: answer with it.)"
     )
     return Outcome(call, content, prior.ok, duplicate_of=prior.call.id)
 

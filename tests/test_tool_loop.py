@@ -352,3 +352,26 @@ async def test_the_readme_shout_agent_answers_with_the_upper_cased_text(
 async def _with_result(calls):  # type: ignore[no-untyped-def]
     data = await calls()
     return data if of("tool_result", data) else []
+
+
+@pytest.mark.model
+async def test_the_issue_s_loop_on_the_offline_model_ends_in_an_answer(model_url: str) -> None:
+    """The README's first version (shout not `return_direct`) made SmolLM2 call shout four times
+    and give up. Now the tool runs once, the repeat is refused, and the model answers with tools
+    off. (The loop alone: no hub needed, so it runs once, not per backend.)"""
+    runs: list[str] = []
+
+    @tool
+    def shout_plain(text: str) -> str:
+        """Upper-case the text."""
+        runs.append(text)
+        return text.upper()
+
+    model = RecordingModel(OpenAIModel(ModelSettings(base_url=model_url)))
+    agent = Agent("echo", tools=[shout_plain], model=model, hub=None, max_steps=4)
+    answer, data = await run(agent, "shout hello world")
+    assert answer and not answer.startswith("I could not finish")
+    assert len(runs) == 1 and "hello" in words(runs[0])
+    choices = [i["tool_choice"] for i in model.inputs]
+    assert choices[-1] == "none" or choices == ["auto", "auto"]  # asked to answer, or answered itself
+    assert all(r["ok"] for r in of("tool_result", data))
