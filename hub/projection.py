@@ -16,9 +16,10 @@ from agenthub.hub.threads._base import ArtifactRow, MessageRow, Projection, Stat
 from agenthub.sdk.pb.envelope_pb2 import Envelope, Kind
 
 
-def project(envelope: Envelope, record: Record, current: TaskRow | None) -> Projection:
-    """The changes recording `envelope` makes, given the current state of its task."""
-    projection = Projection(envelope_id=envelope.id)
+def project(envelope: Envelope, record: Record, current: TaskRow | None, *, json: bool = True) -> Projection:
+    """The changes recording `envelope` makes, given the current state of its task (`json=False`:
+    the caller wants only the task, so rows skip their JSON, the costly part)."""
+    projection = Projection(envelope_id=envelope.id, json=json)
     if envelope.kind == Kind.KIND_REQUEST:
         _project_request(envelope, record, current, projection)
     elif envelope.kind == Kind.KIND_EVENT:
@@ -31,7 +32,7 @@ def _project_request(envelope: Envelope, record: Record, current: TaskRow | None
     message = Message()
     message.CopyFrom(request.message)
     message.task_id, message.context_id = envelope.task_id, envelope.context_id
-    out.messages.append(_row(envelope, record, message, envelope.sender, envelope.recipient))
+    out.messages.append(_row(envelope, record, message, out))
     at = envelope.created_at.ToDatetime().timestamp()
     task = current or _new_task(envelope, at)
     history = task.task.history
@@ -110,7 +111,7 @@ def _add_message(
         copy.message_id = envelopes.derived_id(envelope.id, f"message-{len(out.messages)}")
     if not any(m.message_id == copy.message_id for m in task.task.history):
         task.task.history.append(copy)
-    out.messages.append(_row(envelope, record, copy, envelope.sender, envelope.recipient))
+    out.messages.append(_row(envelope, record, copy, out))
 
 
 def _apply_artifact(
@@ -135,7 +136,7 @@ def _apply_artifact(
             recipient=envelope.recipient,
             name=joined.name,
             text=content.artifact_text(joined),
-            artifact_json=content.kept_json(joined),
+            artifact_json=content.kept_json(joined) if out.json else "",
             created_at=envelope.created_at.ToDatetime().timestamp(),
             updated_at=envelope.created_at.ToDatetime().timestamp(),
             topic=record.topic,
@@ -164,17 +165,17 @@ def _new_task(envelope: Envelope, at: float, agent: str | None = None) -> TaskRo
     return TaskRow(task, agent or envelope.recipient, envelope.parent_task_id, at, at)
 
 
-def _row(envelope: Envelope, record: Record, message: Message, sender: str, recipient: str) -> MessageRow:
+def _row(envelope: Envelope, record: Record, message: Message, out: Projection) -> MessageRow:
     return MessageRow(
         message_id=message.message_id,
         context_id=envelope.context_id,
         task_id=envelope.task_id,
         parent_task_id=envelope.parent_task_id,
-        sender=sender,
-        recipient=recipient,
+        sender=envelope.sender,
+        recipient=envelope.recipient,
         role="agent" if message.role == Role.ROLE_AGENT else "user",
         text=content.message_text(message),
-        message_json=content.kept_json(message),
+        message_json=content.kept_json(message) if out.json else "",
         created_at=envelope.created_at.ToDatetime().timestamp(),
         topic=record.topic,
         partition=record.partition,

@@ -27,7 +27,7 @@ class TaskView:
         if envelope.id in self._seen:
             return
         self._seen.add(envelope.id)
-        projection = project(envelope, record, self.row)
+        projection = project(envelope, record, self.row, json=False)
         if projection.task is not None:
             projection.task.history.extend(projection.statuses)
             self.row = projection.task

@@ -104,6 +104,7 @@ class Projection:
     task: TaskRow | None = None
     statuses: list[StatusRow] = field(default_factory=list)
     artifacts: list[ArtifactRow] = field(default_factory=list)
+    json: bool = True  # False when only the task is wanted: rows are left without their JSON
 
 
 @dataclass
