@@ -108,9 +108,25 @@ def serve(
     bootstrap: BootstrapOpt = None,
     threads_url: ThreadsUrlOpt = None,
     default_agent: DefaultAgentOpt = None,
+    max_attempts: Annotated[
+        int | None, typer.Option(help="attempts of a request while its agent is reachable [default: 6]")
+    ] = None,
+    retry_backoff: Annotated[
+        float | None, typer.Option(help="first retry delay, seconds [default: 0.5]")
+    ] = None,
+    retry_backoff_cap: Annotated[
+        float | None, typer.Option(help="longest delay between attempts, seconds [default: 8]")
+    ] = None,
+    retry_window: Annotated[
+        float | None, typer.Option(help="longest a request is retried, seconds [default: 120]")
+    ] = None,
+    breaker_threshold: Annotated[
+        int | None,
+        typer.Option(help="unreachable calls that open an agent's circuit, 0 = never [default: 3]"),
+    ] = None,
     json_logs: Annotated[bool, typer.Option(help="log JSON lines")] = False,
 ) -> None:
-    """Run a hub in the foreground until Ctrl-C."""
+    """Run a hub in the foreground until Ctrl-C. Every option also reads AGENTHUB_<NAME>."""
     from agenthub.hub.server import Hub
     from agenthub.sdk.logs import configure_logging
 
@@ -124,6 +140,11 @@ def serve(
         bootstrap=bootstrap,
         default_agent=default_agent,
         threads_url=threads_url,
+        max_attempts=max_attempts,
+        retry_backoff_s=retry_backoff,
+        retry_backoff_cap_s=retry_backoff_cap,
+        retry_window_s=retry_window,
+        breaker_threshold=breaker_threshold,
     )
 
     async def main() -> None:

@@ -174,3 +174,28 @@ async def test_the_callers_deadline_ends_the_agent_call(hub: Hub, client: HubCli
         task = await eventually(ended, timeout=15)
         assert task is not None, "the task must end within seconds of the caller's deadline, not after 30 s"
         assert "deadline" in task.status.message.parts[0].text.lower()  # missed in the call, or before it
+
+
+def test_retry_policy_flags_are_checked_before_the_hub_starts(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agenthub.hub.cli",
+            "serve",
+            "--data-dir",
+            str(tmp_path),
+            "--retry-window",
+            "-1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: invalid retry_window_s: Input should be greater than 0"
+    ]
