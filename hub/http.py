@@ -11,7 +11,6 @@ labelled `application/a2a+json`, the media type A2A registers for its JSON paylo
 
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
@@ -46,7 +45,6 @@ from agenthub.hub.cards import CardPublisher, etag
 from agenthub.hub.front import PATH_AGENT
 from agenthub.hub.guard import GuardedHandler
 from agenthub.hub.registry import Registry
-from agenthub.hub.validation import json_kind
 from agenthub.sdk.errors import STATUS
 
 CARD_MAX_AGE_S = 60
@@ -140,15 +138,13 @@ def _unacceptable_body(request: Request, body: bytes) -> A2AError | None:
 
 
 def _not_an_object(body: bytes) -> A2AError | None:
-    """JSON that is not an object cannot be an HTTP+JSON request (malformed JSON is left to the
-    binding's parser, whose message says where it broke)."""
-    try:
-        value = json.loads(body) if body.strip() else {}
-    except ValueError:
+    """A body that cannot be a JSON object cannot be an HTTP+JSON request (protobuf's parser would
+    name a Python exception for JSON that is not an object; malformed objects are left to it, its
+    message says where they broke). Looks at the first character only: bodies are parsed once."""
+    text = body.lstrip()
+    if not text or text.startswith(b"{"):
         return None
-    if isinstance(value, dict):
-        return None
-    return InvalidRequestError(f"the request body must be a JSON object, not {json_kind(value)}")
+    return InvalidRequestError("the request body must be a JSON object ({...})")
 
 
 def jsonrpc_guarded(endpoint: Endpoint) -> Endpoint:
