@@ -86,6 +86,8 @@ def conversation(
             turns.append({"role": "user", "content": message.text})
             continue
         data = _data_part(message)
+        if "tool_retry" in data:
+            continue  # a retry is how the call went, not a turn of the conversation
         if "tool_call" in data:
             call = data["tool_call"]
             arguments = json.dumps(call.get("arguments", {}))
