@@ -25,6 +25,8 @@ async def test_etag_follows_the_card_and_last_modified_stays_while_it_does_not_c
         await client.register(card_json("Version one."), endpoint)
         first = await http.get(url)
         assert first.status_code == 200 and first.json()["description"] == "Version one."
+        # The hub streams and does push notifications for every agent, whatever its own card says.
+        assert first.json()["capabilities"] == {"streaming": True, "pushNotifications": True}
         tag, modified = first.headers["etag"], first.headers["last-modified"]
 
         await client.register(card_json("Version one."), endpoint)  # the same card again
