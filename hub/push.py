@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 
 import structlog
@@ -152,6 +153,7 @@ class Notifier(Lifecycle):
         timeout_s: longest one POST may take (default 5).
         fetch_wait_ms: longest wait of one fetch with nothing to read (default 20).
         max_pending: updates held in memory before fetching pauses (default 10,000).
+        commit_interval_ms: how often offsets of finished updates are committed (default 100).
         readiness: where the notifier reports itself down while its loop fails (the log is down).
     """
 
@@ -166,6 +168,7 @@ class Notifier(Lifecycle):
         timeout_s: float = 5.0,
         fetch_wait_ms: int = 20,
         max_pending: int = 10_000,
+        commit_interval_ms: int = 100,
         readiness: Readiness | None = None,
     ) -> None:
         self._log = log
@@ -173,6 +176,8 @@ class Notifier(Lifecycle):
         self._topics = topics
         self._fetch_wait_ms = fetch_wait_ms
         self._max_pending = max_pending
+        self._commit_interval_s = commit_interval_ms / 1000
+        self._next_commit = 0.0
         self._readiness = readiness or Readiness()
         self._poster = Poster(log, topics.push_attempts, attempts=attempts, backoff_s=backoff_s,
                               timeout_s=timeout_s, readiness=self._readiness)  # fmt: skip
@@ -215,7 +220,9 @@ class Notifier(Lifecycle):
             for record in records:
                 self._take(record)
             self._throttle()
-            await self._commit()
+            if time.monotonic() >= self._next_commit:
+                self._next_commit = time.monotonic() + self._commit_interval_s
+                await self._commit()
 
     def _take(self, record: Record) -> None:
         """Queue one record's update for each webhook of its task (none: it is done at once)."""
