@@ -63,6 +63,7 @@ class Dispatcher(Lifecycle):
         self._running: dict[str, tuple[asyncio.Task[None], str]] = {}
         self._canceled: OrderedDict[str, None] = OrderedDict()
         self._tracker = OffsetTracker()
+        self.stopping = False  # set when the hub stops: an interrupted call is not a canceled task
         self._inbox: Consumer | None = None
         self._control: Consumer | None = None
         self._connections = Connections()
@@ -90,10 +91,14 @@ class Dispatcher(Lifecycle):
             await self._inbox.joined()
 
     async def stop(self) -> None:
-        """Stop fetching, let in-flight requests finish, commit, release."""
+        """Stop fetching, let in-flight requests finish (at most `drain_timeout_s`), commit, release.
+
+        A request still running after that (its agent down, or slow) is interrupted without an
+        outcome and left uncommitted: the next start delivers it again. Nothing is lost.
+        """
         for loop in self._loops:
             await loop.stop()
-        await asyncio.gather(*(lane.close() for lane in self._lanes.values()))
+        await asyncio.gather(*(lane.close(self._settings.drain_timeout_s) for lane in self._lanes.values()))
         await self._commit()
         for consumer in (self._inbox, self._control):
             if consumer is not None:
@@ -234,7 +239,7 @@ class Dispatcher(Lifecycle):
         try:
             await call
         except asyncio.CancelledError:
-            if not call.cancelled():
+            if not call.cancelled() or self.stopping:
                 raise
             await emitter.outcome(
                 task_events.status_event(
@@ -482,15 +487,18 @@ class Lane:
         self._waiting.append(record)
         self._pump()
 
-    async def finish(self) -> None:
-        """Wait for every started request of this lane."""
-        if self._chains:
-            await asyncio.gather(*self._chains.values(), return_exceptions=True)
-
-    async def close(self) -> None:
-        """Start nothing more, let what runs finish, stop probing. What waited is read again later."""
+    async def close(self, grace_s: float) -> None:
+        """Start nothing more, give what runs `grace_s` to finish, interrupt the rest (they stay
+        uncommitted, so they are delivered again after a restart), stop probing."""
         self._waiting.clear()
-        await self.finish()
+        running = list(self._chains.values())
+        if running:
+            _, late = await asyncio.wait(running, timeout=grace_s)
+            if late:
+                self._dispatcher.stopping = True
+                for task in late:
+                    task.cancel()
+                await asyncio.wait(late)
         await self.breaker.stop()
 
     def _pump(self) -> None:
@@ -512,11 +520,14 @@ class Lane:
             del self._chains[key]
 
     async def _handle(self, previous: asyncio.Task[None] | None, record: Record) -> None:
+        done = False
         try:
             if previous is not None:
                 await asyncio.gather(previous, return_exceptions=True)
             await self._dispatcher.process(self, record)
+            done = True
         finally:
-            self._dispatcher.finished(record)
+            if done:  # interrupted by a stop, it stays uncommitted and comes back after a restart
+                self._dispatcher.finished(record)
             self._in_flight -= 1
             self._pump()

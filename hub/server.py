@@ -146,9 +146,17 @@ class Hub(Lifecycle):
         )
         self.operator = Operator(self.log, self.store, self.registry, topics, self.replies.topic)
         self.cards = CardPublisher(settings, self.grpc_port, self.http_port)
-        self.push = PushConfigs(self.log, topics, readiness=self.readiness)
+        self.push = PushConfigs(
+            self.log, topics, fetch_wait_ms=settings.fetch_wait_ms, readiness=self.readiness
+        )
         self.notifier = Notifier(
-            self.log, self.push, topics, fetch_wait_ms=settings.fetch_wait_ms, readiness=self.readiness
+            self.log,
+            self.push,
+            topics,
+            attempts=settings.push_attempts,
+            backoff_s=settings.push_backoff_s,
+            fetch_wait_ms=settings.fetch_wait_ms,
+            readiness=self.readiness,
         )
         self.handler = HubRequestHandler(
             self.log,

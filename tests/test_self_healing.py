@@ -199,3 +199,52 @@ def test_retry_policy_flags_are_checked_before_the_hub_starts(tmp_path) -> None:
     assert result.stderr.strip().splitlines() == [
         "error: invalid retry_window_s: Input should be greater than 0"
     ]
+
+
+@tool(timeout=60)
+async def stall(text: str) -> str:
+    """Never answer in time."""
+    await asyncio.sleep(60)
+    return text
+
+
+@tool
+async def answer(text: str) -> str:
+    """Answer at once."""
+    return f"answered: {text}"
+
+
+async def test_a_stop_never_hangs_on_a_call_and_the_request_comes_back(tmp_path, hub_settings) -> None:  # type: ignore[no-untyped-def]
+    """Stopping a hub while an agent holds a request ends within the drain timeout; the request,
+    left uncommitted, is delivered again by the next hub on the same log, and completes once."""
+    settings = hub_settings(tmp_path / "hub", drain_timeout_s=0.5)
+    async with (
+        Hub(settings) as hub,
+        HubClient(hub.address) as client,
+        Agent("worker", tools=[stall], model=ScriptedModel(), hub=hub.address),
+    ):
+        stub = a2a_pb2_grpc.A2AServiceStub(client.channel)
+        request = request_to("worker", "the job")
+        request.configuration.return_immediately = True
+        task = (await stub.SendMessage(request)).task
+
+        async def working() -> bool:
+            return (await client.get_task("worker", task.id)).status.state == TaskState.TASK_STATE_WORKING
+
+        assert await eventually(working, timeout=20)
+        async with asyncio.timeout(30):  # would hang forever if the stop waited for the call
+            await hub.stop()
+    async with (
+        Hub(hub_settings(tmp_path / "hub")) as again,
+        HubClient(again.address) as client,
+        Agent("worker", tools=[answer], model=ScriptedModel(), hub=again.address),
+    ):
+
+        async def completed() -> Task | None:
+            t = await client.get_task("worker", task.id)
+            return t if t.status.state == TaskState.TASK_STATE_COMPLETED else None
+
+        done = await eventually(completed, timeout=60)
+        assert done is not None and done.status.message.parts[0].text == "answered: the job"
+        thread = await client.get_thread(task.context_id)
+        assert [m.text for m in thread.messages].count("answered: the job") == 1
