@@ -177,18 +177,11 @@ async def store_restart(
         await admin.close()
         settings = settings_for(workdir / "hub", threads_url=pg.database_url("drill"), **log_settings)
         async with _running(settings, workdir, senders, delay=0.2) as rig:
-            fault, repair = partial(asyncio.to_thread, pg.kill), partial(_in_loop, pg.start)
+            fault, repair = partial(asyncio.to_thread, pg.kill), partial(asyncio.to_thread, pg.start)
             run = await _outage(rig, "store restart", fault, repair, timing or Timing(), probe_get_task=True)
             run.figures.notes["rebuild_would_write"] = await _settled_rebuild(rig.hub.address)
             run.figures.notes["get_task_answers"] = dict(run.readings.get_task_codes())
             return run
-
-
-async def _in_loop(step: Callable[[], None]) -> None:
-    """Run a blocking step on the event loop's own thread (it stalls the load for that long).
-    Starting PostgreSQL from a worker thread of this process (gRPC's threads running) sometimes
-    gave a server that never came up and wrote no log line."""
-    step()
 
 
 async def _settled_rebuild(hub: str, timeout: float = 30.0) -> int:

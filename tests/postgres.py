@@ -63,8 +63,11 @@ class PostgresCluster:
         listen = ["-h", "127.0.0.1", "-p", str(self.port), "-k", ""]  # loopback TCP only, no socket file
         settings = ["-c", "fsync=off", "-c", "max_connections=200"]
         command = [str(_wheel_bin() / "postgres"), "-D", str(self.data_dir), *listen, *settings]
+        if self._user is not None:  # setpriv, not Popen(user=): that forks without vfork, and in a
+            # process whose gRPC threads are busy the child then sometimes dies or hangs before exec
+            command = ["setpriv", f"--reuid={self._user}", f"--regid={self._user}", "--init-groups", *command]
         with (self._root / "server.log").open("a") as output:
-            self._server = subprocess.Popen(command, stdout=output, stderr=output, user=self._user)
+            self._server = subprocess.Popen(command, stdout=output, stderr=output)
         deadline = time.monotonic() + 60
         while not self._ready(self._server.pid):
             if self._server.poll() is not None or time.monotonic() > deadline:

@@ -80,10 +80,15 @@ class HubProcess:
         """SIGTERM: a clean shutdown (in-flight work drains and commits)."""
         await self._signal(signal.SIGTERM)
 
-    async def _signal(self, sig: signal.Signals) -> None:
+    async def _signal(self, sig: signal.Signals, timeout: float = 30.0) -> None:
+        """Send `sig` and wait for the exit; a hub still running after `timeout` seconds is killed."""
         if self.process is not None and self.process.returncode is None:
             self.process.send_signal(sig)
-            await self.process.wait()
+            try:
+                await asyncio.wait_for(self.process.wait(), timeout)
+            except TimeoutError:
+                self.process.kill()
+                await self.process.wait()
         self.process = None
 
     def log_tail(self, chars: int = 4000) -> str:
