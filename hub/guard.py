@@ -50,6 +50,7 @@ from agenthub.sdk.errors import INTERNAL_MESSAGE, status_of
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
+P = TypeVar("P")
 A2A_DOMAIN = "a2a-protocol.org"
 
 
@@ -78,80 +79,90 @@ class GuardedHandler(RequestHandler):
     def __init__(self, inner: RequestHandler) -> None:
         self._inner = inner
 
-    async def _unary(self, where: str, call: Awaitable[T]) -> T:
+    async def _unary(
+        self,
+        where: str,
+        method: Callable[[P, ServerCallContext], Awaitable[T]],
+        params: P,
+        context: ServerCallContext,
+    ) -> T:
         try:
-            return await call
+            return await method(params, context)
         except A2AError:
             raise
         except Exception as exc:
             raise internal_error(exc, where) from None
 
-    async def _stream(self, where: str, events: AsyncGenerator[Event]) -> AsyncGenerator[Event]:
-        async with aclosing(events):
-            try:
+    async def _stream(
+        self,
+        where: str,
+        method: Callable[[P, ServerCallContext], AsyncGenerator[Event]],
+        params: P,
+        context: ServerCallContext,
+    ) -> AsyncGenerator[Event]:
+        try:
+            async with aclosing(method(params, context)) as events:
                 async for event in events:
                     yield event
-            except A2AError:
-                raise
-            except Exception as exc:
-                raise internal_error(exc, where) from None
+        except A2AError:
+            raise
+        except Exception as exc:
+            raise internal_error(exc, where) from None
 
     async def on_message_send(self, params: SendMessageRequest, context: ServerCallContext) -> Task | Message:
-        return await self._unary("SendMessage", self._inner.on_message_send(params, context))
+        return await self._unary("SendMessage", self._inner.on_message_send, params, context)
 
     async def on_message_send_stream(
         self, params: SendMessageRequest, context: ServerCallContext
     ) -> AsyncGenerator[Event]:
-        async for event in self._stream(
-            "SendStreamingMessage", self._inner.on_message_send_stream(params, context)
-        ):
+        method = self._inner.on_message_send_stream
+        async for event in self._stream("SendStreamingMessage", method, params, context):
             yield event
 
     async def on_subscribe_to_task(
         self, params: SubscribeToTaskRequest, context: ServerCallContext
     ) -> AsyncGenerator[Event]:
-        async for event in self._stream("SubscribeToTask", self._inner.on_subscribe_to_task(params, context)):
+        async for event in self._stream("SubscribeToTask", self._inner.on_subscribe_to_task, params, context):
             yield event
 
     async def on_get_task(self, params: GetTaskRequest, context: ServerCallContext) -> Task | None:
-        return await self._unary("GetTask", self._inner.on_get_task(params, context))
+        return await self._unary("GetTask", self._inner.on_get_task, params, context)
 
     async def on_list_tasks(self, params: ListTasksRequest, context: ServerCallContext) -> ListTasksResponse:
-        return await self._unary("ListTasks", self._inner.on_list_tasks(params, context))
+        return await self._unary("ListTasks", self._inner.on_list_tasks, params, context)
 
     async def on_cancel_task(self, params: CancelTaskRequest, context: ServerCallContext) -> Task | None:
-        return await self._unary("CancelTask", self._inner.on_cancel_task(params, context))
+        return await self._unary("CancelTask", self._inner.on_cancel_task, params, context)
 
     async def on_get_extended_agent_card(
         self, params: GetExtendedAgentCardRequest, context: ServerCallContext
     ) -> AgentCard:
-        return await self._unary(
-            "GetExtendedAgentCard", self._inner.on_get_extended_agent_card(params, context)
-        )
+        method = self._inner.on_get_extended_agent_card
+        return await self._unary("GetExtendedAgentCard", method, params, context)
 
     async def on_create_task_push_notification_config(
         self, params: TaskPushNotificationConfig, context: ServerCallContext
     ) -> TaskPushNotificationConfig:
-        call = self._inner.on_create_task_push_notification_config(params, context)
-        return await self._unary("CreateTaskPushNotificationConfig", call)
+        method = self._inner.on_create_task_push_notification_config
+        return await self._unary("CreateTaskPushNotificationConfig", method, params, context)
 
     async def on_get_task_push_notification_config(
         self, params: GetTaskPushNotificationConfigRequest, context: ServerCallContext
     ) -> TaskPushNotificationConfig:
-        call = self._inner.on_get_task_push_notification_config(params, context)
-        return await self._unary("GetTaskPushNotificationConfig", call)
+        method = self._inner.on_get_task_push_notification_config
+        return await self._unary("GetTaskPushNotificationConfig", method, params, context)
 
     async def on_list_task_push_notification_configs(
         self, params: ListTaskPushNotificationConfigsRequest, context: ServerCallContext
     ) -> ListTaskPushNotificationConfigsResponse:
-        call = self._inner.on_list_task_push_notification_configs(params, context)
-        return await self._unary("ListTaskPushNotificationConfigs", call)
+        method = self._inner.on_list_task_push_notification_configs
+        return await self._unary("ListTaskPushNotificationConfigs", method, params, context)
 
     async def on_delete_task_push_notification_config(
         self, params: DeleteTaskPushNotificationConfigRequest, context: ServerCallContext
     ) -> None:
-        call = self._inner.on_delete_task_push_notification_config(params, context)
-        await self._unary("DeleteTaskPushNotificationConfig", call)
+        method = self._inner.on_delete_task_push_notification_config
+        await self._unary("DeleteTaskPushNotificationConfig", method, params, context)
 
 
 class _Undecodable:
