@@ -155,6 +155,8 @@ async def test_a_non_blocking_send_returns_before_the_agent_answers(hub: Hub, cl
                 TaskState.TASK_STATE_WORKING,
             )
             assert await until(lambda: gate.started == ["quick?"])
+            # Held by the agent, the task is working, and stays so until the gate opens.
+            await state_becomes(client, "gated", response.task.id, TaskState.TASK_STATE_WORKING)
             held = await a2a.get_task(GetTaskRequest(id=response.task.id))
             assert held.status.state == TaskState.TASK_STATE_WORKING
             gate.open()
