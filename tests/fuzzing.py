@@ -185,6 +185,9 @@ NASTY_TEXT = [
 ]  # fmt: skip
 texts = st.one_of(st.text(max_size=30), st.sampled_from(NASTY_TEXT), st.text(min_size=100, max_size=600))
 VERSIONS = ["1.0", "1.0", "1.0", None, "2.0", "0.3", "1", "x" * 300, ""]
+HEADERS = ["agenthub-sender", "agenthub-parent-task", "traceparent", "authorization"]
+HEADER_VALUES = ["", "user", AGENT, "x" * 4000, "00-zz-zz-01", "00-" + "0" * 32 + "-" + "0" * 16 + "-00",
+                 "no-such-task", "' OR 1=1 --", "%", "Bearer x"]  # fmt: skip
 INT_EDGES = [0, 1, -1, 2**31 - 1, -(2**31), 2**53, 2**63 - 1, -(2**63), 10**15]
 
 
@@ -270,19 +273,24 @@ class GrpcCase:
     method: MethodDescriptor
     payload: bytes
     version: str | None
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @st.composite
 def grpc_cases(draw: st.DrawFn) -> GrpcCase:
-    """A garbled protobuf request to any method of the hub's services, or raw random bytes."""
+    """A garbled protobuf request to any method of the hub's services, or raw random bytes, with
+    odd metadata the hub reads (sender, parent task, trace context)."""
     method = draw(st.sampled_from(METHODS))
     version = draw(st.sampled_from(VERSIONS))
+    headers = tuple(
+        draw(st.lists(st.tuples(st.sampled_from(HEADERS), st.sampled_from(HEADER_VALUES)), max_size=2))
+    )
     if draw(st.integers(0, 4)) == 0:
-        return GrpcCase(method, draw(st.binary(max_size=200)), version)
+        return GrpcCase(method, draw(st.binary(max_size=200)), version, headers)
     if method.name in ("SendMessage", "SendStreamingMessage") and draw(st.booleans()):
-        return GrpcCase(method, draw(sends()).SerializeToString(), version)
+        return GrpcCase(method, draw(sends()).SerializeToString(), version, headers)
     request = _aimed(method, draw(messages(method.input_type)))
-    return GrpcCase(method, request.SerializeToString(), version)
+    return GrpcCase(method, request.SerializeToString(), version, headers)
 
 
 @st.composite
@@ -412,7 +420,7 @@ def rest_cases(draw: st.DrawFn) -> HttpCase:
 def grpc_call(channel: grpc.Channel, case: GrpcCase) -> Answer:
     """Send raw request bytes to a gRPC method; the status and everything the server said."""
     method, payload, head = case.method, case.payload, "grpc"
-    metadata = (("a2a-version", case.version),) if case.version else None
+    metadata = ((("a2a-version", case.version),) if case.version else ()) + case.headers
     path = f"/{method.containing_service.full_name}/{method.name}"
     identity: Callable[[bytes], bytes] = lambda data: data  # noqa: E731
     texts_seen: list[str] = []
