@@ -40,6 +40,15 @@ _UNREACHABLE_HTTP = re.compile(r"Network communication error|HTTP Error (502|503
 Metadata = tuple[tuple[str, str], ...]
 
 
+_CLASS_NAME = re.compile(r"(Unexpected )?<class '[\w.]+'>:?\s*")
+
+
+def _without_class_names(details: str) -> str:
+    """An agent's error text without the Python class names some servers put in it (a reason we
+    record and show must not leak an agent's internals)."""
+    return _CLASS_NAME.sub("", details).strip() or "the agent failed"
+
+
 class AgentCallFailed(Exception):
     """A call to an agent failed; `transient` says whether another attempt may succeed, and
     `unreachable` whether the agent itself is not there (down, restarting), not this request."""
@@ -80,7 +89,7 @@ class GrpcConnection(Connection):
             async for event in call:
                 yield event
         except grpc.aio.AioRpcError as exc:
-            message = f"{exc.code().name}: {exc.details()}"
+            message = f"{exc.code().name}: {_without_class_names(exc.details() or '')}"
             raise AgentCallFailed(
                 message,
                 transient=exc.code() in TRANSIENT_GRPC,

@@ -251,14 +251,15 @@ class HubRequestHandler(RequestHandler):
                 )
 
     def _route(self, params: Any, context: ServerCallContext) -> str:
-        """The agent a request names (its `tenant`, or the agent in the URL of an HTTP head), after
-        checking the A2A-Version it asks for: absent means current, another major is refused."""
+        """The agent a request names, after checking the A2A-Version it asks for (absent means
+        current, another major is refused). On an HTTP head the agent in the URL decides, whatever
+        `tenant` the body or query names; on gRPC it is the request's `tenant`."""
         version = _header(context, VERSION_HEADER.lower())
         if version and version.split(".")[0] != PROTOCOL_VERSION_CURRENT.split(".")[0]:
             raise VersionNotSupportedError(
                 f"A2A version {version!r} is not supported; this hub speaks {PROTOCOL_VERSION_CURRENT}"
             )
-        return str(getattr(params, "tenant", "") or context.state.get(PATH_AGENT, "") or context.tenant)
+        return str(context.state.get(PATH_AGENT, "") or getattr(params, "tenant", "") or context.tenant)
 
     def _agent_name(self, tenant: str) -> str:
         name = tenant or self._settings.default_agent

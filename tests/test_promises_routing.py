@@ -130,6 +130,8 @@ async def test_a_failing_agent_gets_exactly_max_attempts_calls_then_the_dead_let
         task = await client.send("flaky", "poison")
         assert isinstance(task, Task) and task.status.state == TaskState.TASK_STATE_FAILED
         assert agent.poisoned == 4
+        reason = task.status.message.parts[0].text
+        assert "failed 4 attempts" in reason and "<class" not in reason  # no Python internals leak
         dlq = op.Selection(topics=[f"{hub.settings.topic_prefix}.dlq.flaky"])
         dead = [e.record async for e in client.replay(dlq) if e.HasField("record")]
         assert len(dead) == 1 and task.id in dead[0].envelope_json
