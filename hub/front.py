@@ -49,7 +49,6 @@ from a2a.utils.errors import (
 )
 
 from agenthub.hub import envelopes, task_events, validation
-from agenthub.hub.cards import CardPublisher
 from agenthub.hub.config import HubSettings
 from agenthub.hub.log._base import Log, Record
 from agenthub.hub.loops import Readiness, describe
@@ -82,7 +81,6 @@ class HubRequestHandler(RequestHandler):
         recorder: the local recorder (read-your-writes waits).
         replies: this instance's reply router.
         settings: hub settings.
-        cards: publishes agents' cards with this hub's interfaces.
         push: push-notification configs (the hub notifies webhooks for every agent).
         readiness: what is down (a caller waiting while the log is down is told so).
     """
@@ -95,12 +93,10 @@ class HubRequestHandler(RequestHandler):
         recorder: Recorder,
         replies: ReplyRouter,
         settings: HubSettings,
-        cards: CardPublisher,
         push: PushConfigs,
         readiness: Readiness | None = None,
     ) -> None:
         self._log = log
-        self._cards = cards
         self._push = push
         self._registry = registry
         self._store = store

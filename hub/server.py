@@ -165,7 +165,6 @@ class Hub(Lifecycle):
             self.recorder,
             self.replies,
             settings,
-            self.cards,
             self.push,
             self.readiness,
         )
