@@ -21,24 +21,24 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from agenthub.hub.cards import CardPublisher
 from agenthub.hub.config import HubSettings
-from agenthub.hub.dispatcher import Dispatcher
-from agenthub.hub.front import HubRequestHandler
-from agenthub.hub.guard import GuardInterceptor
-from agenthub.hub.http import http_app
+from agenthub.hub.heads.cards import CardPublisher
+from agenthub.hub.heads.front import HubRequestHandler
+from agenthub.hub.heads.guard import GuardInterceptor
+from agenthub.hub.heads.http import http_app
+from agenthub.hub.heads.services import HubGrpcHandler, RegistryServicer, ThreadServicer
 from agenthub.hub.log._base import Lifecycle, Log
 from agenthub.hub.loops import Readiness
-from agenthub.hub.operator import Operator
-from agenthub.hub.operator_service import OperatorServicer
-from agenthub.hub.push import Notifier, PushConfigs
-from agenthub.hub.recorder import Recorder
-from agenthub.hub.registry import Registry
-from agenthub.hub.replies import ReplyRouter
-from agenthub.hub.services import HubGrpcHandler, RegistryServicer, ThreadServicer
+from agenthub.hub.operators.operator import Operator
+from agenthub.hub.operators.service import OperatorServicer
+from agenthub.hub.push.notifier import Notifier, PushConfigs
+from agenthub.hub.recording.recorder import Recorder
+from agenthub.hub.routing.dispatcher import Dispatcher
+from agenthub.hub.routing.registry import Registry
+from agenthub.hub.routing.replies import ReplyRouter
+from agenthub.hub.routing.watchdog import Watchdog
 from agenthub.hub.threads._base import ThreadStore
 from agenthub.hub.topics import Topics
-from agenthub.hub.watchdog import Watchdog
 from agenthub.sdk._aio import cancel_and_wait
 from agenthub.sdk.errors import ConfigError
 from agenthub.sdk.pb import (

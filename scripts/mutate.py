@@ -32,16 +32,18 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # The core modules (hub/...), and the test files that exercise each one quickly.
 MODULES: dict[str, tuple[list[str], list[str]]] = {
-    "front": (["hub/front.py"], ["test_isolation.py", "test_bindings.py", "test_failures.py",
+    "front": (["hub/heads/front.py"], ["test_isolation.py", "test_bindings.py", "test_failures.py",
                                  "test_subscribe.py", "test_promises_routing.py"]),
-    "dispatcher": (["hub/dispatcher.py"], ["test_promises_routing.py", "test_delivery.py",
+    "dispatcher": (["hub/routing/dispatcher.py"], ["test_promises_routing.py", "test_delivery.py",
                                            "test_failures.py"]),
-    "recorder": (["hub/recorder.py"], ["test_delivery.py", "test_operators.py", "test_a2a_e2e.py"]),
-    "projection": (["hub/projection.py"], ["test_projection.py", "test_operators.py", "test_a2a_e2e.py"]),
+    "recorder": (["hub/recording/recorder.py"], ["test_delivery.py", "test_operators.py", "test_a2a_e2e.py"]),
+    "projection": (["hub/recording/projection.py"],
+                   ["test_projection.py", "test_operators.py", "test_a2a_e2e.py"]),
     "log": (["hub/log/_base.py", "hub/log/embedded.py"], ["test_delivery.py", "test_operators.py"]),
-    "registry": (["hub/registry.py"], ["test_cards.py", "test_register_url.py", "test_promises_routing.py"]),
-    "push": (["hub/push.py"], ["test_push.py"]),
-    "cards": (["hub/cards.py"], ["test_cards.py", "test_bindings.py"]),
+    "registry": (["hub/routing/registry.py"],
+                 ["test_cards.py", "test_register_url.py", "test_promises_routing.py"]),
+    "push": (["hub/push/notifier.py"], ["test_push.py"]),
+    "cards": (["hub/heads/cards.py"], ["test_cards.py", "test_bindings.py"]),
 }  # fmt: skip
 PACKAGES = {"hub": "hub", "sdk": "sdk", "agents": "agents"}  # agenthub.<name> <- folder
 

@@ -14,9 +14,9 @@ import pytest
 import typer
 import typer.core
 
-from agenthub.hub.cli import app, backend_args
+from agenthub.hub.cli.app import app, backend_args
+from agenthub.hub.cli.up import Supervisor
 from agenthub.hub.server import Hub, free_port
-from agenthub.hub.supervisor import Supervisor
 from agenthub.sdk import Agent, HubClient
 from agenthub.sdk.pb import operator_pb2 as op
 from tests.conftest import eventually

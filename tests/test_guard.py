@@ -19,14 +19,14 @@ from a2a.server.request_handlers import RequestHandler
 from a2a.types import GetTaskRequest, a2a_pb2_grpc
 from structlog.testing import capture_logs
 
-from agenthub.hub.cards import CardPublisher
 from agenthub.hub.config import HubSettings
-from agenthub.hub.guard import GuardInterceptor
-from agenthub.hub.http import http_app
+from agenthub.hub.heads.cards import CardPublisher
+from agenthub.hub.heads.guard import GuardInterceptor
+from agenthub.hub.heads.http import http_app
+from agenthub.hub.heads.services import HubGrpcHandler, RegistryServicer
 from agenthub.hub.log.embedded import EmbeddedLog
-from agenthub.hub.registry import Registry
+from agenthub.hub.routing.registry import Registry
 from agenthub.hub.server import free_port
-from agenthub.hub.services import HubGrpcHandler, RegistryServicer
 from agenthub.hub.topics import Topics
 from agenthub.sdk.pb import registry_pb2, registry_pb2_grpc
 

@@ -19,9 +19,10 @@ from a2a.types import (
 )
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from agenthub.hub import content, envelopes, task_events
+from agenthub.hub import envelopes, task_events
 from agenthub.hub.log._base import Record
-from agenthub.hub.projection import project
+from agenthub.hub.recording import content
+from agenthub.hub.recording.projection import project
 from agenthub.hub.threads.sqlite import SqliteThreadStore
 from agenthub.sdk.pb.envelope_pb2 import Envelope, Kind
 

@@ -9,7 +9,7 @@ import json
 import pytest
 from a2a.types import Message
 
-from agenthub.hub import content
+from agenthub.hub.recording import content
 from agenthub.hub.server import Hub
 from agenthub.sdk import HubClient
 from agenthub.sdk.pb import threads_pb2 as thr

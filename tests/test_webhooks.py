@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from agenthub.hub.webhooks import shown, url_problem
+from agenthub.hub.push.webhooks import shown, url_problem
 
 
 @pytest.mark.parametrize(

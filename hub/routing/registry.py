@@ -19,12 +19,12 @@ from google.protobuf.json_format import MessageToJson, ParseDict, ParseError
 from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from agenthub.hub.connections import GRPC, is_up
-from agenthub.hub.discovery import discover
+from agenthub.hub.heads.validation import json_object
 from agenthub.hub.log._base import Consumer, Lifecycle, Log
 from agenthub.hub.loops import Readiness, SupervisedLoop
+from agenthub.hub.routing.connections import GRPC, is_up
+from agenthub.hub.routing.discovery import discover
 from agenthub.hub.topics import Topics
-from agenthub.hub.validation import json_object
 from agenthub.sdk.errors import AgentNotFound, InvalidRequest
 from agenthub.sdk.pb.registry_pb2 import AgentChange, AgentRecord
 

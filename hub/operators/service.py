@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from agenthub.hub import validation
-from agenthub.hub.operator import Operator
+from agenthub.hub.heads import validation
+from agenthub.hub.operators.operator import Operator
 from agenthub.sdk.pb import operator_pb2 as op
 from agenthub.sdk.pb import operator_pb2_grpc
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from a2a.types import Artifact, Message, Role, SendMessageRequest, StreamResponse, Task, TaskState, TaskStatus
 
-from agenthub.hub import content, envelopes
+from agenthub.hub import envelopes
 from agenthub.hub.log._base import Record
+from agenthub.hub.recording import content
 from agenthub.hub.threads._base import ArtifactRow, MessageRow, Projection, StatusRow, TaskRow
 from agenthub.sdk.pb.envelope_pb2 import Envelope, Kind
 

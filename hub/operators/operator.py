@@ -18,8 +18,8 @@ from google.protobuf.message import DecodeError
 
 from agenthub.hub import envelopes
 from agenthub.hub.log._base import Log, Record, TopicPartition
-from agenthub.hub.recorder import record_batch
-from agenthub.hub.registry import Registry
+from agenthub.hub.recording.recorder import record_batch
+from agenthub.hub.routing.registry import Registry
 from agenthub.hub.threads._base import ThreadStore
 from agenthub.hub.topics import Topics
 from agenthub.sdk.errors import InvalidRequest, TopicNotFound

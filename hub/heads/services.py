@@ -1,8 +1,8 @@
 """The hub's own gRPC services (registry, threads) and the A2A gRPC adapter with AgentHub's error table.
 
-Servicers raise AgentHub errors and let them go: the server's `GuardInterceptor` (hub/guard.py)
+Servicers raise AgentHub errors and let them go: the server's `GuardInterceptor` (hub/heads/guard.py)
 ends each call with the error's status from the one table, and turns anything unexpected into a
-logged, generic INTERNAL. Client input is checked here with `agenthub.hub.validation`.
+logged, generic INTERNAL. Client input is checked here with `agenthub.hub.heads.validation`.
 """
 
 from __future__ import annotations
@@ -15,11 +15,13 @@ from a2a.types import TaskState
 from a2a.utils.errors import A2AError
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from agenthub.hub import export, thread_view, validation
-from agenthub.hub.front import ID
-from agenthub.hub.guard import GuardedHandler, abort
-from agenthub.hub.operator import Operator
-from agenthub.hub.registry import Registry
+from agenthub.hub.heads import validation
+from agenthub.hub.heads.front import ID
+from agenthub.hub.heads.guard import GuardedHandler, abort
+from agenthub.hub.operators import export
+from agenthub.hub.operators.operator import Operator
+from agenthub.hub.recording import thread_view
+from agenthub.hub.routing.registry import Registry
 from agenthub.hub.threads._base import (
     MessageRow,
     StatusRow,

@@ -13,8 +13,8 @@ from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 
-from agenthub.hub.operator import Counter, Operator, replayed
-from agenthub.hub.registry import Registry
+from agenthub.hub.operators.operator import Counter, Operator, replayed
+from agenthub.hub.routing.registry import Registry
 from agenthub.hub.threads._base import ArtifactRow, MessageRow, TaskRow, ThreadFilter, ThreadStore
 from agenthub.sdk.errors import ThreadNotFound
 from agenthub.sdk.pb import operator_pb2 as op

@@ -23,13 +23,13 @@ from a2a.types import SendMessageRequest, StreamResponse, TaskState
 from google.protobuf.message import DecodeError
 
 from agenthub.hub import envelopes, task_events
-from agenthub.hub.breaker import Breaker
 from agenthub.hub.config import HubSettings
-from agenthub.hub.connections import AgentCallFailed, Connections, is_up
 from agenthub.hub.log._base import Consumer, Lifecycle, Log, Record, TopicPartition
 from agenthub.hub.loops import Backoff, Readiness, SupervisedLoop, describe, retry_until_ok
-from agenthub.hub.offsets import OffsetTracker
-from agenthub.hub.registry import Registry
+from agenthub.hub.routing.breaker import Breaker
+from agenthub.hub.routing.connections import AgentCallFailed, Connections, is_up
+from agenthub.hub.routing.offsets import OffsetTracker
+from agenthub.hub.routing.registry import Registry
 from agenthub.hub.topics import Topics
 from agenthub.sdk.pb.envelope_pb2 import Envelope, Kind
 

@@ -20,7 +20,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from pydantic import ValidationError
 
-from agenthub.hub import render
+from agenthub.hub.cli import render
 from agenthub.sdk.errors import AgentHubError, ConfigError, InvalidRequest, status_of
 from agenthub.sdk.pb import operator_pb2 as op
 from agenthub.sdk.pb import threads_pb2 as thr
@@ -174,7 +174,7 @@ def up(
     """Start the hub, the offline model and the reference agents; Ctrl-C stops them all.
 
     The backend options are those of `serve`, passed to the hub process as they are."""
-    from agenthub.hub.supervisor import Supervisor
+    from agenthub.hub.cli.up import Supervisor
     from agenthub.sdk import offline
 
     backend = {"log": log, "bootstrap": bootstrap, "threads_url": threads_url, "default_agent": default_agent}
@@ -321,7 +321,7 @@ def thread_filter(
     agent: str, state: str, search: str, since: str, start: str, end: str
 ) -> thr.ListThreadsRequest:
     """The listing request the filter options ask for."""
-    from agenthub.hub import timespec
+    from agenthub.hub.cli import timespec
 
     request = thr.ListThreadsRequest(agent=agent, text=search)
     if state:
@@ -463,7 +463,7 @@ def replay(
 
     Records are printed as JSON lines either way; with `--json`, `--stats` prints its figures as
     JSON and a rebuild or re-drive prints its final progress as JSON instead of a progress bar."""
-    from agenthub.hub import replaying, timespec
+    from agenthub.hub.cli import replaying, timespec
     from agenthub.sdk import HubClient
 
     if rebuild_threads and redrive:

@@ -48,16 +48,17 @@ from a2a.utils.errors import (
     VersionNotSupportedError,
 )
 
-from agenthub.hub import envelopes, task_events, validation
+from agenthub.hub import envelopes, task_events
 from agenthub.hub.config import HubSettings
+from agenthub.hub.heads import validation
+from agenthub.hub.heads.resends import Resends
+from agenthub.hub.heads.task_view import TaskView, shaped
 from agenthub.hub.log._base import Log, Record
 from agenthub.hub.loops import Readiness, describe
-from agenthub.hub.push import PushConfigs
-from agenthub.hub.recorder import Recorder
-from agenthub.hub.registry import Registry
-from agenthub.hub.replies import ReplyRouter, Waiter
-from agenthub.hub.resends import Resends
-from agenthub.hub.task_view import TaskView, shaped
+from agenthub.hub.push.notifier import PushConfigs
+from agenthub.hub.recording.recorder import Recorder
+from agenthub.hub.routing.registry import Registry
+from agenthub.hub.routing.replies import ReplyRouter, Waiter
 from agenthub.hub.threads._base import TaskRow, ThreadStore
 from agenthub.hub.threads.outage import store_read
 from agenthub.hub.topics import Topics

@@ -10,7 +10,7 @@ from __future__ import annotations
 from a2a.types import Task, TaskState, TaskStatus
 
 from agenthub.hub.log._base import Record
-from agenthub.hub.projection import project
+from agenthub.hub.recording.projection import project
 from agenthub.hub.threads._base import TaskRow
 from agenthub.sdk.pb.envelope_pb2 import Envelope
 

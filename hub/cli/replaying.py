@@ -12,7 +12,7 @@ from types import TracebackType
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from agenthub.hub.export import replay_json
+from agenthub.hub.operators.export import replay_json
 from agenthub.sdk.pb import operator_pb2 as op
 
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)

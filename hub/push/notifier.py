@@ -4,7 +4,7 @@ Configs (A2A `TaskPushNotificationConfig`, per task) live in the compacted topic
 keyed `<task id>/<config id>` (empty value = deleted), so they survive restarts and every instance
 sees them; a URL that can never work is refused when a config is created. The `Notifier` reads the
 reply topics as its own consumer group and hands each task update to the queue of each of the
-task's webhooks (hub/webhooks.py), which POSTs them in log order, retrying with backoff; every
+task's webhooks (hub/push/webhooks.py), which POSTs them in log order, retrying with backoff; every
 attempt is recorded in `<prefix>.push-attempts`. It never sits on the routing path: a webhook that
 is down delays only its own notifications, never a message, the thread or another webhook. Both
 loops are supervised: nothing a record or a webhook does can stop them.
@@ -25,9 +25,9 @@ from google.protobuf.message import DecodeError
 from agenthub.hub import envelopes
 from agenthub.hub.log._base import Consumer, Lifecycle, Log, Record, TopicPartition
 from agenthub.hub.loops import Readiness, SupervisedLoop, describe, retry_until_ok
-from agenthub.hub.offsets import OffsetTracker
+from agenthub.hub.push.webhooks import Poster, Update, Webhook, url_problem
+from agenthub.hub.routing.offsets import OffsetTracker
 from agenthub.hub.topics import Topics
-from agenthub.hub.webhooks import Poster, Update, Webhook, url_problem
 from agenthub.sdk.errors import InvalidRequest
 from agenthub.sdk.pb.envelope_pb2 import Kind
 

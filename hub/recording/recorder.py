@@ -21,7 +21,7 @@ from google.protobuf.message import DecodeError
 from agenthub.hub import envelopes
 from agenthub.hub.log._base import Consumer, Lifecycle, Log, Record, TopicPartition
 from agenthub.hub.loops import Readiness, SupervisedLoop, describe, retry_until_ok
-from agenthub.hub.projection import project
+from agenthub.hub.recording.projection import project
 from agenthub.hub.threads._base import Projection, ThreadStore
 from agenthub.hub.threads.outage import STORE_OUTAGES
 from agenthub.hub.topics import Topics

@@ -24,10 +24,10 @@ import structlog
 from a2a.types import Message, Role
 from google.protobuf.json_format import Parse
 
-from agenthub.hub import content
-from agenthub.hub.recorder import Recorder
-from agenthub.hub.replies import Reply, Waiter
-from agenthub.hub.task_view import TaskView
+from agenthub.hub.heads.task_view import TaskView
+from agenthub.hub.recording import content
+from agenthub.hub.recording.recorder import Recorder
+from agenthub.hub.routing.replies import Reply, Waiter
 from agenthub.hub.threads._base import MessageRow, ThreadStore
 from agenthub.hub.threads.outage import STORE_OUTAGES
 from agenthub.sdk.errors import InvalidRequest

@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
-from agenthub.hub import content
+from agenthub.hub.recording import content
 from agenthub.sdk.pb import operator_pb2 as op
 from agenthub.sdk.pb import registry_pb2 as reg
 from agenthub.sdk.pb import threads_pb2 as thr

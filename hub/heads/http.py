@@ -41,10 +41,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agenthub.hub.cards import CardPublisher, etag
-from agenthub.hub.front import PATH_AGENT
-from agenthub.hub.guard import GuardedHandler
-from agenthub.hub.registry import Registry
+from agenthub.hub.heads.cards import CardPublisher, etag
+from agenthub.hub.heads.front import PATH_AGENT
+from agenthub.hub.heads.guard import GuardedHandler
+from agenthub.hub.routing.registry import Registry
 from agenthub.sdk.errors import STATUS
 
 CARD_MAX_AGE_S = 60

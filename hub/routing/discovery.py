@@ -12,7 +12,7 @@ from a2a.types import AgentCard
 from a2a.utils.constants import AGENT_CARD_WELL_KNOWN_PATH
 from google.protobuf.json_format import ParseDict, ParseError
 
-from agenthub.hub.connections import GRPC, PREFERENCE
+from agenthub.hub.routing.connections import GRPC, PREFERENCE
 from agenthub.sdk.errors import AgentUnavailable, InvalidRequest
 
 

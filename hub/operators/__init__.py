@@ -1,0 +1,1 @@
+"""What operators do with the log: replay, rebuild, re-drive, stats, export."""

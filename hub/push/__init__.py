@@ -1,0 +1,1 @@
+"""Push notifications: configs and the notifier that POSTs task updates to webhooks."""

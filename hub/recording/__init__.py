@@ -1,0 +1,1 @@
+"""How the log becomes threads: the recorder and the projection it applies."""

@@ -1,0 +1,1 @@
+"""How a request reaches its agent: registry, dispatcher, connections, retries, replies."""
