@@ -31,6 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests package: drill machinery
 
+from agenthub.sdk.logs import configure_logging
 from tests import drill_runs
 from tests.broker import start_tansu
 from tests.drill_runs import Run
@@ -105,6 +106,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the figures as JSON lines")
     parser.add_argument("--keep", type=Path, help="run in a new folder under KEEP and leave it there (logs)")
     args = parser.parse_args()
+    configure_logging()  # the log lines of hubs run in this process go to stderr, the figures to stdout
     clean = True
     for name in DRILLS if args.drill == "all" else [args.drill]:
         for backend in [args.log] if args.log else DRILLS[name][1][: 1 if args.drill != "all" else None]:

@@ -42,7 +42,7 @@ from tests.drills import (
     rebuild_would_write,
     wait_serving,
 )
-from tests.ledger_agent import ANSWER
+from tests.ledger_agent import ANSWER, in_flight
 from tests.postgres import PostgresCluster
 from tests.processes import AgentProcess, HubProcess
 
@@ -129,8 +129,8 @@ async def _outage(
     hub, loads = rig.hub, [rig.load]
     async with Watch(hub.address, hub.http_url, rig.load if probe_get_task else None) as watch:
         await _warm_up(rig.load, timing.warmup_s)
-        fault_at = time.monotonic()
         await fault()
+        fault_at = time.monotonic()  # the part is down from here
         if newcomers:
             loads.append(Load(hub.address, hub.http_url, AGENT, senders=newcomers, tag="outage"))
             await loads[-1].start()
@@ -273,6 +273,7 @@ async def poison_records(
                 if not poisoned:
                     await agent.start()
                     poisoned = await _poison(hub.log, topics, settings.instance_id)
+                await wait_serving(hub.address, 60)
                 load = Load(hub.address, hub.http_url, AGENT, senders=senders, tag=phase.split()[0])
                 await load.start()
                 await asyncio.sleep(load_s)
@@ -337,8 +338,18 @@ async def agent_restart(
     """The agent SIGKILLed with ~`senders` requests in flight, restarted on its port after `outage_s`."""
     settings = settings_for(workdir / "hub", **log_settings)
     async with _running(settings, workdir, senders, delay=1.0) as rig:
+        agent = rig.agent
+
+        async def kill_mid_call() -> None:  # the moment the agent holds half the senders' requests
+            await eventually(lambda: _holds(agent, senders // 2), timeout=30, interval=0.02)
+            await agent.kill()
+
         timing = timing or Timing(outage_s=3.0)
-        return await _outage(rig, "agent restart", rig.agent.kill, rig.agent.start, timing)
+        return await _outage(rig, "agent restart", kill_mid_call, agent.start, timing)
+
+
+async def _holds(agent: AgentProcess, requests: int) -> bool:
+    return in_flight(agent.ledger) >= requests
 
 
 # ---- 5. the hub restarted -----------------------------------------------------------------------

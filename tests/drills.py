@@ -210,9 +210,6 @@ class Load:
             sent.state, sent.ended_at, sent.read_back = task.status.state, time.monotonic() - ended_ago, True
             sent.answer = task.status.message.parts[0].text if task.status.message.parts else ""
 
-    def accepted_before(self, moment: float) -> list[Sent]:
-        return [s for s in self.sent if s.accepted and s.sent_at < moment]
-
     def dump(self, path: Path, origin: float) -> None:
         """Every request as a JSON line (times in seconds from `origin`), for a look afterwards."""
         with path.open("a") as out:

@@ -47,6 +47,16 @@ def read_ledger(ledger: Path) -> list[tuple[int, str, str]]:
     return out
 
 
+def in_flight(ledger: Path) -> int:
+    """How many requests the agent holds right now: delivered to its current process, not finished."""
+    lines = read_ledger(ledger)
+    if not lines:
+        return 0
+    current = lines[-1][0]
+    delivered = sum(1 for pid, what, _ in lines if pid == current and what == "deliver")
+    return delivered - sum(1 for pid, what, _ in lines if pid == current and what == "done")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--hub", required=True)
