@@ -9,6 +9,7 @@ from a2a.types import (
     Part,
     Role,
     StreamResponse,
+    Task,
     TaskState,
     TaskStatus,
     TaskStatusUpdateEvent,
@@ -25,6 +26,8 @@ TERMINAL = frozenset(
     }
 )
 INTERRUPTED = frozenset({TaskState.TASK_STATE_INPUT_REQUIRED, TaskState.TASK_STATE_AUTH_REQUIRED})
+AGENT_TASK_ID = "agenthub_agent_task_id"  # task metadata: the agent's own id for the hub's task
+AGENT_CONTEXT_ID = "agenthub_agent_context_id"  # task metadata: the agent's own context id for it
 
 
 def state_of(event: StreamResponse) -> TaskState | None:
@@ -61,6 +64,32 @@ def status_event(task_id: str, context_id: str, state: TaskState, text: str = ""
     return StreamResponse(
         status_update=TaskStatusUpdateEvent(task_id=task_id, context_id=context_id, status=status)
     )
+
+
+def ids_of(event: StreamResponse) -> tuple[str, str]:
+    """The task and context ids an event names (the agent's own, before `retarget`); "" if none."""
+    kind = event.WhichOneof("payload")
+    if kind == "task":
+        return event.task.id, event.task.context_id
+    if kind is None:
+        return "", ""
+    target = getattr(event, kind)
+    return target.task_id, target.context_id
+
+
+def keep_agent_ids(task: Task, agent_task_id: str, agent_context_id: str) -> None:
+    """Note on the hub's task the ids its agent knows it by (those given; the last ones win)."""
+    for key, value in ((AGENT_TASK_ID, agent_task_id), (AGENT_CONTEXT_ID, agent_context_id)):
+        if value:
+            task.metadata[key] = value
+
+
+def agent_ids(task: Task) -> tuple[str, str]:
+    """The agent's own (task id, context id) for the hub's task, "" where not known."""
+    fields = task.metadata.fields
+    task_id = fields[AGENT_TASK_ID].string_value if AGENT_TASK_ID in fields else ""
+    context_id = fields[AGENT_CONTEXT_ID].string_value if AGENT_CONTEXT_ID in fields else ""
+    return task_id, context_id
 
 
 def retarget(event: StreamResponse, task_id: str, context_id: str) -> StreamResponse:

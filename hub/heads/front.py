@@ -160,6 +160,7 @@ class HubRequestHandler(RequestHandler):
         message = params.message
         parent = _header(context, PARENT_HEADER)
         row: TaskRow | None = None
+        agent_task_id = agent_context_id = ""
         if message.task_id:
             row = await self._owned_task(message.task_id, agent)
             if row.task.status.state in task_events.TERMINAL:
@@ -169,6 +170,7 @@ class HubRequestHandler(RequestHandler):
             if message.context_id and message.context_id != row.context_id:
                 raise InvalidParamsError(f"task {message.task_id} belongs to context {row.context_id}")
             task_id, context_id, parent = row.task_id, row.context_id, row.parent_task_id
+            agent_task_id, agent_context_id = task_events.agent_ids(row.task)  # the agent continues its task
         else:
             task_id, context_id = envelopes.new_id(), message.context_id or envelopes.new_id()
         request = SendMessageRequest()
@@ -186,6 +188,8 @@ class HubRequestHandler(RequestHandler):
             parent_task_id=parent,
             reply_topic=self._replies.topic,
             traceparent=_header(context, "traceparent"),
+            agent_task_id=agent_task_id,
+            agent_context_id=agent_context_id,
         )
         _stamp_deadline(envelope, context)
         if params.configuration.HasField("task_push_notification_config"):  # stored before any update exists

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from a2a.types import Artifact, Message, Role, SendMessageRequest, StreamResponse, Task, TaskState, TaskStatus
 
-from agenthub.hub import envelopes
+from agenthub.hub import envelopes, task_events
 from agenthub.hub.log._base import Record
 from agenthub.hub.recording import content
 from agenthub.hub.threads._base import ArtifactRow, MessageRow, Projection, StatusRow, TaskRow
@@ -64,6 +64,7 @@ def _project_event(envelope: Envelope, record: Record, current: TaskRow | None, 
     event = envelopes.unpack(envelope, StreamResponse)
     at = envelope.created_at.ToDatetime().timestamp()
     task = current or _new_task(envelope, at, agent=envelope.sender)
+    task_events.keep_agent_ids(task.task, envelope.agent_task_id, envelope.agent_context_id)
     kind = event.WhichOneof("payload")
     if kind == "status_update":
         _apply_status(envelope, record, task, event.status_update.status, out)

@@ -338,7 +338,8 @@ class Dispatcher(Lifecycle):
         )
         async with contextlib.aclosing(events):
             async for event in events:
-                await emitter.emit(task_events.retarget(event, envelope.task_id, envelope.context_id))
+                retargeted = task_events.retarget(event, envelope.task_id, envelope.context_id)
+                await emitter.emit(retargeted, task_events.ids_of(event))
                 if task_events.ends_call(event):
                     return ""
         return f"agent {agent!r} ended its stream without a final task state"
@@ -393,14 +394,17 @@ def _time_left(envelope: Envelope) -> float:
 
 
 def _for_agent(request: SendMessageRequest, envelope: Envelope) -> SendMessageRequest:
-    """The request as the agent sees it: its own server (no tenant), hub ids in metadata."""
+    """The request as the agent sees it: its own server (no tenant), its own ids, hub ids in metadata.
+
+    A follow-up (the caller answering an input-required turn) carries the agent's own task and
+    context ids, which the front copied from the task: the agent continues the task it started.
+    Otherwise the hub's task id means nothing to the agent, and the request starts a new task.
+    """
     outgoing = SendMessageRequest()
     outgoing.CopyFrom(request)
     outgoing.tenant = ""
-    outgoing.message.context_id = envelope.context_id
-    outgoing.message.task_id = (
-        ""  # the hub's task id means nothing to the agent: each hop starts its own task
-    )
+    outgoing.message.context_id = envelope.agent_context_id or envelope.context_id
+    outgoing.message.task_id = envelope.agent_task_id
     outgoing.configuration.return_immediately = False
     outgoing.metadata.update(
         {
@@ -431,16 +435,17 @@ class _Emitter:
         """Events from now on belong to delivery attempt `attempt` (1-based)."""
         self._attempt, self._seq = attempt, 0
 
-    async def emit(self, event: StreamResponse) -> None:
-        """Produce one of the agent's events."""
+    async def emit(self, event: StreamResponse, agent_ids: tuple[str, str]) -> None:
+        """Produce one of the agent's events (already in the hub's ids), noting the agent's own
+        (task id, context id) for it in the envelope: the projection keeps them on the task."""
         self._seq += 1
-        await self._produce(event, f"attempt-{self._attempt}-event-{self._seq}")
+        await self._produce(event, f"attempt-{self._attempt}-event-{self._seq}", agent_ids)
 
     async def outcome(self, event: StreamResponse) -> None:
         """Produce the hub's own final event for the request (at most one per request)."""
         await self._produce(event, "outcome")
 
-    async def _produce(self, event: StreamResponse, name: str) -> None:
+    async def _produce(self, event: StreamResponse, name: str, agent_ids: tuple[str, str] = ("", "")) -> None:
         request = self._request
         envelope = envelopes.make(
             Kind.KIND_EVENT,
@@ -454,6 +459,8 @@ class _Emitter:
             recipient=request.sender,
             traceparent=request.traceparent,
             causation_id=request.id,
+            agent_task_id=agent_ids[0],
+            agent_context_id=agent_ids[1],
         )
         await self._dispatcher.produce(
             request.reply_topic,

@@ -27,15 +27,15 @@ from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61genthub/v1/envelope.proto\x12\x0b\x61genthub.v1\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfc\x02\n\x08\x45nvelope\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\ncontext_id\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x0e\n\x06sender\x18\x04 \x01(\t\x12\x11\n\trecipient\x18\x05 \x01(\t\x12\x16\n\x0eparent_task_id\x18\x06 \x01(\t\x12\x1f\n\x04kind\x18\x07 \x01(\x0e\x32\x11.agenthub.v1.Kind\x12\x0f\n\x07\x61ttempt\x18\x08 \x01(\x05\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x65\x61\x64line\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0btraceparent\x18\x0b \x01(\t\x12\x13\n\x0breply_topic\x18\x0c \x01(\t\x12\x14\n\x0c\x63\x61usation_id\x18\r \x01(\t\x12\r\n\x05\x65rror\x18\x0e \x01(\t\x12%\n\x07payload\x18\x0f \x01(\x0b\x32\x14.google.protobuf.Any*e\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x10\n\x0cKIND_REQUEST\x10\x01\x12\x0e\n\nKIND_EVENT\x10\x02\x12\x0f\n\x0bKIND_CANCEL\x10\x03\x12\x14\n\x10KIND_DEAD_LETTER\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61genthub/v1/envelope.proto\x12\x0b\x61genthub.v1\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xad\x03\n\x08\x45nvelope\x12\n\n\x02id\x18\x01 \x01(\t\x12\x12\n\ncontext_id\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x0e\n\x06sender\x18\x04 \x01(\t\x12\x11\n\trecipient\x18\x05 \x01(\t\x12\x16\n\x0eparent_task_id\x18\x06 \x01(\t\x12\x1f\n\x04kind\x18\x07 \x01(\x0e\x32\x11.agenthub.v1.Kind\x12\x0f\n\x07\x61ttempt\x18\x08 \x01(\x05\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x65\x61\x64line\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0btraceparent\x18\x0b \x01(\t\x12\x13\n\x0breply_topic\x18\x0c \x01(\t\x12\x14\n\x0c\x63\x61usation_id\x18\r \x01(\t\x12\r\n\x05\x65rror\x18\x0e \x01(\t\x12%\n\x07payload\x18\x0f \x01(\x0b\x32\x14.google.protobuf.Any\x12\x15\n\ragent_task_id\x18\x10 \x01(\t\x12\x18\n\x10\x61gent_context_id\x18\x11 \x01(\t*e\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x10\n\x0cKIND_REQUEST\x10\x01\x12\x0e\n\nKIND_EVENT\x10\x02\x12\x0f\n\x0bKIND_CANCEL\x10\x03\x12\x14\n\x10KIND_DEAD_LETTER\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agenthub.v1.envelope_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_KIND']._serialized_start=486
-  _globals['_KIND']._serialized_end=587
+  _globals['_KIND']._serialized_start=535
+  _globals['_KIND']._serialized_end=636
   _globals['_ENVELOPE']._serialized_start=104
-  _globals['_ENVELOPE']._serialized_end=484
+  _globals['_ENVELOPE']._serialized_end=533
 # @@protoc_insertion_point(module_scope)

@@ -25,7 +25,7 @@ KIND_CANCEL: Kind
 KIND_DEAD_LETTER: Kind
 
 class Envelope(_message.Message):
-    __slots__ = ("id", "context_id", "task_id", "sender", "recipient", "parent_task_id", "kind", "attempt", "created_at", "deadline", "traceparent", "reply_topic", "causation_id", "error", "payload")
+    __slots__ = ("id", "context_id", "task_id", "sender", "recipient", "parent_task_id", "kind", "attempt", "created_at", "deadline", "traceparent", "reply_topic", "causation_id", "error", "payload", "agent_task_id", "agent_context_id")
     ID_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
@@ -41,6 +41,8 @@ class Envelope(_message.Message):
     CAUSATION_ID_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    AGENT_TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    AGENT_CONTEXT_ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     context_id: str
     task_id: str
@@ -56,4 +58,6 @@ class Envelope(_message.Message):
     causation_id: str
     error: str
     payload: _any_pb2.Any
-    def __init__(self, id: _Optional[str] = ..., context_id: _Optional[str] = ..., task_id: _Optional[str] = ..., sender: _Optional[str] = ..., recipient: _Optional[str] = ..., parent_task_id: _Optional[str] = ..., kind: _Optional[_Union[Kind, str]] = ..., attempt: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., traceparent: _Optional[str] = ..., reply_topic: _Optional[str] = ..., causation_id: _Optional[str] = ..., error: _Optional[str] = ..., payload: _Optional[_Union[_any_pb2.Any, _Mapping]] = ...) -> None: ...
+    agent_task_id: str
+    agent_context_id: str
+    def __init__(self, id: _Optional[str] = ..., context_id: _Optional[str] = ..., task_id: _Optional[str] = ..., sender: _Optional[str] = ..., recipient: _Optional[str] = ..., parent_task_id: _Optional[str] = ..., kind: _Optional[_Union[Kind, str]] = ..., attempt: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., traceparent: _Optional[str] = ..., reply_topic: _Optional[str] = ..., causation_id: _Optional[str] = ..., error: _Optional[str] = ..., payload: _Optional[_Union[_any_pb2.Any, _Mapping]] = ..., agent_task_id: _Optional[str] = ..., agent_context_id: _Optional[str] = ...) -> None: ...
