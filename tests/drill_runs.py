@@ -151,6 +151,8 @@ async def _outage(
     notes["health_during_outage"] = sorted(readings.health_between(fault_at, repaired_at))
     notes["readyz_during_outage"] = sorted(set(readings.readyz_between(fault_at, repaired_at)))[:3]
     notes["serving_after_repair_s"] = None if serving is None else round(serving - repaired_at, 1)
+    if serving is None and readings.readyz:
+        notes["readyz_at_the_end"] = readings.readyz[-1][1:]
     return Run(figures, readings, fault_at, repaired_at, hub.log_tail(20_000))
 
 
