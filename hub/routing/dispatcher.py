@@ -61,6 +61,7 @@ class Dispatcher(Lifecycle):
         self._topics = Topics(settings.topic_prefix)
         self._lanes: dict[str, Lane] = {}
         self._running: dict[str, tuple[asyncio.Task[None], str]] = {}
+        self._agent_tasks: dict[str, str] = {}  # hub task id -> the agent's own, for running calls
         self._canceled: OrderedDict[str, None] = OrderedDict()
         self._tracker = OffsetTracker()
         self.stopping = False  # set when the hub stops: an interrupted call is not a canceled task
@@ -189,9 +190,10 @@ class Dispatcher(Lifecycle):
             return
         call, agent = running
         registered = self._registry.find(agent)
-        if registered is not None:  # tell the agent too; its call is canceled either way
+        agent_task = self._agent_tasks.get(envelope.task_id, envelope.task_id)
+        if registered is not None:  # tell the agent too, by its own task id; our call ends either way
             with contextlib.suppress(AgentCallFailed):
-                await self._connections.to(registered.record, registered.card).cancel(envelope.task_id)
+                await self._connections.to(registered.record, registered.card).cancel(agent_task)
         call.cancel()
 
     # ---- one request ---------------------------------------------------------------------
@@ -253,6 +255,7 @@ class Dispatcher(Lifecycle):
             await self.fail(lane.agent, envelope, str(exc), emitter)
         finally:
             self._running.pop(envelope.task_id, None)
+            self._agent_tasks.pop(envelope.task_id, None)
 
     async def fail(
         self, agent: str, envelope: Envelope, reason: str, emitter: _Emitter | None = None
@@ -339,7 +342,10 @@ class Dispatcher(Lifecycle):
         async with contextlib.aclosing(events):
             async for event in events:
                 retargeted = task_events.retarget(event, envelope.task_id, envelope.context_id)
-                await emitter.emit(retargeted, task_events.ids_of(event))
+                agent_ids = task_events.ids_of(event)
+                if agent_ids[0]:  # a cancel must name the task as the agent knows it
+                    self._agent_tasks[envelope.task_id] = agent_ids[0]
+                await emitter.emit(retargeted, agent_ids)
                 if task_events.ends_call(event):
                     return ""
         return f"agent {agent!r} ended its stream without a final task state"
