@@ -211,7 +211,8 @@ async def _broker(mode: str) -> AsyncIterator[tuple[str, Step, Step]]:
     """A broker the drill can take away and bring back: its bootstrap address, how to break it and
     how to repair it.
 
-    "kill": Tansu on S3 (moto), SIGKILLed and started again on its port with its data.
+    "kill": Tansu on S3 (moto), SIGKILLed and started again on its port with its data. Only for
+    small drills: Tansu 0.6.0 on S3 stops serving a partition's records past about the hundredth.
     "cut": Tansu in memory behind a `Link` that is cut (open connections reset, new ones refused,
     as with a dead broker) and restored; the broker itself keeps running with its data.
     """
