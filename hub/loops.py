@@ -68,12 +68,17 @@ class Readiness:
         """`part` is not ready until it says `up()` (e.g. a consumer group still joining)."""
         self._change(lambda: self._starting.add(part))
 
+    def is_down(self, part: str) -> bool:
+        return part in self._down
+
     def down(self, part: str, reason: str) -> None:
         if self._down.get(part, ("",))[0] != reason:
             log.warning("part not ready", part=part, reason=reason)
         self._change(lambda: self._down.__setitem__(part, (reason, time.time())))
 
     def up(self, part: str) -> None:
+        if part not in self._down and part not in self._starting:
+            return  # the common case, on hot paths: nothing to change
         if part in self._down:
             log.info("part ready again", part=part)
 

@@ -7,6 +7,7 @@ work (dispatched requests finish and commit) before the log closes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import uuid
 from pathlib import Path
@@ -28,7 +29,7 @@ from agenthub.hub.heads.guard import GuardInterceptor
 from agenthub.hub.heads.http import http_app
 from agenthub.hub.heads.services import HubGrpcHandler, RegistryServicer, ThreadServicer
 from agenthub.hub.log._base import Lifecycle, Log
-from agenthub.hub.loops import Readiness
+from agenthub.hub.loops import Readiness, SupervisedLoop
 from agenthub.hub.operators.operator import Operator
 from agenthub.hub.operators.service import OperatorServicer
 from agenthub.hub.push.notifier import Notifier, PushConfigs
@@ -188,6 +189,7 @@ class Hub(Lifecycle):
         self._health: health.aio.HealthServicer | None = None
         self._health_names: list[str] = []
         self._joining: asyncio.Task[None] | None = None
+        self._log_probe = SupervisedLoop("log-probe", self._probe_log, self.readiness)
 
     @property
     def address(self) -> str:
@@ -203,6 +205,7 @@ class Hub(Lifecycle):
                 await part.start()
                 self._started.append(part)
             self._joining = asyncio.create_task(self._until_joined(), name="hub-joining")
+            await self._log_probe.start()
             await self._start_grpc()
             await self._start_http()
         except BaseException:
@@ -256,6 +259,16 @@ class Hub(Lifecycle):
         problems = self.readiness.problems()
         return JSONResponse({"ready": not problems, "down": problems}, status_code=503 if problems else 200)
 
+    async def _probe_log(self) -> None:
+        """While the log is reported down, ask it something cheap every second; when it answers,
+        it is up again (so an idle hub becomes ready again without waiting for traffic)."""
+        while True:
+            await asyncio.sleep(1.0)
+            if self.readiness.is_down("log"):
+                with contextlib.suppress(TimeoutError, *self.log.outages):
+                    await asyncio.wait_for(self.log.list_topics(), self.settings.produce_timeout_s)
+                    self.readiness.up("log")
+
     async def _until_joined(self) -> None:
         """Ready only once this instance reads its share of the inboxes and routing topics."""
         self.readiness.starting("consumer groups")
@@ -290,6 +303,7 @@ class Hub(Lifecycle):
             self._grpc = None
         await cancel_and_wait(self._joining)
         self._joining = None
+        await self._log_probe.stop()
         while self._started:
             await self._started.pop().stop()
         log.info("hub stopped")

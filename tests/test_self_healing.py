@@ -142,8 +142,14 @@ async def test_a_send_while_the_log_refuses_writes_is_unavailable_at_once(
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "log is unavailable" in (refused.value.details() or "")
         assert "retry" in (refused.value.details() or "")
+        assert hub.readiness.is_down("log"), "readiness must say the log is down while sends are refused"
     finally:
         hub.log.produce = produce  # type: ignore[method-assign]
+
+    async def ready_again() -> bool:  # the log answers again: the probe says so, with no traffic needed
+        return hub.readiness.ready
+
+    assert await eventually(ready_again, timeout=15)
     assert await hub.log.end_offsets(inbox) == before, "nothing may be accepted"
     answer = await client.send("calculator", "2 + 2")
     assert answer.status.message.parts[0].text == "2 + 2 = 4"

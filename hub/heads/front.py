@@ -213,13 +213,16 @@ class HubRequestHandler(RequestHandler):
         (LogUnavailable: UNAVAILABLE / 503), and nothing was accepted."""
         try:
             async with asyncio.timeout(self._settings.produce_timeout_s):
-                return await self._log.produce(
+                record = await self._log.produce(
                     topic, envelope.SerializeToString(), key=key, headers=envelopes.headers(envelope)
                 )
         except (TimeoutError, *self._log.outages) as exc:
+            self._readiness.down("log", f"a send could not be written: {describe(exc)}")
             raise LogUnavailable(
                 f"the log is unavailable ({describe(exc)}); nothing was accepted: retry in a few seconds"
             ) from None
+        self._readiness.up("log")
+        return record
 
     async def _until_turn_ends(
         self, waiter: Waiter, view: TaskView | None = None

@@ -100,12 +100,16 @@ class Recorder(Lifecycle):
 
     async def settle(self, task_id: str, timeout: float = 10.0) -> None:
         """Wait until the newest record this instance knows of `task_id` is in the store (bounded)."""
+        if self._readiness.is_down("thread store"):
+            return  # the read that follows says the store is unavailable, at once
         record = self._expected.get(task_id)
         if record is not None and await self.wait_recorded(record, timeout):
             self._expected.pop(task_id, None)
 
     async def settle_all(self, timeout: float = 10.0) -> None:
         """Wait until every record this instance produced or saw is in the store (bounded)."""
+        if self._readiness.is_down("thread store"):
+            return
         latest: dict[TopicPartition, Record] = {}
         for record in self._expected.values():
             if record.offset > latest.get(record.tp, record).offset or record.tp not in latest:

@@ -361,11 +361,12 @@ class Dispatcher(Lifecycle):
         self, topic: str, value: bytes, key: bytes | None, headers: tuple[tuple[str, bytes], ...]
     ) -> None:
         """Produce until the log takes it: an outcome is never dropped for a log outage."""
+        timeout = self._settings.produce_timeout_s  # one try; a try that hangs is an outage too
         await retry_until_ok(
             "log",
-            lambda: self._log.produce(topic, value, key=key, headers=headers),
+            lambda: asyncio.wait_for(self._log.produce(topic, value, key=key, headers=headers), timeout),
             self._readiness,
-            retry_on=self._log.outages,
+            retry_on=(TimeoutError, *self._log.outages),
         )
 
     async def _dead_letter(self, agent: str, envelope: Envelope, reason: str) -> None:
