@@ -16,12 +16,13 @@ def test_commits_only_below_what_is_still_pending() -> None:
     a, b, c = record(0, 0), record(0, 1), record(1, 7)
     for r in (a, b, c):
         tracker.take(r)
-    assert tracker.committable() == {}  # nothing finished yet
+    p0, p1 = TopicPartition("t", 0), TopicPartition("t", 1)
+    assert tracker.committable() == {p0: 0, p1: 7}  # nothing done: the next to read are the first taken
     tracker.finish(b)
     assert tracker.committable() == {}  # offset 0 still pending below it
     tracker.finish(a)
     tracker.finish(c)
-    assert tracker.committable() == {TopicPartition("t", 0): 2, TopicPartition("t", 1): 8}
+    assert tracker.committable() == {p0: 2, p1: 8}
     assert tracker.committable() == {}  # idle: nothing moved since
     assert tracker.taken(a) and tracker.taken(record(0, 1)) and not tracker.taken(record(0, 2))
 
