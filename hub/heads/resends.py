@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 from collections import OrderedDict
-from collections.abc import AsyncIterator
 from typing import Any
 
 import structlog
@@ -42,10 +41,6 @@ class Answered(Waiter):
 
     def __init__(self, task_id: str) -> None:  # registered with no router: no reply comes this way
         self.task_id = task_id
-
-    async def __aiter__(self) -> AsyncIterator[Reply]:
-        return
-        yield
 
     async def next(self, timeout: float) -> Reply | None:
         return None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import structlog
 from google.protobuf.message import DecodeError
@@ -25,10 +24,6 @@ class Waiter:
         self._router = router
         self.task_id = task_id
         self.queue: asyncio.Queue[Reply] = asyncio.Queue()
-
-    async def __aiter__(self) -> AsyncIterator[Reply]:
-        while True:
-            yield await self.queue.get()
 
     async def next(self, timeout: float) -> Reply | None:
         """The next reply (None: none will come); TimeoutError after `timeout` seconds without one."""
