@@ -26,6 +26,28 @@ from tests.postgres import postgres_server
 from tests.scripted import calculator_model, triage_model
 
 BACKENDS = ["embedded", "kafka"]
+STORES = ["sqlite", "postgres"]
+# Log and store are independent layers: every test runs on each log with SQLite and on each store with
+# the embedded log. Kafka with PostgreSQL, where the two meet (hub instances sharing a store through a
+# consumer group), runs for tests marked `every_stack`.
+STACKS = [("embedded", "sqlite"), ("embedded", "postgres"), ("kafka", "sqlite")]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Parametrize `backend` and `threads_url` together (STACKS), or alone when a test needs one."""
+    fixed = {name for mark in metafunc.definition.iter_markers("parametrize") for name in _argnames(mark)}
+    names = [n for n in ("backend", "threads_url") if n in metafunc.fixturenames and n not in fixed]
+    if names == ["backend", "threads_url"]:
+        every = metafunc.definition.get_closest_marker("every_stack") is not None
+        stacks = [*STACKS, ("kafka", "postgres")] if every else STACKS
+        metafunc.parametrize(names, stacks, indirect=True, ids=[f"{b}-{s}" for b, s in stacks])
+    elif names:
+        metafunc.parametrize(names[0], BACKENDS if names[0] == "backend" else STORES, indirect=True)
+
+
+def _argnames(mark: pytest.Mark) -> list[str]:
+    names = mark.args[0]
+    return [n.strip() for n in names.split(",")] if isinstance(names, str) else list(names)
 
 
 @pytest.fixture(scope="session")
@@ -39,7 +61,7 @@ def kafka_bootstrap() -> Iterator[str]:
         yield bootstrap
 
 
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -65,7 +87,7 @@ def postgres_admin_url() -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture
 async def threads_url(request: pytest.FixtureRequest) -> AsyncIterator[str | None]:
     """The thread store: SQLite in the data dir, or a fresh database on the suite's PostgreSQL."""
     if request.param == "sqlite":

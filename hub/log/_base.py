@@ -129,5 +129,8 @@ class Log(Lifecycle, ABC):
         """The first offset whose record is at or after `timestamp_ms` (the end offset if none is)."""
 
     @abstractmethod
-    async def group_offsets(self, topics: Sequence[str]) -> dict[str, dict[TopicPartition, int]]:
-        """Every consumer group's committed next-offsets in these topics."""
+    async def group_offsets(
+        self, topics: Sequence[str], group_prefix: str
+    ) -> dict[str, dict[TopicPartition, int]]:
+        """Committed next-offsets in these topics of every consumer group named `group_prefix...`
+        (a shared cluster holds other applications' groups: they are neither asked nor shown)."""

@@ -285,11 +285,13 @@ class EmbeddedLog(Log):
         rows = await self._query(query, (tp.topic, tp.partition, timestamp_ms))
         return int(rows[0][0]) if rows and rows[0][0] is not None else self.end(tp)
 
-    async def group_offsets(self, topics: Sequence[str]) -> dict[str, dict[TopicPartition, int]]:
+    async def group_offsets(
+        self, topics: Sequence[str], group_prefix: str
+    ) -> dict[str, dict[TopicPartition, int]]:
         wanted = set(topics)
         out: dict[str, dict[TopicPartition, int]] = {}
         for (group, tp), offset in self._committed.items():
-            if tp.topic in wanted:
+            if tp.topic in wanted and group.startswith(group_prefix):
                 out.setdefault(group, {})[tp] = offset
         return out
 

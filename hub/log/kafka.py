@@ -207,15 +207,16 @@ class KafkaLog(Log):
             return int(found.offset)
         return int((await self._reader.end_offsets([theirs]))[theirs])
 
-    async def group_offsets(self, topics: Sequence[str]) -> dict[str, dict[TopicPartition, int]]:
+    async def group_offsets(
+        self, topics: Sequence[str], group_prefix: str
+    ) -> dict[str, dict[TopicPartition, int]]:
         assert self._admin is not None, "KafkaLog is not started"
         partitions = [KafkaTopicPartition(t, p) for t in topics for p in sorted(await self._partitions(t))]
-        out: dict[str, dict[TopicPartition, int]] = {}
-        for group, *_ in await self._admin.list_consumer_groups():
-            committed = await self._committed(group, partitions)
-            if committed:
-                out[group] = committed
-        return out
+        groups = sorted(
+            {group for group, *_ in await self._admin.list_consumer_groups() if group.startswith(group_prefix)}
+        )
+        commits = await asyncio.gather(*(self._committed(group, partitions) for group in groups))
+        return {group: committed for group, committed in zip(groups, commits, strict=True) if committed}
 
     async def _committed(
         self, group: str, partitions: list[KafkaTopicPartition]

@@ -234,7 +234,7 @@ class Operator:
             for n, p in (await self._log.list_topics()).items()
             if n.startswith(f"{self._topics.prefix}.")
         }
-        groups = await self._log.group_offsets(list(topics))
+        groups = await self._log.group_offsets(list(topics), group_prefix=f"{self._topics.prefix}.")
         out = op.TopicStatsResponse()
         for name, partitions in sorted(topics.items()):
             ends = await self._log.end_offsets(name)
