@@ -212,9 +212,8 @@ class KafkaLog(Log):
     ) -> dict[str, dict[TopicPartition, int]]:
         assert self._admin is not None, "KafkaLog is not started"
         partitions = [KafkaTopicPartition(t, p) for t in topics for p in sorted(await self._partitions(t))]
-        groups = sorted(
-            {group for group, *_ in await self._admin.list_consumer_groups() if group.startswith(group_prefix)}
-        )
+        listed = await self._admin.list_consumer_groups()
+        groups = sorted({group for group, *_ in listed if group.startswith(group_prefix)})
         commits = await asyncio.gather(*(self._committed(group, partitions) for group in groups))
         return {group: committed for group, committed in zip(groups, commits, strict=True) if committed}
 
