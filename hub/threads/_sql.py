@@ -1,20 +1,22 @@
 """The thread store written once in portable SQL; SQLite and PostgreSQL only supply a driver.
 
 Queries use `?` placeholders and only what both databases understand; the few differences
-(string aggregation, LEAST) come from the driver's `Dialect`. Schema changes are numbered
+(LEAST, GREATEST) come from the driver's `Dialect`. Thread listings read the summaries of
+`_summary.py`, kept in the transaction of the messages they summarise. Schema changes are numbered
 migrations per database, applied in order at start and recorded in `schema_migrations`.
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from a2a.types import Task, TaskState
 
+from agenthub.hub.threads import _summary as summary
 from agenthub.hub.threads._base import (
     ArtifactRow,
     MessageRow,
@@ -25,7 +27,6 @@ from agenthub.hub.threads._base import (
     ThreadFilter,
     ThreadPage,
     ThreadStore,
-    ThreadSummary,
 )
 
 MESSAGE_COLUMNS = (
@@ -39,15 +40,17 @@ ARTIFACT_COLUMNS = (
 ARTIFACT_LATEST = ("name", "text", "artifact_json", "updated_at", "topic", '"partition"', '"offset"',
                    "traceparent", "envelope_id")  # fmt: skip
 TASK_COLUMNS = "task_id, context_id, agent, parent_task_id, state, created_at, updated_at, task"
-TABLES = ("applied", "messages", "tasks", "task_status", "artifacts")
+TABLES = ("applied", "messages", "tasks", "task_status", "artifacts", *summary.TABLES)
+T = TypeVar("T")
+ROWS_PER_STATEMENT = 1000  # rows of a multi-row INSERT: 15 columns stay under both databases' 32k parameters
 
 
 @dataclass(frozen=True)
 class Dialect:
     """The SQL that differs between the databases."""
 
-    group_concat: str  # format with {column}
     least: str  # format with {a} and {b}
+    greatest: str  # format with {a} and {b}
 
 
 class Executor(Protocol):
@@ -87,17 +90,10 @@ class SqlThreadStore(ThreadStore):
 
     async def apply(self, projections: Sequence[Projection]) -> int:
         async with self.transaction() as db:
-            mark = "INSERT INTO applied (envelope_id) VALUES (?) ON CONFLICT DO NOTHING"
-            accepted = [p for p in projections if await db.execute(mark, (p.envelope_id,))]
+            accepted = await self._mark_applied(db, projections)
             messages = [m for p in accepted for m in p.messages]
             if messages:
-                await db.executemany(
-                    f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES ({', '.join('?' * 15)})"
-                    " ON CONFLICT DO NOTHING",
-                    [(m.message_id, m.context_id, m.task_id, m.parent_task_id, m.sender, m.recipient, m.role,
-                      m.text, m.message_json, m.created_at, m.topic, m.partition, m.offset, m.traceparent,
-                      m.envelope_id) for m in messages],
-                )  # fmt: skip
+                await self._insert_messages(db, messages)
             tasks = [p.task for p in accepted if p.task is not None]
             if tasks:
                 await self._upsert_tasks(db, tasks)
@@ -111,6 +107,43 @@ class SqlThreadStore(ThreadStore):
             if artifacts:
                 await self._upsert_artifacts(db, artifacts)
         return len(accepted)
+
+    async def _mark_applied(self, db: Executor, projections: Sequence[Projection]) -> list[Projection]:
+        """The projections whose envelopes were not applied yet (the first of any repeated id),
+        marked applied: one statement per `ROWS_PER_STATEMENT`, not one per envelope."""
+        new: set[str] = set()
+        for chunk in _chunks(projections, ROWS_PER_STATEMENT):
+            query = (
+                f"INSERT INTO applied (envelope_id) VALUES {', '.join(['(?)'] * len(chunk))}"
+                " ON CONFLICT DO NOTHING RETURNING envelope_id"
+            )
+            new.update(row[0] for row in await db.fetch(query, [p.envelope_id for p in chunk]))
+        accepted = []
+        for projection in projections:
+            if projection.envelope_id in new:
+                new.discard(projection.envelope_id)
+                accepted.append(projection)
+        return accepted
+
+    async def _insert_messages(self, db: Executor, messages: list[MessageRow]) -> None:
+        """Insert messages (a message already in its task is left alone) and add the ones really
+        inserted to their threads' summaries."""
+        inserted: list[Sequence[Any]] = []
+        for chunk in _chunks(messages, ROWS_PER_STATEMENT):
+            query = (
+                f"INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES"
+                f" {', '.join([f'({_marks(range(15))})'] * len(chunk))}"
+                f" ON CONFLICT DO NOTHING RETURNING {summary.RETURNED}"
+            )
+            params = [v for m in chunk for v in (
+                m.message_id, m.context_id, m.task_id, m.parent_task_id, m.sender, m.recipient, m.role,
+                m.text, m.message_json, m.created_at, m.topic, m.partition, m.offset, m.traceparent,
+                m.envelope_id)]  # fmt: skip
+            inserted += await db.fetch(query, params)
+        threads, names = summary.deltas(inserted)
+        if threads:
+            await db.executemany(summary.upsert_sql(self.dialect.least, self.dialect.greatest), threads)
+            await db.executemany(summary.NAMES_SQL, names)
 
     async def _upsert_artifacts(self, db: Executor, artifacts: list[ArtifactRow]) -> None:
         """Each row is the artifact joined so far: the latest sets the content, the first its time."""
@@ -189,25 +222,16 @@ class SqlThreadStore(ThreadStore):
         return TaskPage(tasks, int(total), offset + len(tasks) if more else None)
 
     async def list_threads(self, where: ThreadFilter, *, limit: int = 50, offset: int = 0) -> ThreadPage:
-        having, params = _having(where)
-        state = " WHERE context_id IN (SELECT context_id FROM tasks WHERE state = ?)" if where.state else ""
-        query = (
-            "SELECT context_id, MIN(created_at), MAX(created_at), COUNT(*),"
-            f" {self.dialect.group_concat.format(column='recipient')} FROM messages{state}"
-            f" GROUP BY context_id{having} ORDER BY MAX(created_at) DESC, context_id LIMIT ? OFFSET ?"
-        )
+        query, params = summary.listing_sql(where)
         db = self.reader()
-        rows = await db.fetch(query, (*([where.state] if where.state else []), *params, limit + 1, offset))
-        threads = []
-        for ctx, started, updated, count, agents in rows[:limit]:
-            first = await db.fetch(
-                "SELECT text FROM messages WHERE context_id = ? ORDER BY created_at, seq LIMIT 1", (ctx,)
-            )
-            names = sorted(a for a in (agents or "").split(",") if a and a != "user")
-            threads.append(
-                ThreadSummary(ctx, started, updated, int(count), names, first[0][0] if first else "")
-            )
-        return ThreadPage(threads, offset + limit if len(rows) > limit else None)
+        rows = await db.fetch(query, (*params, limit + 1, offset))
+        contexts = [row[0] for row in rows[:limit]]
+        agents = await db.fetch(
+            f"SELECT context_id, name FROM thread_names WHERE role = 'recipient'"
+            f" AND context_id IN ({_marks(contexts)})",
+            contexts,
+        ) if contexts else []  # fmt: skip
+        return summary.page(rows, agents, limit, offset)
 
     async def thread_messages(self, context_id: str) -> list[MessageRow]:
         query = f"SELECT {MESSAGE_COLUMNS} FROM messages WHERE context_id = ? ORDER BY created_at, seq"
@@ -252,32 +276,13 @@ class SqlThreadStore(ThreadStore):
         return [StatusRow(*row) for row in await self.reader().fetch(query, (task_id,))]
 
 
-def _having(where: ThreadFilter) -> tuple[str, list[Any]]:
-    """HAVING clauses (and their parameters) for the per-thread filters."""
-    clauses: list[str] = []
-    params: list[Any] = []
-    if where.agent:
-        clauses.append("SUM(CASE WHEN recipient = ? OR sender = ? THEN 1 ELSE 0 END) > 0")
-        params += [where.agent, where.agent]
-    if where.text:
-        clauses.append("SUM(CASE WHEN LOWER(text) LIKE ? ESCAPE '\\' THEN 1 ELSE 0 END) > 0")
-        params.append(f"%{_like_literal(where.text.lower())}%")
-    if where.since is not None:
-        clauses.append("MAX(created_at) >= ?")
-        params.append(where.since)
-    if where.until is not None:
-        clauses.append("MAX(created_at) < ?")
-        params.append(where.until)
-    return (" HAVING " + " AND ".join(clauses) if clauses else ""), params
-
-
-def _like_literal(text: str) -> str:
-    """`text` matched literally by LIKE ... ESCAPE '\\': its wildcards and escapes escaped."""
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
 def _marks(values: Sequence[Any]) -> str:
     return ", ".join("?" * len(values))
+
+
+def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
 
 
 def _task_row(row: Sequence[Any]) -> TaskRow:

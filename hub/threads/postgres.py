@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 
 from agenthub.hub.threads._sql import Dialect, Executor, SqlThreadStore
+from agenthub.hub.threads._summary import BACKFILL
 from agenthub.sdk.errors import ConfigError, HubUnavailable
 
 MIGRATIONS = [
@@ -56,6 +57,19 @@ MIGRATIONS = [
         PRIMARY KEY (task_id, artifact_id));
     CREATE INDEX artifacts_context ON artifacts (context_id, created_at);
     """,
+    # 3: thread summaries, so a listing reads a page instead of grouping every message.
+    """
+    CREATE TABLE threads (
+        context_id TEXT PRIMARY KEY, started_at DOUBLE PRECISION NOT NULL,
+        updated_at DOUBLE PRECISION NOT NULL, message_count BIGINT NOT NULL, first_seq BIGINT NOT NULL,
+        first_text TEXT NOT NULL);
+    CREATE INDEX threads_updated ON threads (updated_at DESC, context_id);
+    CREATE TABLE thread_names (
+        context_id TEXT NOT NULL, name TEXT NOT NULL, role TEXT NOT NULL,
+        PRIMARY KEY (context_id, role, name));
+    CREATE INDEX thread_names_name ON thread_names (name, context_id);
+    """
+    + BACKFILL,
 ]
 MIGRATION_LOCK = 0x6167_656E_7468_7562  # "agenthub"
 _PLACEHOLDER = re.compile(r"\?")
@@ -98,7 +112,7 @@ class PostgresThreadStore(SqlThreadStore):
         pool_size: largest number of connections (default 10).
     """
 
-    dialect = Dialect(group_concat="string_agg(DISTINCT {column}, ',')", least="LEAST({a}, {b})")
+    dialect = Dialect(least="LEAST({a}, {b})", greatest="GREATEST({a}, {b})")
 
     def __init__(self, url: str, *, pool_size: int = 10) -> None:
         self.url = url

@@ -11,6 +11,7 @@ from typing import Any
 import aiosqlite
 
 from agenthub.hub.threads._sql import Dialect, Executor, SqlThreadStore
+from agenthub.hub.threads._summary import BACKFILL
 
 MIGRATIONS = [
     """
@@ -58,6 +59,18 @@ MIGRATIONS = [
         WITHOUT ROWID;
     CREATE INDEX artifacts_context ON artifacts (context_id, created_at);
     """,
+    # 3: thread summaries, so a listing reads a page instead of grouping every message.
+    """
+    CREATE TABLE threads (
+        context_id TEXT PRIMARY KEY, started_at REAL NOT NULL, updated_at REAL NOT NULL,
+        message_count INTEGER NOT NULL, first_seq INTEGER NOT NULL, first_text TEXT NOT NULL) WITHOUT ROWID;
+    CREATE INDEX threads_updated ON threads (updated_at DESC, context_id);
+    CREATE TABLE thread_names (
+        context_id TEXT NOT NULL, name TEXT NOT NULL, role TEXT NOT NULL,
+        PRIMARY KEY (context_id, role, name)) WITHOUT ROWID;
+    CREATE INDEX thread_names_name ON thread_names (name, context_id);
+    """
+    + BACKFILL,
 ]
 
 
@@ -94,7 +107,7 @@ class SqliteThreadStore(SqlThreadStore):
         path: the database file; created with its folder if missing.
     """
 
-    dialect = Dialect(group_concat="GROUP_CONCAT(DISTINCT {column})", least="MIN({a}, {b})")
+    dialect = Dialect(least="MIN({a}, {b})", greatest="MAX({a}, {b})")
 
     def __init__(self, path: str | Path) -> None:
         self._path = Path(path)
