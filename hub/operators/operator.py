@@ -13,11 +13,11 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from google.protobuf.json_format import MessageToJson
 from google.protobuf.message import DecodeError
 
 from agenthub.hub import envelopes
 from agenthub.hub.log._base import Log, Record, TopicPartition
+from agenthub.hub.recording.protojson import to_json
 from agenthub.hub.recording.recorder import record_batch
 from agenthub.hub.routing.registry import Registry
 from agenthub.hub.threads._base import ThreadStore
@@ -301,5 +301,5 @@ def replayed(item: Scanned) -> op.ReplayedRecord:
     )  # fmt: skip
     out.timestamp.FromMilliseconds(record.timestamp_ms)
     if item.envelope is not None:
-        out.envelope_json = MessageToJson(item.envelope, indent=None, preserving_proto_field_name=True)
+        out.envelope_json = to_json(item.envelope, proto_names=True)
     return out

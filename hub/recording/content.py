@@ -14,7 +14,9 @@ import hashlib
 import json
 
 from a2a.types import Artifact, Message, Part
-from google.protobuf.json_format import MessageToDict, MessageToJson
+from google.protobuf.json_format import MessageToDict
+
+from agenthub.hub.recording.protojson import to_json
 
 INLINE_RAW_BYTES = 16 * 1024
 OMITTED = "agenthub_omitted"  # metadata key of the marker that replaces a big binary part's bytes
@@ -60,7 +62,7 @@ def artifact_text(artifact: Artifact) -> str:
 def kept_json(item: Message | Artifact) -> str:
     """The message or artifact as JSON, with binary parts over `INLINE_RAW_BYTES` replaced by a marker."""
     if not any(len(p.raw) > INLINE_RAW_BYTES for p in item.parts):
-        return MessageToJson(item, indent=None)
+        return to_json(item)
     copy = type(item)()
     copy.CopyFrom(item)
     for part in copy.parts:
@@ -72,4 +74,4 @@ def kept_json(item: Message | Artifact) -> str:
                 "where": "the task's snapshot (GetTask) and the log (agenthub replay)",
             }
             part.ClearField("raw")
-    return MessageToJson(copy, indent=None)
+    return to_json(copy)
