@@ -3,6 +3,7 @@
     python scripts/bench.py                       # the table: direct hop, hub per backend/store
     python scripts/bench.py --agents 1,100,1000   # idle CPU, memory and throughput by agent count
     python scripts/bench.py --replay              # replay, rebuild and `threads list` on a filled hub
+    python scripts/bench.py --listing 100000      # ListThreads on a store of that many threads
 
 Everything runs on loopback, each server its own process (bench_kit.py): a thin A2A gRPC echo
 agent answering a 256-byte text, hubs (`agenthub serve`) in temporary folders, a Tansu broker
@@ -284,14 +285,28 @@ async def by_agents(args: argparse.Namespace) -> None:
 # ---- replay, rebuild, threads list --------------------------------------------------------------
 
 
-def timed(*argv: str) -> tuple[float, str]:
-    """Run an `agenthub` CLI command with stdout to /dev/null; its wall time and its stderr."""
+@dataclass
+class Timing:
+    """One CLI run: wall time, the CPU it cost (the command's process and the hub's), its stderr."""
+
+    wall: float
+    client_cpu: float
+    hub_cpu: float
+    stderr: str
+
+
+def timed(hub_pid: int, *argv: str) -> Timing:
+    """Run an `agenthub` CLI command with stdout to /dev/null, metering wall time and CPU time (on
+    a loaded machine wall time mostly measures the load; CPU time is what the work costs)."""
+    children, hub_before = os.times(), kit.cpu_seconds(hub_pid)
     began = time.perf_counter()
     done = subprocess.run(
         [sys.executable, "-m", "agenthub.hub.cli", *argv],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=True,
     )  # fmt: skip
-    return time.perf_counter() - began, done.stderr
+    wall, after = time.perf_counter() - began, os.times()
+    client = after.children_user + after.children_system - children.children_user - children.children_system
+    return Timing(wall, client, kit.cpu_seconds(hub_pid) - hub_before, done.stderr)
 
 
 def json_output(*argv: str) -> dict[str, object]:
@@ -329,27 +344,37 @@ async def replay(args: argparse.Namespace) -> None:
             listing = await list_latency(client, args.rounds * 10)
         at = ("--hub", hub.address)
         note(f"{records:,} records: timing replay, rebuild and threads list")
-        start = statistics.median(timed("replay", "--stats", "--json", *at)[0] for _ in range(args.rounds))
-        replays = [timed("replay", *at) for _ in range(args.rounds)]
+        starts = [timed(hub.pid, "replay", "--stats", "--json", *at) for _ in range(args.rounds)]
+        replays = [timed(hub.pid, "replay", *at) for _ in range(args.rounds)]
         rebuild = ("replay", "--rebuild-threads", "--from-scratch", "--apply", *at)
-        rebuilds = [timed(*rebuild) for _ in range(args.rounds)]
+        rebuilds = [timed(hub.pid, *rebuild) for _ in range(args.rounds)]
         written = json_output(*rebuild, "--json")
-        cli_list = statistics.median(timed("threads", "list", *at)[0] for _ in range(args.rounds))
-    replay_s = statistics.median(t for t, _ in replays)
-    rebuild_s = statistics.median(t for t, _ in rebuilds)
+        cli_list = statistics.median(timed(hub.pid, "threads", "list", *at).wall for _ in range(args.rounds))
+    start = statistics.median(t.wall for t in starts)
+    start_cpu = statistics.median(t.client_cpu for t in starts)
     print(
         f"\nembedded + SQLite, {records:,} records ({sends:,} threads), hub RSS {rss:.0f} MB;"
-        f" medians of {args.rounds}; CLI start-up (`replay --stats`) {start:.2f} s\n"
+        f" medians of {args.rounds}; CLI start-up (`replay --stats`) {start:.2f} s wall,"
+        f" {start_cpu:.2f} s CPU;"
+        f" load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores\n"
     )
-    print("| operation | wall time | records/s (wall) | records/s (net of CLI start-up) |")
-    print("|---|---|---|---|")
+    print(
+        "| operation | wall time | records/s (wall) | records/s (wall net of CLI start-up)"
+        " | hub CPU | CLI CPU (net of start-up) | records per CPU-second (hub + CLI) |"
+    )
+    print("|---|---|---|---|---|---|---|")
     net = {}
-    for name, seconds in (("replay to /dev/null", replay_s), ("rebuild --from-scratch --apply", rebuild_s)):
-        net[name] = records / max(seconds - start, 1e-3)
-        print(f"| {name} | {seconds:.2f} s | {records / seconds:,.0f} | {net[name]:,.0f} |")
+    for name, runs in (("replay to /dev/null", replays), ("rebuild --from-scratch --apply", rebuilds)):
+        wall, hub_cpu = statistics.median(t.wall for t in runs), statistics.median(t.hub_cpu for t in runs)
+        cli_cpu = max(0.0, statistics.median(t.client_cpu for t in runs) - start_cpu)
+        net[name] = records / max(wall - start, 1e-3)
+        print(
+            f"| {name} | {wall:.2f} s | {records / wall:,.0f} | {net[name]:,.0f} | {hub_cpu:.2f} s"
+            f" | {cli_cpu:.2f} s | {records / max(hub_cpu + cli_cpu, 1e-3):,.0f} |"
+        )
     print(f"\nthreads list (ListThreads RPC, 20 newest of {sends:,}): p50 {listing:.1f} ms;"
           f" `agenthub threads list` wall {cli_list * 1000:.0f} ms (process start included)")  # fmt: skip
-    print(f"replay said: {replays[-1][1].strip().splitlines()[-1]}")
+    print(f"replay said: {replays[-1].stderr.strip().splitlines()[-1]}")
     print(f"rebuild said: written {written.get('written', 0)}, skipped {written.get('skipped', 0)}")
     print(
         f"goals (net rates): replay >= 50,000 rec/s: {verdict(net['replay to /dev/null'] >= 50_000)};"
@@ -363,6 +388,64 @@ async def list_latency(client: HubClient, times: int) -> float:
     for _ in range(times):
         began = time.perf_counter()
         await client.list_threads(page_size=20)
+        latencies.append(time.perf_counter() - began)
+    return statistics.median(latencies) * 1000
+
+
+# ---- threads list on a big store -----------------------------------------------------------------
+
+GROUPED_LISTING = (  # what ListThreads ran before thread summaries: every message grouped per call
+    "SELECT context_id, MIN(created_at), MAX(created_at), COUNT(*), GROUP_CONCAT(DISTINCT recipient)"
+    " FROM messages GROUP BY context_id ORDER BY MAX(created_at) DESC, context_id LIMIT 21 OFFSET 0"
+)
+
+
+async def listing(args: argparse.Namespace) -> None:
+    """ListThreads on a SQLite store filled directly with `--listing` threads (a request and its
+    answer each, 256-byte texts), side by side with the grouping query it replaced."""
+    import tempfile
+
+    from agenthub.hub.threads._base import MessageRow, Projection, ThreadFilter
+    from agenthub.hub.threads.sqlite import SqliteThreadStore
+
+    with tempfile.TemporaryDirectory(prefix="agenthub-bench-") as data:
+        async with SqliteThreadStore(Path(data) / "threads.db") as store:
+            began = time.time() - args.listing
+            for first in range(0, args.listing, 1000):
+                batch = []
+                for n in range(first, min(first + 1000, args.listing)):
+                    ctx, task, at = f"ctx-{n}", f"t-{n}", began + n
+                    agent = "rare" if n % 1000 == 0 else "echo"  # one thread in a thousand
+                    batch.append(Projection(f"e-{n}", messages=[
+                        MessageRow("m1", ctx, task, "", "user", agent, "user", kit.PAYLOAD, "{}", at),
+                        MessageRow("m2", ctx, task, "", agent, "user", "agent", kit.PAYLOAD, "{}", at + 0.5),
+                    ]))  # fmt: skip
+                await store.apply(batch)
+            note(f"{args.listing:,} threads stored: timing")
+            timings = {}
+            for name, read in (
+                ("ListThreads, 20 newest", lambda: store.list_threads(ThreadFilter(), limit=20)),
+                (
+                    "ListThreads, 20 newest with an agent in 1/1000 of them",
+                    lambda: store.list_threads(ThreadFilter(agent="rare"), limit=20),
+                ),
+                ("grouping every message (before)", lambda: store.reader().fetch(GROUPED_LISTING)),
+            ):
+                timings[name] = await p50_ms(read, args.rounds * 10)
+    print(f"\nSQLite thread store, {args.listing:,} threads ({2 * args.listing:,} messages), store calls"
+          f" without RPC, p50 of {args.rounds * 10}; load average {os.getloadavg()[0]:.1f}\n")  # fmt: skip
+    print("| query | p50 |\n|---|---|")
+    for name, ms in timings.items():
+        print(f"| {name} | {ms:.1f} ms |")
+    newest = timings["ListThreads, 20 newest"]
+    print(f"goal: threads list < 50 ms at {args.listing:,} threads: {verdict(newest < 50)}")
+
+
+async def p50_ms(read: Callable[[], Awaitable[object]], times: int) -> float:
+    latencies = []
+    for _ in range(times):
+        began = time.perf_counter()
+        await read()
         latencies.append(time.perf_counter() - began)
     return statistics.median(latencies) * 1000
 
@@ -386,6 +469,7 @@ def main() -> None:
     mode.add_argument("--agents", type=lambda s: [int(n) for n in s.split(",")],
                       help="agent counts, e.g. 1,100,1000")  # fmt: skip
     mode.add_argument("--replay", action="store_true", help="replay / rebuild / threads list")
+    mode.add_argument("--listing", type=int, metavar="THREADS", help="ListThreads on a store of THREADS")
     parser.add_argument("--rounds", type=int, default=3, help="rounds (medians are printed; default 3)")
     parser.add_argument("--requests", type=int, default=2000, help="requests per c=32 run (default 2000)")
     parser.add_argument("--requests-c1", type=int, default=300, help="requests per c=1 run (default 300)")
@@ -395,7 +479,14 @@ def main() -> None:
     )
     args = parser.parse_args()
     note(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
-    asyncio.run(by_agents(args) if args.agents else replay(args) if args.replay else table(args))
+    if args.agents:
+        asyncio.run(by_agents(args))
+    elif args.replay:
+        asyncio.run(replay(args))
+    elif args.listing:
+        asyncio.run(listing(args))
+    else:
+        asyncio.run(table(args))
 
 
 if __name__ == "__main__":
