@@ -198,8 +198,11 @@ class Agent(Lifecycle):
         log.info("agent serving", agent=self.name, endpoint=self.endpoint, hub=self._hub_address)
 
     async def stop(self) -> None:
-        """Stop heartbeating and serving; stays registered so queued work waits for its return."""
+        """Stop heartbeating and serving. This replica leaves the hub when another replica of the
+        name is up; the last one stays registered so queued work waits for its return."""
         await cancel_and_wait(self._heartbeat)
+        if self._heartbeat is not None:
+            await self._leave()
         self._heartbeat = None
         if self._server is not None:
             await self._server.stop(grace=2)
@@ -227,7 +230,7 @@ class Agent(Lifecycle):
         delay, waited = 0.2, 0.0
         while True:
             try:
-                await self.hub.register(card, self.endpoint)
+                await self.hub.register(card, self.endpoint, replica=True)  # same name = one more replica
                 return
             except HubUnavailable:
                 if waited >= wait_s:
@@ -235,6 +238,16 @@ class Agent(Lifecycle):
                 await asyncio.sleep(delay)
                 waited += delay
                 delay = min(delay * 2, 2.0)
+
+    async def _leave(self) -> None:
+        """Deregister this replica (by its endpoint) if another replica of the name is up; best effort."""
+        try:
+            async with asyncio.timeout(2):
+                record = await self.hub.get_agent(self.name)
+                if any(r.state == "up" and r.endpoint != self.endpoint for r in record.replicas):
+                    await self.hub.deregister(self.name, self.endpoint)
+        except (AgentHubError, TimeoutError) as exc:
+            log.warning("replica could not leave the hub", agent=self.name, error=str(exc))
 
     def _check_tool_names(self) -> None:
         """Two tools of one name would make the model's choice ambiguous: refuse to start."""
@@ -252,8 +265,8 @@ class Agent(Lifecycle):
         while True:
             await asyncio.sleep(self._heartbeat_s)
             try:
-                await self.hub.heartbeat(self.name)
-            except AgentNotFound:  # the hub forgot us (new data dir): register again
+                await self.hub.heartbeat(self.name, self.endpoint)
+            except AgentNotFound:  # the hub forgot this replica (new data dir, expired): register again
                 await self._register(wait_s=0)
             except AgentHubError as exc:
                 log.warning("heartbeat failed", agent=self.name, error=exc.message)

@@ -73,30 +73,32 @@ class HubClient(Lifecycle):
 
     # ---- registry ------------------------------------------------------------------------
 
-    async def register(self, card_json: str, endpoint: str) -> reg.AgentRecord:
-        """Register (or update) an agent by its card and its A2A gRPC endpoint."""
+    async def register(self, card_json: str, endpoint: str, *, replica: bool = False) -> reg.AgentRecord:
+        """Register (or update) an agent by its card and its A2A gRPC endpoint: with `replica`, as one
+        more replica of its name; without, in place of the name's other endpoints."""
         stub = registry_pb2_grpc.RegistryServiceStub(self.channel)
-        reply = await _call(
-            stub.RegisterAgent(
-                reg.RegisterAgentRequest(card_json=card_json, endpoint=endpoint), timeout=self.timeout
-            )
-        )
-        return reply.agent
-
-    async def register_url(self, url: str, *, name: str = "") -> reg.AgentRecord:
-        """Register any A2A agent by its base URL or card URL; the hub fetches and checks the card."""
-        stub = registry_pb2_grpc.RegistryServiceStub(self.channel)
-        request = reg.RegisterAgentRequest(url=url, name=name)
+        request = reg.RegisterAgentRequest(card_json=card_json, endpoint=endpoint, replica=replica)
         reply = await _call(stub.RegisterAgent(request, timeout=self.timeout))
         return reply.agent
 
-    async def deregister(self, name: str) -> None:
+    async def register_url(self, url: str, *, name: str = "", replica: bool = False) -> reg.AgentRecord:
+        """Register any A2A agent by its base URL or card URL; the hub fetches and checks the card.
+        `replica` adds it as one more replica of the name instead of replacing the name's endpoints."""
         stub = registry_pb2_grpc.RegistryServiceStub(self.channel)
-        await _call(stub.DeregisterAgent(reg.DeregisterAgentRequest(name=name), timeout=self.timeout))
+        request = reg.RegisterAgentRequest(url=url, name=name, replica=replica)
+        reply = await _call(stub.RegisterAgent(request, timeout=self.timeout))
+        return reply.agent
 
-    async def heartbeat(self, name: str) -> None:
+    async def deregister(self, name: str, endpoint: str = "") -> None:
+        """Remove the agent's replica at `endpoint`, or with no endpoint the agent and all its replicas."""
         stub = registry_pb2_grpc.RegistryServiceStub(self.channel)
-        await _call(stub.Heartbeat(reg.HeartbeatRequest(name=name), timeout=self.timeout))
+        request = reg.DeregisterAgentRequest(name=name, endpoint=endpoint)
+        await _call(stub.DeregisterAgent(request, timeout=self.timeout))
+
+    async def heartbeat(self, name: str, endpoint: str = "") -> None:
+        """Tell the hub the replica at `endpoint` (or every replica of `name`) is alive."""
+        stub = registry_pb2_grpc.RegistryServiceStub(self.channel)
+        await _call(stub.Heartbeat(reg.HeartbeatRequest(name=name, endpoint=endpoint), timeout=self.timeout))
 
     async def list_agents(self) -> list[reg.AgentRecord]:
         stub = registry_pb2_grpc.RegistryServiceStub(self.channel)

@@ -212,7 +212,7 @@ def up(
 
 @agents_app.command("list")
 def agents_list(hub: HubOpt = DEFAULT_HUB, json: JsonOpt = False) -> None:
-    """List registered agents."""
+    """List registered agents, one row per replica, with each replica's health."""
     from agenthub.sdk import HubClient
 
     async def main() -> None:
@@ -232,35 +232,55 @@ def agents_list(hub: HubOpt = DEFAULT_HUB, json: JsonOpt = False) -> None:
 def agents_register(
     url: Annotated[str, typer.Argument(help="the agent's base URL or its card URL")],
     name: Annotated[str, typer.Option(help="register under this name instead of the card's")] = "",
+    replica: Annotated[
+        bool,
+        typer.Option(
+            "--replica",
+            help="add this endpoint as one more replica of the name (default: replace the name's endpoints)",
+        ),
+    ] = False,
     hub: HubOpt = DEFAULT_HUB,
     json: JsonOpt = False,
 ) -> None:
-    """Register any A2A agent by URL: the hub fetches its card and calls it over its best binding."""
+    """Register any A2A agent by URL: the hub fetches its card and calls it over its best binding.
+
+    Registering a name again with another endpoint re-points it; with --replica the endpoint joins
+    the name's replicas, and the hub spreads requests over the healthy ones.
+    """
     from agenthub.sdk import HubClient
 
     async def main() -> None:
         async with HubClient(hub) as client:
-            record = await client.register_url(url, name=name)
+            record = await client.register_url(url, name=name, replica=replica)
         if json:
             render.print_json(render.as_json(record))
         else:
-            typer.echo(f"registered {record.name} ({record.binding} {record.endpoint})")
+            count = len(record.replicas)
+            replicas = f", {count} replicas" if count > 1 else ""
+            typer.echo(f"registered {record.name} ({record.binding} {record.endpoint}{replicas})")
 
     run(main())
 
 
 @agents_app.command("deregister")
-def agents_deregister(name: str, hub: HubOpt = DEFAULT_HUB, json: JsonOpt = False) -> None:
-    """Remove an agent from the registry."""
+def agents_deregister(
+    name: str,
+    endpoint: Annotated[
+        str, typer.Option(help="remove only the replica at this endpoint (as `agents list` shows it)")
+    ] = "",
+    hub: HubOpt = DEFAULT_HUB,
+    json: JsonOpt = False,
+) -> None:
+    """Remove an agent from the registry: with --endpoint only that replica, else all its replicas."""
     from agenthub.sdk import HubClient
 
     async def main() -> None:
         async with HubClient(hub) as client:
-            await client.deregister(name)
+            await client.deregister(name, endpoint)
         if json:
-            render.print_json({"deregistered": name})
+            render.print_json({"deregistered": name, **({"endpoint": endpoint} if endpoint else {})})
         else:
-            typer.echo(f"deregistered {name}")
+            typer.echo(f"deregistered {name}" + (f" replica {endpoint}" if endpoint else " (all replicas)"))
 
     run(main())
 

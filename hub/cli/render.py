@@ -47,18 +47,26 @@ def short_state(state: str | int) -> str:
 
 
 def agents_table(agents: list[reg.AgentRecord]) -> Table:
+    """One row per replica (an agent's name on its first), each with its own health."""
     table = Table(box=None, pad_edge=False)
-    for column in ("NAME", "STATE", "BINDING", "ENDPOINT"):
+    for column in ("NAME", "STATE", "BINDING", "ENDPOINT", "REPLICAS"):
         table.add_column(column, no_wrap=True)
     table.add_column("DESCRIPTION", max_width=60)
     table.add_column("LAST SEEN", no_wrap=True)
     for agent in agents:
-        card = json.loads(agent.card_json or "{}")
-        binding = agent.binding or "GRPC"
-        description = card.get("description", "")
-        table.add_row(
-            agent.name, agent.state, binding, agent.endpoint, description, when(agent.last_heartbeat)
-        )
+        description = json.loads(agent.card_json or "{}").get("description", "")
+        replicas = list(agent.replicas) or [
+            reg.Replica(endpoint=agent.endpoint, binding=agent.binding, state=agent.state,
+                        last_heartbeat=agent.last_heartbeat)
+        ]  # fmt: skip
+        up = sum(r.state == "up" for r in replicas)
+        for i, r in enumerate(replicas):
+            first = i == 0
+            table.add_row(
+                agent.name if first else "", r.state, r.binding or "GRPC", r.endpoint,
+                f"{up}/{len(replicas)} up" if first else "", description if first else "",
+                when(r.last_heartbeat),
+            )  # fmt: skip
     return table
 
 

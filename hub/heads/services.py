@@ -78,15 +78,17 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         self, request: reg.RegisterAgentRequest, context: grpc.aio.ServicerContext
     ) -> reg.RegisterAgentResponse:
         if request.url:
-            agent = await self._registry.register_url(request.url, request.name)
+            agent = await self._registry.register_url(request.url, request.name, replica=request.replica)
         else:
-            agent = await self._registry.register(request.card_json, request.endpoint)
+            agent = await self._registry.register(
+                request.card_json, request.endpoint, replica=request.replica
+            )
         return reg.RegisterAgentResponse(agent=agent.record)
 
     async def DeregisterAgent(
         self, request: reg.DeregisterAgentRequest, context: grpc.aio.ServicerContext
     ) -> reg.DeregisterAgentResponse:
-        await self._registry.deregister(request.name)
+        await self._registry.deregister(request.name, request.endpoint)
         return reg.DeregisterAgentResponse()
 
     async def ListAgents(
@@ -102,7 +104,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     async def Heartbeat(
         self, request: reg.HeartbeatRequest, context: grpc.aio.ServicerContext
     ) -> reg.HeartbeatResponse:
-        self._registry.heartbeat(request.name)
+        self._registry.heartbeat(request.name, request.endpoint)
         return reg.HeartbeatResponse()
 
     async def WatchAgents(

@@ -1,10 +1,12 @@
-"""A per-agent circuit breaker: while an agent is unreachable, its requests wait instead of failing.
+"""A circuit breaker per agent replica: while a replica is unreachable, no request goes to it, and
+while every replica of an agent is, the agent's requests wait instead of failing.
 
-After `threshold` consecutive calls found the agent unreachable the circuit opens: no new request
-of that agent starts (its inbox partitions are paused, so requests wait in the log), retries wait
-without burning attempts, and a probe checks the agent every `probe_interval_s`. When the probe
-succeeds the circuit closes and everything resumes. Failures of a live agent (errors it returns
-for one request) never open it: those burn attempts and end in the dead-letter topic.
+After `threshold` consecutive calls found a replica unreachable its circuit opens: requests go to
+the agent's other replicas; when every circuit of the agent is open no new request of it starts
+(its inbox partitions are paused, so requests wait in the log), retries wait without burning
+attempts, and a probe checks each replica every `probe_interval_s`. When a probe succeeds that
+circuit closes and requests flow to the replica again. Failures of a live replica (errors it
+returns for one request) never open it: those burn attempts and end in the dead-letter topic.
 """
 
 from __future__ import annotations
@@ -20,11 +22,11 @@ log = structlog.get_logger(__name__)
 
 
 class Breaker:
-    """The circuit of one agent.
+    """The circuit of one agent replica.
 
     Args:
-        agent: the agent's name (for logs).
-        probe: answers whether the agent is reachable again.
+        agent: the agent's name and replica, `name@endpoint` (for logs).
+        probe: answers whether the replica is reachable again.
         threshold: consecutive unreachable calls that open the circuit (0 = never opens).
         probe_interval_s: seconds between probes while open.
         on_change: called with the new state (True = open) whenever it changes.
@@ -74,7 +76,7 @@ class Breaker:
             self._close()
 
     def _open(self) -> None:
-        log.warning("agent unreachable: circuit open, its requests wait", agent=self.agent)
+        log.warning("agent replica unreachable: circuit open", agent=self.agent)
         self._closed.clear()
         self._prober = asyncio.get_running_loop().create_task(
             self._probe_until_up(), name=f"probe-{self.agent}"
@@ -91,7 +93,7 @@ class Breaker:
         self._close()
 
     def _close(self) -> None:
-        log.info("agent reachable again: circuit closed", agent=self.agent)
+        log.info("agent replica reachable again: circuit closed", agent=self.agent)
         self._failures = 0
         self._closed.set()
         if self._prober is not None:

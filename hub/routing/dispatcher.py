@@ -3,11 +3,15 @@
 One consumer per hub instance reads every inbox (`<prefix>.inbox.*`, group `<prefix>.dispatch`)
 and feeds one `Lane` per agent. In a lane, records of one context run one after another (their
 order is the thread's order) and records of different contexts run concurrently up to
-`max_in_flight`; a full lane, or an agent whose circuit is open, pauses its inbox partitions, so
-waiting requests stay in the log, not in memory. An inbox offset is committed (batched, every
-`commit_interval_ms`) only once the request's outcome is durably in the log: answered, failed
-with a reason, or dead-lettered. Producing an outcome is retried until the log takes it; it is
-never skipped. Cancellations come from the control topic and are kept in memory.
+`max_in_flight`; a full lane, or an agent whose every replica has its circuit open, pauses its
+inbox partitions, so waiting requests stay in the log, not in memory. An agent served by several
+replicas gets each request on one healthy replica: a context stays on the replica it started on
+while that one is healthy (else the rendezvous-hash winner among the healthy ones, which several
+hub instances agree on), and a request whose replica is unreachable is retried on another.
+An inbox offset is committed (batched, every `commit_interval_ms`) only once the request's
+outcome is durably in the log: answered, failed with a reason, or dead-lettered. Producing an
+outcome is retried until the log takes it; it is never skipped. Cancellations come from the
+control topic and are kept in memory.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import hashlib
 import time
 from collections import OrderedDict, deque
 
@@ -29,12 +34,13 @@ from agenthub.hub.loops import Backoff, Readiness, SupervisedLoop, describe, ret
 from agenthub.hub.routing.breaker import Breaker
 from agenthub.hub.routing.connections import AgentCallFailed, Connections, is_up
 from agenthub.hub.routing.offsets import OffsetTracker
-from agenthub.hub.routing.registry import Registry
+from agenthub.hub.routing.registry import Agent, Registry, Replica
 from agenthub.hub.topics import Topics
 from agenthub.sdk.pb.envelope_pb2 import Envelope, Kind
 
 log = structlog.get_logger(__name__)
 CANCELS_KEPT = 100_000  # task ids whose cancellation is remembered
+HOMES_KEPT = 10_000  # contexts per agent whose replica is remembered
 
 
 class AgentUnreachable(Exception):
@@ -62,6 +68,7 @@ class Dispatcher(Lifecycle):
         self._lanes: dict[str, Lane] = {}
         self._running: dict[str, tuple[asyncio.Task[None], str]] = {}
         self._agent_tasks: dict[str, str] = {}  # hub task id -> the agent's own, for running calls
+        self._placed: dict[str, Replica] = {}  # hub task id -> the replica running it
         self._canceled: OrderedDict[str, None] = OrderedDict()
         self._tracker = OffsetTracker()
         self.stopping = False  # set when the hub stops: an interrupted call is not a canceled task
@@ -164,11 +171,17 @@ class Dispatcher(Lifecycle):
         await self._commit()
 
     async def _follow_registry(self) -> None:
-        """An agent that registers again is alive: its circuit closes at once, without a probe."""
+        """A replica that registers again is alive: its circuit closes at once, without a probe.
+        A replica that left takes its circuit with it."""
         async for change in self._registry.watch():
             lane = self._lanes.get(change.agent.name)
-            if lane is not None and not change.removed:
-                lane.breaker.alive()
+            if lane is None:
+                continue
+            present = set() if change.removed else {r.endpoint for r in change.agent.replicas}
+            await lane.forget(present)
+            for endpoint in [change.endpoint] if change.endpoint else present:
+                if endpoint in present:
+                    lane.alive(endpoint)
 
     # ---- cancellation --------------------------------------------------------------------
 
@@ -188,12 +201,12 @@ class Dispatcher(Lifecycle):
         running = self._running.get(envelope.task_id)
         if running is None:
             return
-        call, agent = running
-        registered = self._registry.find(agent)
+        call, _ = running
+        placed = self._placed.get(envelope.task_id)
         agent_task = self._agent_tasks.get(envelope.task_id, envelope.task_id)
-        if registered is not None:  # tell the agent too, by its own task id; our call ends either way
+        if placed is not None:  # tell the replica too, by its own task id; our call ends either way
             with contextlib.suppress(AgentCallFailed):
-                await self._connections.to(registered.record, registered.card).cancel(agent_task)
+                await self._connections.to(placed.record, placed.card).cancel(agent_task)
         call.cancel()
 
     # ---- one request ---------------------------------------------------------------------
@@ -256,6 +269,7 @@ class Dispatcher(Lifecycle):
         finally:
             self._running.pop(envelope.task_id, None)
             self._agent_tasks.pop(envelope.task_id, None)
+            self._placed.pop(envelope.task_id, None)
 
     async def fail(
         self, agent: str, envelope: Envelope, reason: str, emitter: _Emitter | None = None
@@ -273,37 +287,44 @@ class Dispatcher(Lifecycle):
     ) -> None:
         """Call the agent until it answers, retrying transient failures with jittered backoff.
 
-        While the agent's circuit is open, attempts wait for it and are not counted; the retry
-        window and `max_attempts` bound how long a reachable but failing agent is retried.
+        Each attempt goes to one replica (see `Lane.choose`); one that failed transiently is not
+        tried again for this request while another is admitted. While every replica's circuit is
+        open, attempts wait and are not counted, nor is an unreachable replica's failure when
+        another replica is left to try; the retry window and `max_attempts` bound how long a
+        reachable but failing agent is retried.
         """
         settings = self._settings
         backoff = Backoff(settings.retry_backoff_s, settings.retry_backoff_cap_s)
         started = time.monotonic()
-        attempts, last_error = 0, ""
+        attempts, calls, tried = 0, 0, set[str]()
         while True:
-            await self._admitted(lane, envelope, settings.retry_window_s - (time.monotonic() - started))
-            emitter.begin_attempt(envelope.attempt + attempts)
+            window_left = settings.retry_window_s - (time.monotonic() - started)
+            replica = await self._replica(lane, envelope, tried, window_left)
+            emitter.begin_attempt(envelope.attempt + calls)  # each call its own event ids
+            calls += 1
             try:
-                reason = await self._call(lane.agent, envelope, request, emitter)
-                lane.breaker.succeeded()
+                reason = await self._call(lane, replica, envelope, request, emitter)
+                if replica is not None:
+                    lane.breaker(replica.endpoint).succeeded()
             except AgentCallFailed as exc:
-                last_error = str(exc)
-                if exc.transient:
-                    lane.breaker.failed(unreachable=exc.unreachable)
-                    if not (exc.unreachable and lane.breaker.is_open):  # an open circuit burns nothing
-                        attempts += 1
+                if not exc.transient:
+                    reason = f"agent {lane.agent!r} rejected the request: {exc}"
+                else:
+                    moved = self._failed_on(lane, replica, exc, tried) if replica else False
+                    attempts += 0 if moved else 1
                     if (
                         attempts >= settings.max_attempts
                         or time.monotonic() - started > settings.retry_window_s
                     ):
                         raise AgentUnreachable(
-                            f"agent {lane.agent!r} failed {attempts} attempts (last: {last_error})"
+                            f"agent {lane.agent!r} failed {attempts} attempts (last: {exc})"
                         ) from None
+                    where = replica.endpoint if replica else ""
                     log.warning("agent call failed, will retry", agent=lane.agent, task=envelope.task_id,
-                                attempt=attempts, error=last_error)  # fmt: skip
-                    await asyncio.sleep(backoff.next_delay())
+                                attempt=attempts, replica=where, error=str(exc))  # fmt: skip
+                    if not moved:
+                        await asyncio.sleep(backoff.next_delay())
                     continue
-                reason = f"agent {lane.agent!r} rejected the request: {last_error}"
             if reason:
                 await emitter.outcome(
                     task_events.status_event(
@@ -312,13 +333,35 @@ class Dispatcher(Lifecycle):
                 )
             return
 
-    async def _admitted(self, lane: Lane, envelope: Envelope, window_left: float) -> None:
-        """Wait while the agent's circuit is open, but not past the caller's deadline or the retry
-        window (requests still in the inbox wait there, paused, for as long as it takes)."""
+    def _failed_on(self, lane: Lane, replica: Replica, exc: AgentCallFailed, tried: set[str]) -> bool:
+        """Count a transient failure on its replica's circuit; whether it burns no attempt because
+        the replica is unreachable and either its circuit is now open or another replica is left."""
+        breaker = lane.breaker(replica.endpoint)
+        breaker.failed(unreachable=exc.unreachable)
+        tried.add(replica.endpoint)
+        if not exc.unreachable:
+            return False
+        registered = self._registry.find(lane.agent)
+        others = registered.replicas if registered else {}
+        return breaker.is_open or any(e not in tried and not lane.is_open(e) for e in others)
+
+    async def _replica(
+        self, lane: Lane, envelope: Envelope, tried: set[str], window_left: float
+    ) -> Replica | None:
+        """The replica for the next attempt (None once the agent is deregistered). While every
+        replica's circuit is open it waits, but not past the caller's deadline or the retry window
+        (requests still in the inbox wait there, paused, for as long as it takes)."""
         wait = min(_time_left(envelope), window_left)
         try:
             async with asyncio.timeout(max(0.0, wait)):
-                await lane.breaker.admitted()
+                while True:
+                    registered = self._registry.find(lane.agent)
+                    if registered is None:
+                        return None
+                    chosen = lane.choose(registered, envelope.context_id, tried)
+                    if chosen is not None:
+                        return chosen
+                    await lane.any_admitted(self._settings.breaker_probe_s)
         except TimeoutError:
             raise AgentUnreachable(
                 f"agent {lane.agent!r} stayed unreachable for {self._settings.retry_window_s:.0f}s"
@@ -326,13 +369,20 @@ class Dispatcher(Lifecycle):
             ) from None
 
     async def _call(
-        self, agent: str, envelope: Envelope, request: SendMessageRequest, emitter: _Emitter
+        self,
+        lane: Lane,
+        replica: Replica | None,
+        envelope: Envelope,
+        request: SendMessageRequest,
+        emitter: _Emitter,
     ) -> str:
-        """One streaming call; returns a failure reason if the agent ended without a final state."""
-        registered = self._registry.find(agent)
-        if registered is None:
+        """One streaming call to one replica; returns a failure reason if the agent ended without
+        a final state (or is no longer registered)."""
+        agent = lane.agent
+        if replica is None:
             return f"agent {agent!r} was deregistered before it could answer"
-        connection = self._connections.to(registered.record, registered.card)
+        self._placed[envelope.task_id] = replica
+        connection = self._connections.to(replica.record, replica.card)
         metadata = (("agenthub-sender", envelope.sender), ("traceparent", envelope.traceparent))
         events = connection.stream(
             _for_agent(request, envelope),
@@ -350,10 +400,11 @@ class Dispatcher(Lifecycle):
                     return ""
         return f"agent {agent!r} ended its stream without a final task state"
 
-    async def probe(self, agent: str) -> bool:
-        """Whether a registered agent answers (for its circuit breaker)."""
+    async def probe(self, agent: str, endpoint: str) -> bool:
+        """Whether a registered replica answers (for its circuit breaker)."""
         registered = self._registry.find(agent)
-        return registered is not None and await is_up(registered.record)
+        replica = registered.replicas.get(endpoint) if registered else None
+        return replica is not None and await is_up(replica.record)
 
     # ---- producing -----------------------------------------------------------------------
 
@@ -478,24 +529,86 @@ class _Emitter:
 
 
 class Lane:
-    """One agent's share of the dispatcher: ordered per context, bounded, paused when full or open."""
+    """One agent's share of the dispatcher: ordered per context, bounded, paused when full or when
+    every replica's circuit is open. It keeps one circuit per replica and each context's replica."""
 
     def __init__(self, dispatcher: Dispatcher, agent: str) -> None:
         self._dispatcher = dispatcher
         self.agent = agent
-        settings = dispatcher._settings
-        self._limit = settings.max_in_flight
-        self.breaker = Breaker(
-            agent,
-            functools.partial(dispatcher.probe, agent),
-            threshold=settings.breaker_threshold,
-            probe_interval_s=settings.breaker_probe_s,
-            on_change=lambda _: self._pump(),
-        )
+        self._limit = dispatcher._settings.max_in_flight
+        self._breakers: dict[str, Breaker] = {}
+        self._homes: OrderedDict[str, str] = OrderedDict()  # context id -> endpoint of its replica
         self._waiting: deque[Record] = deque()
         self._chains: dict[bytes | None, asyncio.Task[None]] = {}
         self._in_flight = 0
         self._paused = False
+
+    def breaker(self, endpoint: str) -> Breaker:
+        """The circuit of the replica at `endpoint` (made on first use)."""
+        breaker = self._breakers.get(endpoint)
+        if breaker is None:
+            settings = self._dispatcher._settings
+            breaker = self._breakers[endpoint] = Breaker(
+                f"{self.agent}@{endpoint}",
+                functools.partial(self._dispatcher.probe, self.agent, endpoint),
+                threshold=settings.breaker_threshold,
+                probe_interval_s=settings.breaker_probe_s,
+                on_change=lambda _: self._pump(),
+            )
+        return breaker
+
+    def is_open(self, endpoint: str) -> bool:
+        breaker = self._breakers.get(endpoint)
+        return breaker is not None and breaker.is_open
+
+    def alive(self, endpoint: str) -> None:
+        """The replica registered again: its circuit closes at once."""
+        breaker = self._breakers.get(endpoint)
+        if breaker is not None:
+            breaker.alive()
+
+    async def forget(self, present: set[str]) -> None:
+        """Drop the circuits of replicas no longer registered (their probes stop)."""
+        for endpoint in [e for e in self._breakers if e not in present]:
+            await self._breakers.pop(endpoint).stop()
+        self._pump()
+
+    @property
+    def blocked(self) -> bool:
+        """Whether every replica of the agent has its circuit open (its requests wait in the log)."""
+        registered = self._dispatcher._registry.find(self.agent)
+        return registered is not None and all(self.is_open(e) for e in registered.replicas)
+
+    def choose(self, agent: Agent, context_id: str, tried: set[str]) -> Replica | None:
+        """The replica for a request of `context_id`, among those whose circuit is closed, preferring
+        ones not yet tried for this request and then ones whose health checks pass: the context's
+        replica if it is one of them, else the rendezvous-hash winner. None if every circuit is open."""
+        admitted = [r for r in agent.replica_list() if not self.is_open(r.endpoint)]
+        fresh = [r for r in admitted if r.endpoint not in tried] or admitted
+        healthy = [r for r in fresh if r.up] or fresh
+        if not healthy:
+            return None
+        home = self._homes.get(context_id)
+        chosen = next((r for r in healthy if r.endpoint == home), None) or max(
+            healthy, key=lambda r: _rendezvous(context_id, r.endpoint)
+        )
+        self._homes[context_id] = chosen.endpoint
+        self._homes.move_to_end(context_id)
+        if len(self._homes) > HOMES_KEPT:
+            self._homes.popitem(last=False)
+        return chosen
+
+    async def any_admitted(self, timeout: float) -> None:
+        """Return once some replica's circuit closes, or after `timeout` seconds (to look again)."""
+        waits = [asyncio.ensure_future(b.admitted()) for b in self._breakers.values()]
+        if not waits:
+            await asyncio.sleep(timeout)
+            return
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
 
     def offer(self, record: Record) -> None:
         self._waiting.append(record)
@@ -513,18 +626,20 @@ class Lane:
                 for task in late:
                     task.cancel()
                 await asyncio.wait(late)
-        await self.breaker.stop()
+        for breaker in self._breakers.values():
+            await breaker.stop()
 
     def _pump(self) -> None:
-        """Start waiting records while there is room and the circuit is closed; pause otherwise."""
-        while self._waiting and self._in_flight < self._limit and not self.breaker.is_open:
+        """Start waiting records while there is room and a circuit is closed; pause otherwise."""
+        blocked = self.blocked
+        while self._waiting and self._in_flight < self._limit and not blocked:
             record = self._waiting.popleft()
             self._in_flight += 1
             previous = self._chains.get(record.key)
             task = asyncio.create_task(self._handle(previous, record))
             self._chains[record.key] = task
             task.add_done_callback(functools.partial(self._forget, record.key))
-        paused = bool(self._waiting) or self._in_flight >= self._limit or self.breaker.is_open
+        paused = bool(self._waiting) or self._in_flight >= self._limit or blocked
         if paused != self._paused:
             self._paused = paused
             self._dispatcher.pause(self.agent, paused)
@@ -545,3 +660,10 @@ class Lane:
                 self._dispatcher.finished(record)
             self._in_flight -= 1
             self._pump()
+
+
+def _rendezvous(context_id: str, endpoint: str) -> int:
+    """The weight of a replica for a context: the highest wins, the same on every hub instance,
+    and a replica leaving moves only its own contexts."""
+    digest = hashlib.blake2b(f"{context_id}|{endpoint}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")

@@ -1,8 +1,13 @@
-"""The agent registry: which agents exist, their cards, and where the hub reaches them.
+"""The agent registry: which agents exist, their cards, and the replicas that serve each one.
 
-State lives in the compacted topic `<prefix>.registry` (key = agent name, empty value = removed),
-so it survives restarts and every hub instance sees the same agents. Each instance replays the
-topic at start and follows it; liveness (heartbeats, health checks) is kept in memory only.
+State lives in the compacted topic `<prefix>.registry`, one record per replica (key
+`name@endpoint`, empty value = removed), so it survives restarts, every hub instance sees the same
+agents, and two instances adding replicas of one name at once never overwrite each other. Records
+written before replicas existed are keyed by the name alone and read as one replica. Each instance
+replays the topic at start and follows it; liveness (heartbeats, health checks) is kept in memory.
+A replica that keeps failing health checks while another replica of its agent is up is removed
+(an agent restarted on a new port leaves no stale replica); the last replica always stays, so
+queued requests wait for its return.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ import asyncio
 import re
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 from a2a.types import AgentCard
@@ -27,27 +32,81 @@ from agenthub.hub.routing.discovery import discover
 from agenthub.hub.topics import Topics
 from agenthub.sdk.errors import AgentNotFound, InvalidRequest
 from agenthub.sdk.pb.registry_pb2 import AgentChange, AgentRecord
+from agenthub.sdk.pb.registry_pb2 import Replica as ReplicaPb
 
 log = structlog.get_logger(__name__)
 
 AGENT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 ENDPOINT = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
+KEY_SEPARATOR = "@"  # never in an agent name, so `name@endpoint` splits at its first one
+EXPIRE_AFTER_S = 60.0  # a replica failing health checks this long, while a sibling is up, is removed
+EXPIRE_AFTER_CHECKS = 3  # ... and at least this many checks in a row (one missed check is no death)
+
+
+def replica_key(name: str, endpoint: str) -> bytes:
+    """The registry topic key of one replica."""
+    return f"{name}{KEY_SEPARATOR}{endpoint}".encode()
 
 
 @dataclass
-class Agent:
-    """A registered agent as the hub sees it."""
+class Replica:
+    """One endpoint serving an agent: its stored record (card, place, liveness) and topic key."""
 
     record: AgentRecord
     card: AgentCard
-
-    @property
-    def name(self) -> str:
-        return self.record.name
+    key: bytes
+    failed_checks: int = 0
+    down_since: float = 0.0  # monotonic time of the first failed check in a row
 
     @property
     def endpoint(self) -> str:
         return self.record.endpoint
+
+    @property
+    def up(self) -> bool:
+        return self.record.state != "down"
+
+    def summary(self) -> ReplicaPb:
+        r = self.record
+        return ReplicaPb(
+            endpoint=r.endpoint, binding=r.binding or GRPC, tenant=r.tenant, card_url=r.card_url,
+            state=r.state, registered_at=r.registered_at, last_heartbeat=r.last_heartbeat,
+        )  # fmt: skip
+
+
+@dataclass
+class Agent:
+    """A registered agent as the hub sees it: the replicas that serve it, by endpoint."""
+
+    name: str
+    replicas: dict[str, Replica] = field(default_factory=dict)
+
+    def replica_list(self) -> list[Replica]:
+        """Its replicas in a stable order (by endpoint)."""
+        return [self.replicas[e] for e in sorted(self.replicas)]
+
+    @property
+    def newest(self) -> Replica:
+        """The replica registered last: its card is the agent's card."""
+        return max(self.replicas.values(), key=lambda r: (r.record.registered_at.ToNanoseconds(), r.endpoint))
+
+    @property
+    def card(self) -> AgentCard:
+        return self.newest.card
+
+    @property
+    def endpoint(self) -> str:
+        return self.newest.endpoint
+
+    @property
+    def record(self) -> AgentRecord:
+        """The agent as answers show it: the newest replica's record, up when any replica is up,
+        and every replica."""
+        record = AgentRecord()
+        record.CopyFrom(self.newest.record)
+        record.state = "up" if any(r.up for r in self.replicas.values()) else "down"
+        record.replicas.extend(r.summary() for r in self.replica_list())
+        return record
 
 
 def parse_card(card_json: str) -> AgentCard:
@@ -64,12 +123,12 @@ def parse_card(card_json: str) -> AgentCard:
 
 
 class Registry(Lifecycle):
-    """Registered agents, backed by the registry topic.
+    """Registered agents and their replicas, backed by the registry topic.
 
     Args:
         log: the log backend.
         topics: topic naming.
-        health_interval: seconds between health checks of each agent (default 5; 0 disables).
+        health_interval: seconds between health checks of each replica (default 5; 0 disables).
         readiness: where a failing registry loop is reported.
     """
 
@@ -115,18 +174,19 @@ class Registry(Lifecycle):
     def list(self) -> list[Agent]:
         return sorted(self._agents.values(), key=lambda a: a.name)
 
-    async def register(self, card_json: str, endpoint: str) -> Agent:
-        """Register (or update) an agent served over gRPC; InvalidRequest for a bad card or endpoint."""
+    async def register(self, card_json: str, endpoint: str, *, replica: bool = False) -> Agent:
+        """Register an agent served over gRPC: as one more replica of its name with `replica`, else
+        in place of the name's other endpoints. InvalidRequest for a bad card or endpoint."""
         card = parse_card(card_json)
         if not ENDPOINT.match(endpoint):
             raise InvalidRequest(
                 f"invalid endpoint {endpoint!r}: expected host:port of the agent's A2A gRPC server"
             )
-        return await self._save(card, AgentRecord(endpoint=endpoint, binding=GRPC))
+        return await self._save(card, AgentRecord(endpoint=endpoint, binding=GRPC), replica=replica)
 
-    async def register_url(self, url: str, name: str = "") -> Agent:
-        """Register (or update) any A2A agent by its base or card URL: fetch and check its card,
-        and reach it over its best binding. AgentUnavailable / InvalidRequest say why not."""
+    async def register_url(self, url: str, name: str = "", *, replica: bool = False) -> Agent:
+        """Register any A2A agent by its base or card URL: fetch and check its card, and reach it
+        over its best binding; `replica` as for `register`. AgentUnavailable / InvalidRequest say why not."""
         found = await discover(url)
         card = found.card
         if name:
@@ -136,12 +196,13 @@ class Registry(Lifecycle):
         where = AgentRecord(
             endpoint=found.endpoint, binding=found.binding, tenant=found.tenant, card_url=found.card_url
         )
-        return await self._save(card, where)
+        return await self._save(card, where, replica=replica)
 
-    async def _save(self, card: AgentCard, where: AgentRecord) -> Agent:
+    async def _save(self, card: AgentCard, where: AgentRecord, *, replica: bool) -> Agent:
         stamp = Timestamp()
         stamp.GetCurrentTime()
-        previous = self._agents.get(card.name)
+        agent = self._agents.get(card.name)
+        previous = agent.replicas.get(where.endpoint) if agent else None
         record = AgentRecord()
         record.CopyFrom(where)
         record.name, record.card_json, record.state = card.name, MessageToJson(card, indent=None), "up"
@@ -150,21 +211,39 @@ class Registry(Lifecycle):
         record.registered_at.CopyFrom(previous.record.registered_at if previous and unchanged else stamp)
         # The inbox exists before the first request, so instances start reading it now, not mid-call.
         await self._log.ensure_topic(self._topics.inbox(card.name))
-        await self._log.produce(self._topics.registry, record.SerializeToString(), key=card.name.encode())
-        self._apply(card.name.encode(), record.SerializeToString())
-        log.info("agent registered", agent=card.name, endpoint=record.endpoint, binding=record.binding)
+        key = replica_key(card.name, record.endpoint)
+        await self._put(key, record.SerializeToString())
+        if previous is not None and previous.key != key:  # written before replicas: now under its new key
+            await self._put(previous.key, b"")
+        if not replica and agent is not None:  # re-pointed: the name's other endpoints go
+            for other in list(agent.replicas.values()):
+                if other.endpoint != record.endpoint:
+                    await self._put(other.key, b"")
+        log.info("agent registered", agent=card.name, endpoint=record.endpoint, binding=record.binding,
+                 replica=replica, replicas=len(self._agents[card.name].replicas))  # fmt: skip
         return self._agents[card.name]
 
-    async def deregister(self, name: str) -> None:
-        self.get(name)
-        await self._log.produce(self._topics.registry, b"", key=name.encode())
-        self._apply(name.encode(), b"")
-        log.info("agent deregistered", agent=name)
-
-    def heartbeat(self, name: str) -> None:
+    async def deregister(self, name: str, endpoint: str = "") -> None:
+        """Remove the replica at `endpoint`, or with no endpoint the agent and all its replicas."""
         agent = self.get(name)
-        agent.record.last_heartbeat.GetCurrentTime()
-        agent.record.state = "up"
+        if endpoint and endpoint not in agent.replicas:
+            raise AgentNotFound(f"agent {name!r} has no replica at {endpoint!r} (see `agenthub agents list`)")
+        for replica in list(agent.replicas.values()):
+            if not endpoint or replica.endpoint == endpoint:
+                await self._put(replica.key, b"")
+        log.info("agent deregistered", agent=name, endpoint=endpoint or "all")
+
+    def heartbeat(self, name: str, endpoint: str = "") -> None:
+        """The replica at `endpoint` (or every replica of the name) is alive; AgentNotFound when the
+        hub does not know it, so the agent registers again."""
+        agent = self.get(name)
+        if endpoint and endpoint not in agent.replicas:
+            raise AgentNotFound(f"agent {name!r} has no replica at {endpoint!r}: register again")
+        for replica in agent.replicas.values():
+            if not endpoint or replica.endpoint == endpoint:
+                replica.record.last_heartbeat.GetCurrentTime()
+                replica.record.state = "up"
+                replica.failed_checks = 0
 
     async def watch(self) -> AsyncIterator[AgentChange]:
         """Every current agent, then every change, until the caller stops iterating."""
@@ -178,6 +257,11 @@ class Registry(Lifecycle):
         finally:
             self._watchers.discard(queue)
 
+    async def _put(self, key: bytes, value: bytes) -> None:
+        """Write one registry record and apply it here at once (other instances follow the topic)."""
+        await self._log.produce(self._topics.registry, value, key=key)
+        self._apply(key, value)
+
     def _apply(self, key: bytes | None, value: bytes) -> None:
         """Apply one registry record; one that cannot be read is reported and passed over (it
         stays in the topic for an operator), never allowed to stop the registry."""
@@ -189,19 +273,32 @@ class Registry(Lifecycle):
     def _apply_record(self, key: bytes | None, value: bytes) -> None:
         if not key:
             return
-        name = key.decode()
+        name = key.decode().split(KEY_SEPARATOR, 1)[0]
         if not value:
-            removed = self._agents.pop(name, None)
-            if removed is not None:
-                self._notify(AgentChange(agent=removed.record, removed=True))
+            self._remove(name, key)
             return
         record = AgentRecord()
         record.ParseFromString(value)
-        current = self._agents.get(name)
+        card = parse_card(record.card_json)
+        agent = self._agents.setdefault(name, Agent(name))
+        current = agent.replicas.get(record.endpoint)
         if current is not None and current.record == record:
             return
-        self._agents[name] = Agent(record, parse_card(record.card_json))
-        self._notify(AgentChange(agent=record))
+        agent.replicas[record.endpoint] = Replica(record, card, key)
+        self._notify(AgentChange(agent=agent.record, endpoint=record.endpoint))
+
+    def _remove(self, name: str, key: bytes) -> None:
+        """A tombstone: remove the replica stored under `key` (and the agent with its last one)."""
+        agent = self._agents.get(name)
+        gone = [r for r in agent.replicas.values() if r.key == key] if agent else []
+        if agent is None or not gone:
+            return
+        del agent.replicas[gone[0].endpoint]
+        if agent.replicas:
+            self._notify(AgentChange(agent=agent.record, endpoint=gone[0].endpoint))
+            return
+        del self._agents[name]
+        self._notify(AgentChange(agent=gone[0].record, removed=True, endpoint=gone[0].endpoint))
 
     def _notify(self, change: AgentChange) -> None:
         for queue in self._watchers:
@@ -214,22 +311,42 @@ class Registry(Lifecycle):
                 self._apply(record.key, record.value)
 
     async def _check_health(self) -> None:
-        """Every `health_interval` seconds, check each distinct endpoint once (replicas and many
-        agents behind one server cost one check), all at once, and mark its agents up or down."""
+        """Every `health_interval` seconds, check each replica's health and expire dead ones."""
         while True:
             await asyncio.sleep(self._health_interval)
-            by_place: dict[tuple[str, str, str], list[Agent]] = {}
-            for agent in list(self._agents.values()):
-                r = agent.record
-                by_place.setdefault((r.endpoint, r.binding, r.card_url), []).append(agent)
-            places = list(by_place.values())
-            results = await asyncio.gather(*(is_up(agents[0].record) for agents in places))
-            now = int(time.time())
-            for agents, up in zip(places, results, strict=True):
-                for agent in agents:
-                    agent.record.state = "up" if up else "down"
-                    if up:
-                        agent.record.last_heartbeat.FromSeconds(now)
+            await self.check_health()
+
+    async def check_health(self) -> None:
+        """Check each distinct place once (many agents behind one server cost one check), all at
+        once, mark its replicas up or down, then remove replicas failing every check for
+        `EXPIRE_AFTER_S` (and `EXPIRE_AFTER_CHECKS` checks) whose agent has another replica up."""
+        by_place: dict[tuple[str, str, str], list[Replica]] = {}
+        for agent in list(self._agents.values()):
+            for replica in agent.replicas.values():
+                r = replica.record
+                by_place.setdefault((r.endpoint, r.binding, r.card_url), []).append(replica)
+        places = list(by_place.values())
+        results = await asyncio.gather(*(is_up(replicas[0].record) for replicas in places))
+        now, clock = int(time.time()), time.monotonic()
+        for replicas, up in zip(places, results, strict=True):
+            for replica in replicas:
+                replica.record.state = "up" if up else "down"
+                if up:
+                    replica.record.last_heartbeat.FromSeconds(now)
+                    replica.failed_checks = 0
+                    continue
+                replica.down_since = replica.down_since if replica.failed_checks else clock
+                replica.failed_checks += 1
+        for agent in list(self._agents.values()):
+            if any(r.up for r in agent.replicas.values()):
+                for replica in [r for r in agent.replicas.values() if _expired(r, clock)]:
+                    log.warning("replica down too long: removed", agent=agent.name, endpoint=replica.endpoint)
+                    await self._put(replica.key, b"")
+
+
+def _expired(replica: Replica, clock: float) -> bool:
+    """Whether a replica has failed health checks long enough to be removed."""
+    return replica.failed_checks >= EXPIRE_AFTER_CHECKS and clock - replica.down_since >= EXPIRE_AFTER_S
 
 
 def _same_registration(a: AgentRecord, b: AgentRecord) -> bool:

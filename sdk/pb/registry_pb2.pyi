@@ -10,8 +10,26 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class Replica(_message.Message):
+    __slots__ = ("endpoint", "binding", "tenant", "card_url", "state", "registered_at", "last_heartbeat")
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    BINDING_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    CARD_URL_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    endpoint: str
+    binding: str
+    tenant: str
+    card_url: str
+    state: str
+    registered_at: _timestamp_pb2.Timestamp
+    last_heartbeat: _timestamp_pb2.Timestamp
+    def __init__(self, endpoint: _Optional[str] = ..., binding: _Optional[str] = ..., tenant: _Optional[str] = ..., card_url: _Optional[str] = ..., state: _Optional[str] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
 class AgentRecord(_message.Message):
-    __slots__ = ("name", "card_json", "endpoint", "registered_at", "last_heartbeat", "state", "binding", "tenant", "card_url")
+    __slots__ = ("name", "card_json", "endpoint", "registered_at", "last_heartbeat", "state", "binding", "tenant", "card_url", "replicas")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CARD_JSON_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
@@ -21,6 +39,7 @@ class AgentRecord(_message.Message):
     BINDING_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     CARD_URL_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
     name: str
     card_json: str
     endpoint: str
@@ -30,19 +49,22 @@ class AgentRecord(_message.Message):
     binding: str
     tenant: str
     card_url: str
-    def __init__(self, name: _Optional[str] = ..., card_json: _Optional[str] = ..., endpoint: _Optional[str] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[str] = ..., binding: _Optional[str] = ..., tenant: _Optional[str] = ..., card_url: _Optional[str] = ...) -> None: ...
+    replicas: _containers.RepeatedCompositeFieldContainer[Replica]
+    def __init__(self, name: _Optional[str] = ..., card_json: _Optional[str] = ..., endpoint: _Optional[str] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[str] = ..., binding: _Optional[str] = ..., tenant: _Optional[str] = ..., card_url: _Optional[str] = ..., replicas: _Optional[_Iterable[_Union[Replica, _Mapping]]] = ...) -> None: ...
 
 class RegisterAgentRequest(_message.Message):
-    __slots__ = ("card_json", "endpoint", "url", "name")
+    __slots__ = ("card_json", "endpoint", "url", "name", "replica")
     CARD_JSON_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     URL_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
     card_json: str
     endpoint: str
     url: str
     name: str
-    def __init__(self, card_json: _Optional[str] = ..., endpoint: _Optional[str] = ..., url: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+    replica: bool
+    def __init__(self, card_json: _Optional[str] = ..., endpoint: _Optional[str] = ..., url: _Optional[str] = ..., name: _Optional[str] = ..., replica: _Optional[bool] = ...) -> None: ...
 
 class RegisterAgentResponse(_message.Message):
     __slots__ = ("agent",)
@@ -51,10 +73,12 @@ class RegisterAgentResponse(_message.Message):
     def __init__(self, agent: _Optional[_Union[AgentRecord, _Mapping]] = ...) -> None: ...
 
 class DeregisterAgentRequest(_message.Message):
-    __slots__ = ("name",)
+    __slots__ = ("name", "endpoint")
     NAME_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     name: str
-    def __init__(self, name: _Optional[str] = ...) -> None: ...
+    endpoint: str
+    def __init__(self, name: _Optional[str] = ..., endpoint: _Optional[str] = ...) -> None: ...
 
 class DeregisterAgentResponse(_message.Message):
     __slots__ = ()
@@ -77,10 +101,12 @@ class GetAgentRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("name",)
+    __slots__ = ("name", "endpoint")
     NAME_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     name: str
-    def __init__(self, name: _Optional[str] = ...) -> None: ...
+    endpoint: str
+    def __init__(self, name: _Optional[str] = ..., endpoint: _Optional[str] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ()
@@ -91,9 +117,11 @@ class WatchAgentsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class AgentChange(_message.Message):
-    __slots__ = ("agent", "removed")
+    __slots__ = ("agent", "removed", "endpoint")
     AGENT_FIELD_NUMBER: _ClassVar[int]
     REMOVED_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     agent: AgentRecord
     removed: bool
-    def __init__(self, agent: _Optional[_Union[AgentRecord, _Mapping]] = ..., removed: _Optional[bool] = ...) -> None: ...
+    endpoint: str
+    def __init__(self, agent: _Optional[_Union[AgentRecord, _Mapping]] = ..., removed: _Optional[bool] = ..., endpoint: _Optional[str] = ...) -> None: ...
