@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 import uuid
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class HubSettings(BaseSettings):
@@ -92,6 +94,45 @@ class HubSettings(BaseSettings):
         0.5, ge=0, description="first delay between two POSTs to a webhook; doubles each time (jittered)"
     )
 
+    # ---- outbound calls (README "Security", "Outbound calls") ---------------------------------
+    outbound_allow: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="CIDRs and host names (`hooks.corp`, `*.corp`) card fetches and webhooks may reach"
+        " although private, link-local or reserved; comma-separated in AGENTHUB_OUTBOUND_ALLOW",
+    )
+    outbound_loopback: Literal["auto", "allow", "refuse"] = Field(
+        "auto",
+        description="may card fetches and webhooks reach loopback: auto = only when the hub binds loopback",
+    )
+    secret_key: str | None = Field(
+        None,
+        repr=False,
+        description="Fernet key that encrypts push configs in the log (the same on every instance);"
+        " default: generated once into data_dir/secret.key",
+    )
+
+    @field_validator("outbound_allow", mode="before")
+    @classmethod
+    def _split_allow(cls, value: object) -> object:
+        """Comma-separated entries (as env gives them) become a list; each must be a CIDR or a host name."""
+        entries = [e.strip() for e in value.split(",") if e.strip()] if isinstance(value, str) else value
+        for entry in entries if isinstance(entries, list) else []:
+            if not _is_network(entry) and not _HOST_NAME.match(str(entry)):
+                raise ValueError(f"{entry!r} is neither a CIDR nor a host name")
+        return entries
+
     @property
     def card_host(self) -> str:
         return self.public_host or self.host
+
+
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"
+_HOST_NAME = re.compile(rf"^(\*\.)?{_LABEL}(\.{_LABEL})*$")  # a name, or `*.suffix` for its subdomains
+
+
+def _is_network(entry: object) -> bool:
+    try:
+        ipaddress.ip_network(str(entry), strict=False)
+    except ValueError:
+        return False
+    return True

@@ -32,12 +32,14 @@ from agenthub.hub.log._base import Lifecycle, Log
 from agenthub.hub.loops import Readiness, SupervisedLoop
 from agenthub.hub.operators.operator import Operator
 from agenthub.hub.operators.service import OperatorServicer
+from agenthub.hub.outbound import OutboundPolicy
 from agenthub.hub.push.notifier import Notifier, PushConfigs
 from agenthub.hub.recording.recorder import Recorder
 from agenthub.hub.routing.dispatcher import Dispatcher
 from agenthub.hub.routing.registry import Registry
 from agenthub.hub.routing.replies import ReplyRouter
 from agenthub.hub.routing.watchdog import Watchdog
+from agenthub.hub.secret_box import SecretBox
 from agenthub.hub.threads._base import ThreadStore
 from agenthub.hub.topics import Topics
 from agenthub.sdk._aio import cancel_and_wait
@@ -124,8 +126,13 @@ class Hub(Lifecycle):
         self.readiness = Readiness()
         self.log = open_log(settings)
         self.store = open_store(settings)
+        outbound = OutboundPolicy.from_settings(settings)
         self.registry = Registry(
-            self.log, topics, health_interval=settings.health_interval_s, readiness=self.readiness
+            self.log,
+            topics,
+            health_interval=settings.health_interval_s,
+            readiness=self.readiness,
+            outbound=outbound,
         )
         self.recorder = Recorder(
             self.log, self.store, topics, fetch_wait_ms=settings.fetch_wait_ms, readiness=self.readiness
@@ -148,12 +155,18 @@ class Hub(Lifecycle):
         self.operator = Operator(self.log, self.store, self.registry, topics, self.replies.topic)
         self.cards = CardPublisher(settings, self.grpc_port, self.http_port)
         self.push = PushConfigs(
-            self.log, topics, fetch_wait_ms=settings.fetch_wait_ms, readiness=self.readiness
+            self.log,
+            topics,
+            box=SecretBox.from_settings(settings),
+            outbound=outbound,
+            fetch_wait_ms=settings.fetch_wait_ms,
+            readiness=self.readiness,
         )
         self.notifier = Notifier(
             self.log,
             self.push,
             topics,
+            outbound=outbound,
             attempts=settings.push_attempts,
             backoff_s=settings.push_backoff_s,
             fetch_wait_ms=settings.fetch_wait_ms,

@@ -120,6 +120,7 @@ def hub_settings(log_settings: dict[str, object], threads_url: str | None) -> Ca
             "health_interval_s": 0,
             "instance_id": f"test{uuid.uuid4().hex[:6]}",
             "threads_url": threads_url,
+            "secret_key": "vdWK5qLyKFFh4S-L5VjMJn5WisYaGbUJIPyTzfTuNKw=",  # instances share configs
             **log_settings,
         }
         values.update(overrides)

@@ -40,6 +40,7 @@ from starlette.routing import Route
 
 from agenthub.hub.config import HubSettings
 from agenthub.hub.log._base import TopicPartition
+from agenthub.hub.push.notifier import MASK
 from agenthub.hub.server import Hub, free_port
 from agenthub.hub.topics import Topics
 from agenthub.sdk import Agent, HubClient, ScriptedModel, tool
@@ -300,7 +301,7 @@ async def test_push_configs_on_the_http_bindings(hub: Hub, client: HubClient, bi
             created = await a2a.create_task_push_notification_config(
                 TaskPushNotificationConfig(task_id=task.id, url=hook.url, token="tok")
             )
-            assert created.id and (created.task_id, created.url, created.token) == (task.id, hook.url, "tok")
+            assert created.id and (created.task_id, created.url, created.token) == (task.id, hook.url, MASK)
             fetched = await a2a.get_task_push_notification_config(
                 GetTaskPushNotificationConfigRequest(task_id=task.id, id=created.id)
             )

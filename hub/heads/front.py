@@ -175,6 +175,8 @@ class HubRequestHandler(RequestHandler):
             task_id, context_id = envelopes.new_id(), message.context_id or envelopes.new_id()
         request = SendMessageRequest()
         request.CopyFrom(params)
+        # the hub does the notifying: the webhook and its credentials never go to the agent or the log
+        request.configuration.ClearField("task_push_notification_config")
         request.message.task_id, request.message.context_id = task_id, context_id
         if request.message.role == Role.ROLE_UNSPECIFIED:
             request.message.role = Role.ROLE_USER

@@ -2,7 +2,10 @@
 
 Configs (A2A `TaskPushNotificationConfig`, per task) live in the compacted topic `<prefix>.push`,
 keyed `<task id>/<config id>` (empty value = deleted), so they survive restarts and every instance
-sees them; a URL that can never work is refused when a config is created. The `Notifier` reads the
+sees them. Each is sealed with the hub's secret key (hub/secret_box.py): no URL, token or credential
+is in the topic in plain text (records written before sealing still load), and config reads show
+tokens and credentials masked. A URL that can never work, or on an address the outbound policy
+refuses (hub/outbound.py), is refused when a config is created. The `Notifier` reads the
 reply topics as its own consumer group and hands each task update to the queue of each of the
 task's webhooks (hub/push/webhooks.py), which POSTs them in log order, retrying with backoff; every
 attempt is recorded in `<prefix>.push-attempts`. It never sits on the routing path: a webhook that
@@ -15,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+import urllib.parse
 import uuid
 
 import structlog
@@ -25,13 +29,33 @@ from google.protobuf.message import DecodeError
 from agenthub.hub import envelopes
 from agenthub.hub.log._base import Consumer, Lifecycle, Log, Record, TopicPartition
 from agenthub.hub.loops import Readiness, SupervisedLoop, describe, retry_until_ok
+from agenthub.hub.outbound import REFUSED, OutboundPolicy, OutboundRefused
 from agenthub.hub.push.webhooks import Poster, Update, Webhook, url_problem
 from agenthub.hub.routing.offsets import OffsetTracker
+from agenthub.hub.secret_box import SecretBox, Unsealable
 from agenthub.hub.topics import Topics
 from agenthub.sdk.errors import InvalidRequest
 from agenthub.sdk.pb.envelope_pb2 import Kind
 
 log = structlog.get_logger(__name__)
+MASK = "********"
+
+
+def masked(config: TaskPushNotificationConfig) -> TaskPushNotificationConfig:
+    """A copy of `config` fit to show: its token, credentials and URL password replaced by MASK."""
+    shown = TaskPushNotificationConfig()
+    shown.CopyFrom(config)
+    if shown.token:
+        shown.token = MASK
+    if shown.authentication.credentials:
+        shown.authentication.credentials = MASK
+    try:
+        password = urllib.parse.urlsplit(shown.url).password
+    except ValueError:  # a URL that can never work (stored by an older hub) is shown as it is
+        return shown
+    if password:
+        shown.url = shown.url.replace(f":{password}@", f":{MASK}@", 1)
+    return shown
 
 
 class PushConfigs(Lifecycle):
@@ -40,15 +64,26 @@ class PushConfigs(Lifecycle):
     Args:
         log: the log backend.
         topics: topic naming.
+        box: seals configs in the topic with the hub's secret key.
+        outbound: which addresses a webhook may be on.
         fetch_wait_ms: longest wait of one fetch with nothing to read (default 20).
         readiness: where the part reports itself down while following the topic fails.
     """
 
     def __init__(
-        self, log: Log, topics: Topics, *, fetch_wait_ms: int = 20, readiness: Readiness | None = None
+        self,
+        log: Log,
+        topics: Topics,
+        *,
+        box: SecretBox,
+        outbound: OutboundPolicy,
+        fetch_wait_ms: int = 20,
+        readiness: Readiness | None = None,
     ) -> None:
         self._log = log
         self._topic = topics.push
+        self._box = box
+        self._outbound = outbound
         self._fetch_wait_ms = fetch_wait_ms
         self._configs: dict[str, dict[str, TaskPushNotificationConfig]] = {}
         self._position = 0  # next offset of the topic to apply
@@ -71,10 +106,17 @@ class PushConfigs(Lifecycle):
             self._consumer = None
 
     def of(self, task_id: str) -> list[TaskPushNotificationConfig]:
-        return list(self._configs.get(task_id, {}).values())
+        """The task's configs as callers may see them (masked)."""
+        return [masked(config) for config in self.for_delivery(task_id)]
 
     def get(self, task_id: str, config_id: str) -> TaskPushNotificationConfig | None:
-        return self._configs.get(task_id, {}).get(config_id)
+        """One config as callers may see it (masked), None when the task has no such config."""
+        config = self._configs.get(task_id, {}).get(config_id)
+        return None if config is None else masked(config)
+
+    def for_delivery(self, task_id: str) -> list[TaskPushNotificationConfig]:
+        """The task's configs with their credentials, for the notifier alone."""
+        return list(self._configs.get(task_id, {}).values())
 
     async def caught_up(self) -> None:
         """Wait until every config stored (by any hub instance) before this call is applied, so an
@@ -85,39 +127,56 @@ class PushConfigs(Lifecycle):
             await advanced.wait()
 
     async def put(self, config: TaskPushNotificationConfig) -> TaskPushNotificationConfig:
-        """Store a config for its task (a new id when it has none); InvalidRequest for a URL that
-        can never be a webhook."""
+        """Store a config for its task (a new id when it has none), sealed; returns it masked.
+        InvalidRequest for a URL that can never be a webhook or is on a refused address."""
         problem = url_problem(config.url)
         if problem is not None:
             raise InvalidRequest(f"pushNotificationConfig.url {problem}")
+        try:
+            await self._outbound.check_url(config.url)
+        except OutboundRefused:
+            raise OutboundRefused(f"pushNotificationConfig.url is {REFUSED}") from None
         stored = TaskPushNotificationConfig()
         stored.CopyFrom(config)
         stored.id = stored.id or str(uuid.uuid4())
-        record = await self._log.produce(
-            self._topic, stored.SerializeToString(), key=_key(stored.task_id, stored.id)
-        )
+        sealed = self._box.seal(stored.SerializeToString())
+        record = await self._log.produce(self._topic, sealed, key=_key(stored.task_id, stored.id))
         self._apply(record)
-        return stored
+        return masked(stored)
 
     async def delete(self, task_id: str, config_id: str) -> None:
         record = await self._log.produce(self._topic, b"", key=_key(task_id, config_id))
         self._apply(record)
 
     def _apply(self, record: Record) -> None:
-        """Apply one record; one that cannot be read (written by something else) is skipped."""
+        """Apply one record (sealed, or plain from before sealing); one that cannot be read (written
+        by something else, or sealed with another hub's key) is skipped and removes what it replaced."""
         try:
             task_id, _, config_id = (record.key or b"").decode().partition("/")
-            config = TaskPushNotificationConfig()
-            config.ParseFromString(record.value)
-        except (UnicodeDecodeError, DecodeError) as exc:
+        except UnicodeDecodeError as exc:
             log.warning("unreadable push config skipped", offset=record.offset, error=describe(exc))
             return
         if not task_id:
             return
-        if not record.value:
+        config = self._read(record) if record.value else None
+        if config is None:
             self._configs.get(task_id, {}).pop(config_id, None)
         else:
             self._configs.setdefault(task_id, {})[config_id] = config
+
+    def _read(self, record: Record) -> TaskPushNotificationConfig | None:
+        """The config a record holds; None (and a warning) when it cannot be read."""
+        try:
+            config = TaskPushNotificationConfig()
+            config.ParseFromString(self._box.open(record.value))
+        except Unsealable as exc:
+            log.warning("push config sealed with another secret key skipped: give every hub instance"
+                        " the same secret_key", offset=record.offset, error=str(exc))  # fmt: skip
+            return None
+        except DecodeError as exc:
+            log.warning("unreadable push config skipped", offset=record.offset, error=describe(exc))
+            return None
+        return config
 
     async def _follow(self) -> None:
         assert self._consumer is not None
@@ -155,6 +214,7 @@ class Notifier(Lifecycle):
         max_pending: updates held in memory before fetching pauses (default 10,000).
         commit_interval_ms: how often offsets of finished updates are committed (default 100).
         readiness: where the notifier reports itself down while its loop fails (the log is down).
+        outbound: which addresses webhooks may be on (default: public addresses only).
     """
 
     def __init__(
@@ -163,6 +223,7 @@ class Notifier(Lifecycle):
         configs: PushConfigs,
         topics: Topics,
         *,
+        outbound: OutboundPolicy | None = None,
         attempts: int = 5,
         backoff_s: float = 0.5,
         timeout_s: float = 5.0,
@@ -180,7 +241,8 @@ class Notifier(Lifecycle):
         self._next_commit = 0.0
         self._readiness = readiness or Readiness()
         self._poster = Poster(log, topics.push_attempts, attempts=attempts, backoff_s=backoff_s,
-                              timeout_s=timeout_s, readiness=self._readiness)  # fmt: skip
+                              timeout_s=timeout_s, readiness=self._readiness,
+                              outbound=outbound or OutboundPolicy())  # fmt: skip
         self._loop = SupervisedLoop("push-notifier", self._run, self._readiness)
         self._webhooks: dict[tuple[str, str], Webhook] = {}
         self._tracker = OffsetTracker()
@@ -244,7 +306,7 @@ class Notifier(Lifecycle):
         record is the recorder's to park, there is nothing to notify)."""
         try:
             envelope = envelopes.decode(record)
-            configs = self._configs.of(envelope.task_id) if envelope.kind == Kind.KIND_EVENT else []
+            configs = self._configs.for_delivery(envelope.task_id) if envelope.kind == Kind.KIND_EVENT else []
             if not configs:
                 return [], None
             event = envelopes.unpack(envelope, StreamResponse)

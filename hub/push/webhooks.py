@@ -4,8 +4,10 @@ A `Webhook` is one push config's queue of task updates and the task that sends t
 another, so a webhook gets its updates in log order and a webhook that is down holds up nobody
 else. The `Poster` sends one update: it POSTs with the config's token and auth header, retries
 with jittered backoff, records every attempt in `<prefix>.push-attempts`, and gives up after its
-attempts (at once for a URL that can never work), recording that too. Never logs or records a
-credential: URLs are shown without user info, query or fragment.
+attempts (at once for a URL that can never work or that the outbound policy refuses: such a
+webhook is never called), recording that too. It connects only through the outbound policy's
+client (hub/outbound.py): checked addresses, no redirects, no response body read. Never logs or
+records a credential: URLs are shown without user info, query or fragment.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from a2a.types import TaskPushNotificationConfig
 
 from agenthub.hub.log._base import Log, Record, TopicPartition
 from agenthub.hub.loops import Backoff, Readiness, describe, retry_until_ok
+from agenthub.hub.outbound import REFUSED, OutboundPolicy, OutboundRefused
 from agenthub.sdk._aio import Lifecycle, cancel_and_wait
 
 log = structlog.get_logger(__name__)
@@ -88,6 +91,7 @@ class Poster(Lifecycle):
         backoff_s: first retry delay, doubled each time up to 30 s (jittered).
         timeout_s: longest one POST may take.
         readiness: where an outage of the log (attempts cannot be recorded) is reported.
+        outbound: which addresses webhooks may be on.
     """
 
     def __init__(
@@ -99,6 +103,7 @@ class Poster(Lifecycle):
         backoff_s: float,
         timeout_s: float,
         readiness: Readiness,
+        outbound: OutboundPolicy,
     ) -> None:
         self._log = log
         self._topic = topic
@@ -106,10 +111,11 @@ class Poster(Lifecycle):
         self._backoff_s = backoff_s
         self._timeout_s = timeout_s
         self._readiness = readiness
+        self._outbound = outbound
         self._http: httpx.AsyncClient | None = None
 
     async def start(self) -> None:
-        self._http = httpx.AsyncClient(timeout=self._timeout_s, limits=httpx.Limits(max_connections=256))
+        self._http = self._outbound.client(timeout_s=self._timeout_s, max_connections=256)
 
     async def stop(self) -> None:
         if self._http is not None:
@@ -125,24 +131,35 @@ class Poster(Lifecycle):
         backoff = Backoff(base=self._backoff_s, cap=max(self._backoff_s, 30.0))
         for attempt in range(1, self._attempts + 1):
             status, error = await self._post(config, update.body)
-            last = attempt == self._attempts
+            last = attempt == self._attempts or error == REFUSED  # a refused address: given up at once
             await self._record(config, update, attempt, status, error, gave_up=bool(error) and last)
             if not error:
                 return True
-            if not last:
-                await asyncio.sleep(backoff.next_delay())
+            if last:
+                break
+            await asyncio.sleep(backoff.next_delay())
         log.warning("push notification given up", task=config.task_id, config=config.id,
-                    webhook=shown(config.url), update=update.event_id, attempts=self._attempts)  # fmt: skip
+                    webhook=shown(config.url), update=update.event_id, attempts=attempt,
+                    error=error)  # fmt: skip
         return False
 
     async def _post(self, config: TaskPushNotificationConfig, body: str) -> tuple[int, str]:
-        """One POST: (HTTP status, "" on success or what went wrong)."""
+        """One POST (its reply's body is never read): (HTTP status, "" on success, REFUSED when the
+        outbound policy refuses the address, else what went wrong)."""
         assert self._http is not None
         try:
-            reply = await self._http.post(config.url, content=body, headers=_headers(config))
+            async with (
+                asyncio.timeout(self._timeout_s),
+                self._http.stream("POST", config.url, content=body, headers=_headers(config)) as reply,
+            ):
+                status = reply.status_code
+        except OutboundRefused:
+            return 0, REFUSED
+        except TimeoutError:
+            return 0, "timed out"
         except httpx.HTTPError as exc:  # connection refused, timeout, protocol error: retry
             return 0, _without_url(describe(exc), config.url)
-        return reply.status_code, "" if reply.is_success else f"HTTP {reply.status_code}"
+        return status, "" if 200 <= status < 300 else f"HTTP {status}"
 
     async def _record(
         self,

@@ -27,6 +27,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from agenthub.hub.heads.validation import json_object
 from agenthub.hub.log._base import Consumer, Lifecycle, Log
 from agenthub.hub.loops import Readiness, SupervisedLoop
+from agenthub.hub.outbound import OutboundPolicy
 from agenthub.hub.routing.connections import GRPC, is_up
 from agenthub.hub.routing.discovery import discover
 from agenthub.hub.topics import Topics
@@ -130,13 +131,21 @@ class Registry(Lifecycle):
         topics: topic naming.
         health_interval: seconds between health checks of each replica (default 5; 0 disables).
         readiness: where a failing registry loop is reported.
+        outbound: where card fetches of `register_url` may go (default: public addresses only).
     """
 
     def __init__(
-        self, log: Log, topics: Topics, *, health_interval: float = 5.0, readiness: Readiness | None = None
+        self,
+        log: Log,
+        topics: Topics,
+        *,
+        health_interval: float = 5.0,
+        readiness: Readiness | None = None,
+        outbound: OutboundPolicy | None = None,
     ) -> None:
         self._log = log
         self._topics = topics
+        self._outbound = outbound or OutboundPolicy()
         self._health_interval = health_interval
         self._agents: dict[str, Agent] = {}
         self._watchers: set[asyncio.Queue[AgentChange]] = set()
@@ -187,7 +196,7 @@ class Registry(Lifecycle):
     async def register_url(self, url: str, name: str = "", *, replica: bool = False) -> Agent:
         """Register any A2A agent by its base or card URL: fetch and check its card, and reach it
         over its best binding; `replica` as for `register`. AgentUnavailable / InvalidRequest say why not."""
-        found = await discover(url)
+        found = await discover(url, policy=self._outbound)
         card = found.card
         if name:
             card.name = name
