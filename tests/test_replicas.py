@@ -16,8 +16,10 @@ from pathlib import Path
 
 import pytest
 from a2a.types import TaskState
+from google.protobuf.json_format import MessageToJson
 
 from agenthub.hub.config import HubSettings
+from agenthub.hub.routing import registry
 from agenthub.hub.server import Hub, free_port
 from agenthub.hub.topics import Topics
 from agenthub.sdk import Agent, HubClient, ScriptedModel, tool
@@ -232,6 +234,22 @@ async def test_registry_keeps_replicas_across_a_hub_restart(
             assert len((await client.get_agent("echo")).replicas) == 2
             await running[0][0].stop()  # a replica leaving while another is up deregisters itself
             assert endpoints(await client.get_agent("echo")) == {running[1][0].endpoint}
+
+
+async def test_a_dead_replica_goes_while_another_is_up_and_a_last_one_stays(
+    hub: Hub, client: HubClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(registry, "EXPIRE_AFTER_S", 0.0)  # the minute of grace, not the checks
+    async with replicas("echo", hub.address, 1) as ((live, _),):
+        dead = f"127.0.0.1:{free_port()}"  # e.g. the port it served on before a restart
+        await client.register(MessageToJson(live.card()), dead, replica=True)
+        await client.register(json.dumps(_card("lonely")), dead, replica=True)
+        for check in range(registry.EXPIRE_AFTER_CHECKS):
+            assert len((await client.get_agent("echo")).replicas) == 2, f"removed after {check} checks"
+            await hub.registry.check_health()
+        assert endpoints(await client.get_agent("echo")) == {live.endpoint}
+        (last,) = (await client.get_agent("lonely")).replicas  # no other replica: it stays, down
+        assert (last.endpoint, last.state) == (dead, "down")
 
 
 async def _reachable(client: HubClient) -> bool:
