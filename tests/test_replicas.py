@@ -152,10 +152,10 @@ async def test_a_replica_killed_under_load_loses_nothing_and_answers_once(
                 await agent.start()
             assert await eventually(lambda: _replicas_up(client, 3), timeout=30), "replicas did not register"
             victim, survivors = agents[0], agents[1:]
-            sent = [await submit(client, "counter", f"job {i}") for i in range(45)]
+            sent = await asyncio.gather(*(submit(client, "counter", f"job {i}") for i in range(45)))
             assert await eventually(lambda: _delivered(victim.ledger), timeout=30), "the victim got nothing"
             await victim.kill()
-            sent += [await submit(client, "counter", f"job {i}") for i in range(45, 60)]
+            sent += await asyncio.gather(*(submit(client, "counter", f"job {i}") for i in range(45, 60)))
 
             texts = [f"job {i}" for i in range(60)]
             for text, (task_id, context_id) in zip(texts, sent, strict=True):
