@@ -51,11 +51,12 @@ def replica_key(name: str, endpoint: str) -> bytes:
 
 @dataclass
 class Replica:
-    """One endpoint serving an agent: its stored record (card, place, liveness) and topic key."""
+    """One endpoint serving an agent: its record (card, place, liveness), topic key and stored value."""
 
     record: AgentRecord
     card: AgentCard
     key: bytes
+    value: bytes  # as stored: its echo from the topic changes nothing (liveness is kept here)
     failed_checks: int = 0
     down_since: float = 0.0  # monotonic time of the first failed check in a row
 
@@ -149,6 +150,7 @@ class Registry(Lifecycle):
         self._health_interval = health_interval
         self._agents: dict[str, Agent] = {}
         self._watchers: set[asyncio.Queue[AgentChange]] = set()
+        self._written: dict[bytes, bytes] = {}  # key -> value written here, not yet read back
         self._consumer: Consumer | None = None
         self._loops = [SupervisedLoop("registry", self._follow, readiness)]
         if health_interval > 0:
@@ -268,7 +270,22 @@ class Registry(Lifecycle):
 
     async def _put(self, key: bytes, value: bytes) -> None:
         """Write one registry record and apply it here at once (other instances follow the topic)."""
-        await self._log.produce(self._topics.registry, value, key=key)
+        self._written[key] = value  # before producing: the follower may read it back at once
+        try:
+            await self._log.produce(self._topics.registry, value, key=key)
+        except BaseException:
+            self._written.pop(key, None)
+            raise
+        self._apply(key, value)
+
+    def _read_back(self, key: bytes | None, value: bytes) -> None:
+        """Apply a record followed from the topic, unless this instance wrote a newer value for its
+        key that the topic has not given back yet: a late echo must not undo a local write."""
+        written = self._written.get(key) if key else None
+        if written is not None and key is not None:
+            if value != written:
+                return
+            del self._written[key]
         self._apply(key, value)
 
     def _apply(self, key: bytes | None, value: bytes) -> None:
@@ -291,9 +308,9 @@ class Registry(Lifecycle):
         card = parse_card(record.card_json)
         agent = self._agents.setdefault(name, Agent(name))
         current = agent.replicas.get(record.endpoint)
-        if current is not None and current.record == record:
+        if current is not None and (current.key, current.value) == (key, value):
             return
-        agent.replicas[record.endpoint] = Replica(record, card, key)
+        agent.replicas[record.endpoint] = Replica(record, card, key, value)
         self._notify(AgentChange(agent=agent.record, endpoint=record.endpoint))
 
     def _remove(self, name: str, key: bytes) -> None:
@@ -317,7 +334,7 @@ class Registry(Lifecycle):
         assert self._consumer is not None
         while True:
             for record in await self._consumer.getmany(timeout_ms=1000):
-                self._apply(record.key, record.value)
+                self._read_back(record.key, record.value)
 
     async def _check_health(self) -> None:
         """Every `health_interval` seconds, check each replica's health and expire dead ones."""
