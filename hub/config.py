@@ -94,6 +94,47 @@ class HubSettings(BaseSettings):
         0.5, ge=0, description="first delay between two POSTs to a webhook; doubles each time (jittered)"
     )
 
+    # ---- trust (README "Security") -----------------------------------------------------------
+    auth: bool = Field(
+        False,
+        description="require credentials (API key or JWT) on every call but discovery and health;"
+        " `agenthub up` turns it on",
+    )
+    admin_key_file: Path | None = Field(
+        None, description="where the hub keeps its bootstrap admin key (default: data_dir/admin.key)"
+    )
+    jwt_issuer: str | None = Field(None, description="accept JWTs from this issuer (OIDC `iss`)")
+    jwt_audience: str | None = Field(None, description="JWT audience (`aud`) the hub expects")
+    jwt_jwks: str | None = Field(None, description="the issuer's key set: a JWKS file path or https URL")
+    jwt_role_claim: str = Field("roles", description="JWT claim holding the role (string or list)")
+    jwt_agent_claim: str = Field("agent", description="JWT claim naming an agent token's agent")
+    jwt_name_claim: str = Field("sub", description="JWT claim naming the principal")
+    policy_default: Literal["allow", "deny"] = Field(
+        "allow", description="whether a call no policy rule matches may reach its agent"
+    )
+    rate_limit_per_s: float = Field(0.0, ge=0, description="calls per second per principal (0 = no limit)")
+    rate_limit_burst: int = Field(50, ge=1, description="calls a principal may make at once above its rate")
+    cors_origins: list[str] = Field(
+        default_factory=list, description="web origins allowed to call the HTTP heads from a browser"
+    )
+    insecure: bool = Field(
+        False, description="serve on a non-loopback address without authentication (not recommended)"
+    )
+
+    @property
+    def binds_loopback(self) -> bool:
+        """Whether the hub listens on this machine only ("localhost" or a loopback address)."""
+        if self.host.lower() == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    @property
+    def admin_key_path(self) -> Path:
+        return self.admin_key_file or self.data_dir / "admin.key"
+
     # ---- outbound calls (README "Security", "Outbound calls") ---------------------------------
     outbound_allow: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

@@ -111,7 +111,7 @@ class OutboundPolicy:
             except ValueError:
                 hosts.append(entry.lower())
         loopback = settings.outbound_loopback == "allow" or (
-            settings.outbound_loopback == "auto" and _is_loopback_host(settings.host)
+            settings.outbound_loopback == "auto" and settings.binds_loopback
         )
         return cls(tuple(networks), tuple(hosts), loopback)
 
@@ -229,13 +229,3 @@ async def _resolve(host: str, port: int) -> list[IPAddress]:
 
 def _default_port(url: httpx.URL) -> int:
     return 443 if url.scheme == "https" else 80
-
-
-def _is_loopback_host(host: str) -> bool:
-    """Whether the hub binds only loopback ("localhost" or a loopback address)."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

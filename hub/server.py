@@ -42,6 +42,8 @@ from agenthub.hub.routing.watchdog import Watchdog
 from agenthub.hub.secret_box import SecretBox
 from agenthub.hub.threads._base import ThreadStore
 from agenthub.hub.topics import Topics
+from agenthub.hub.trust.gate import Gate
+from agenthub.hub.trust.service import TrustServicer
 from agenthub.sdk._aio import cancel_and_wait
 from agenthub.sdk.errors import ConfigError
 from agenthub.sdk.pb import (
@@ -51,6 +53,8 @@ from agenthub.sdk.pb import (
     registry_pb2_grpc,
     threads_pb2,
     threads_pb2_grpc,
+    trust_pb2,
+    trust_pb2_grpc,
 )
 
 log = structlog.get_logger(__name__)
@@ -113,12 +117,25 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def check_exposure(settings: HubSettings) -> None:
+    """A hub reachable from other machines must authenticate its callers, unless told `insecure`."""
+    if settings.auth or settings.binds_loopback:
+        return
+    if not settings.insecure:
+        raise ConfigError(
+            f"refusing to serve on {settings.host} without authentication: turn it on (--auth) or,"
+            " on a network you trust completely, pass --insecure"
+        )
+    log.warning("serving without authentication on a non-loopback address", host=settings.host)
+
+
 class Hub(Lifecycle):
     """A running hub. `grpc_port` and `http_port` are the bound ports once started."""
 
     def __init__(self, settings: HubSettings) -> None:
         if "instance_id" not in settings.model_fields_set:
             settings = settings.model_copy(update={"instance_id": stable_instance_id(settings.data_dir)})
+        check_exposure(settings)
         self.settings = settings
         self.grpc_port = settings.port or free_port(settings.host)
         self.http_port = settings.http_port or free_port(settings.host)
@@ -126,6 +143,7 @@ class Hub(Lifecycle):
         self.readiness = Readiness()
         self.log = open_log(settings)
         self.store = open_store(settings)
+        self.gate = Gate(settings, self.log, topics, self.readiness)
         outbound = OutboundPolicy.from_settings(settings)
         self.registry = Registry(
             self.log,
@@ -180,12 +198,14 @@ class Hub(Lifecycle):
             self.replies,
             settings,
             self.push,
+            self.gate,
             self.readiness,
         )
         # The reply topic exists before the recorder subscribes, so this instance's answers are
         # recorded from the first one (a topic created later waits for the group to find it).
         self._parts: list[Lifecycle] = [
             self.log,
+            self.gate,
             self.store,
             self.registry,
             self.push,
@@ -230,7 +250,7 @@ class Hub(Lifecycle):
         limit = self.settings.max_message_bytes * 4
         receive = self.settings.max_message_bytes * 2  # as the HTTP head's body cap
         server = grpc.aio.server(
-            interceptors=[GuardInterceptor()],
+            interceptors=[GuardInterceptor(self.gate)],
             options=[("grpc.max_receive_message_length", receive), ("grpc.max_send_message_length", limit)],
         )
         a2a_pb2_grpc.add_A2AServiceServicer_to_server(HubGrpcHandler(self.handler), server)
@@ -239,6 +259,7 @@ class Hub(Lifecycle):
             ThreadServicer(self.store, self.registry, self.operator, self.recorder.settle_all), server
         )
         operator_pb2_grpc.add_OperatorServiceServicer_to_server(OperatorServicer(self.operator), server)
+        trust_pb2_grpc.add_TrustServiceServicer_to_server(TrustServicer(self.gate), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         names = [
@@ -246,6 +267,7 @@ class Hub(Lifecycle):
             registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
             threads_pb2.DESCRIPTOR.services_by_name["ThreadService"].full_name,
             operator_pb2.DESCRIPTOR.services_by_name["OperatorService"].full_name,
+            trust_pb2.DESCRIPTOR.services_by_name["TrustService"].full_name,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         ]
         reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
@@ -294,7 +316,14 @@ class Hub(Lifecycle):
         self.readiness.up("consumer groups")
 
     async def _start_http(self) -> None:
-        app = http_app(self.handler, self.registry, self.cards, max_body=self.settings.max_message_bytes * 2)
+        app = http_app(
+            self.handler,
+            self.registry,
+            self.cards,
+            self.gate,
+            max_body=self.settings.max_message_bytes * 2,
+            origins=self.settings.cors_origins,
+        )
         app.router.routes.insert(0, Route("/readyz", self._readyz))
         config = uvicorn.Config(
             app, host=self.settings.host, port=self.http_port, log_level="warning", lifespan="off"

@@ -55,7 +55,18 @@ class Topics:
 
     @property
     def audit(self) -> str:
+        """Authentication failures, denials and administrative actions (hub/trust/audit.py)."""
         return f"{self.prefix}.audit"
+
+    @property
+    def keys(self) -> str:
+        """Compacted topic of API keys (hashes only)."""
+        return f"{self.prefix}.keys"
+
+    @property
+    def policy(self) -> str:
+        """Compacted topic of the rules of who may call which agent."""
+        return f"{self.prefix}.policy"
 
     @property
     def dispatch_group(self) -> str:

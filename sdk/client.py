@@ -25,6 +25,7 @@ from a2a.types import (
 )
 
 from agenthub.sdk._aio import Lifecycle
+from agenthub.sdk.auth import hub_channel, resolve_key
 from agenthub.sdk.errors import AgentNotFound, ThreadNotFound, from_grpc
 from agenthub.sdk.pb import operator_pb2 as op
 from agenthub.sdk.pb import operator_pb2_grpc, registry_pb2_grpc, threads_pb2_grpc
@@ -41,19 +42,27 @@ class HubClient(Lifecycle):
         address: the hub's gRPC address, host:port (default 127.0.0.1:50051).
         sender: who this client speaks for (an agent name when an agent delegates; default "user").
         timeout: default deadline of unary calls, in seconds (default 30).
+        key: the API key or token to call with (default: `resolve_key()`: $AGENTHUB_KEY,
+            $AGENTHUB_KEY_FILE, or the admin key `agenthub up` keeps in `.agenthub/`).
     """
 
     def __init__(
-        self, address: str = "127.0.0.1:50051", *, sender: str | None = None, timeout: float = 30.0
+        self,
+        address: str = "127.0.0.1:50051",
+        *,
+        sender: str | None = None,
+        timeout: float = 30.0,
+        key: str | None = None,
     ) -> None:
         self.address = address
         self.sender = sender
         self.timeout = timeout
+        self.key = resolve_key(key)
         self._channel: grpc.aio.Channel | None = None
 
     async def start(self) -> None:
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self.address)
+            self._channel = hub_channel(self.address, self.key)
 
     async def stop(self) -> None:
         """Close the connection (also what leaving `async with` does)."""
@@ -64,7 +73,7 @@ class HubClient(Lifecycle):
     @property
     def channel(self) -> grpc.aio.Channel:
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(self.address)
+            self._channel = hub_channel(self.address, self.key)
         return self._channel
 
     def _metadata(self, parent_task_id: str | None = None) -> tuple[tuple[str, str], ...]:

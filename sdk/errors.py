@@ -95,6 +95,28 @@ class ConfigError(AgentHubError):
     message = "invalid configuration"
 
 
+class Unauthenticated(AgentHubError):
+    """The call carries no credential the hub accepts (missing, unknown, revoked, expired, forged)."""
+
+    message = "authentication required"
+
+
+class PermissionDenied(AgentHubError):
+    """The caller is known but its role or the policy does not allow this call."""
+
+    message = "permission denied"
+
+
+class RateLimited(AgentHubError):
+    """The caller is over its rate limit or in-flight quota; retry after `retry_after_s`."""
+
+    message = "rate limit exceeded"
+
+    def __init__(self, message: str | None = None, retry_after_s: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class Status(NamedTuple):
     """How one error class shows on each transport."""
 
@@ -118,6 +140,9 @@ STATUS: dict[type[Exception], Status] = {
     StoreUnavailable: Status(grpc.StatusCode.UNAVAILABLE, 503, -32053, "STORE_UNAVAILABLE", 5),
     LogUnavailable: Status(grpc.StatusCode.UNAVAILABLE, 503, -32054, "LOG_UNAVAILABLE", 5),
     ConfigError: Status(grpc.StatusCode.FAILED_PRECONDITION, 400, -32052, "INVALID_CONFIGURATION", 2),
+    Unauthenticated: Status(grpc.StatusCode.UNAUTHENTICATED, 401, -32055, "UNAUTHENTICATED", 6),
+    PermissionDenied: Status(grpc.StatusCode.PERMISSION_DENIED, 403, -32056, "PERMISSION_DENIED", 6),
+    RateLimited: Status(grpc.StatusCode.RESOURCE_EXHAUSTED, 429, -32057, "RATE_LIMITED", 5),
     AgentHubError: Status(grpc.StatusCode.INTERNAL, 500, -32603, "INTERNAL_ERROR", 1),
     # a2a-sdk's own errors, as the A2A v1 specification maps them (section 5.4, "Error Code
     # Mappings"; a2a-sdk's own table differs in places: UNIMPLEMENTED, 409, 415 and 502 below).
@@ -167,6 +192,9 @@ _BY_GRPC_CODE: dict[grpc.StatusCode, type[AgentHubError]] = {
     grpc.StatusCode.UNAVAILABLE: HubUnavailable,
     grpc.StatusCode.FAILED_PRECONDITION: ConfigError,
     grpc.StatusCode.UNIMPLEMENTED: InvalidRequest,  # an operation or A2A version the server refuses
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: RateLimited,
 }
 
 

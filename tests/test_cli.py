@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import socket
 import sys
@@ -17,14 +18,22 @@ from agenthub.hub.server import Hub, free_port
 AGENTHUB = [sys.executable, "-m", "agenthub.hub.cli"]
 
 
-async def agenthub(*args: str, timeout: float = 60) -> tuple[int, str, str]:
-    """Run the CLI; (exit code, stdout, stderr)."""
+async def agenthub(
+    *args: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> tuple[int, str, str]:
+    """Run the CLI, with `env` added to the environment; (exit code, stdout, stderr)."""
     process = await asyncio.create_subprocess_exec(
-        *AGENTHUB, *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-    )
+        *AGENTHUB, *args, env={**os.environ, **(env or {})},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
     out, err = await asyncio.wait_for(process.communicate(), timeout)
     assert process.returncode is not None
     return process.returncode, out.decode(), err.decode()
+
+
+async def agenthub_env(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    """Run the CLI with extra environment variables."""
+    return await agenthub(*args, env=env)
 
 
 def closed(port: int) -> bool:
@@ -62,20 +71,22 @@ async def test_up_runs_the_demo_and_stops_in_order_on_sigterm(tmp_path: Path) ->
                 banner += line.decode()
         assert f"127.0.0.1:{port}" in banner
         hub = f"127.0.0.1:{port}"
+        key = {"AGENTHUB_KEY_FILE": str(data / "admin.key")}  # the banner says where it is
+        assert str(data / "admin.key") in banner
 
-        code, out, _ = await agenthub("agents", "list", "--hub", hub, "--json")
+        code, out, _ = await agenthub_env(key, "agents", "list", "--hub", hub, "--json")
         assert code == 0
         assert sorted(a["name"] for a in json.loads(out)) == ["calculator", "notes", "triage"]
         ports = {a["name"]: int(a["endpoint"].rsplit(":", 1)[1]) for a in json.loads(out)}
         ports |= {"hub": port, "model": model_port}
 
-        code, out, err = await agenthub("send", "triage", "What is 12 + 30?", "--hub", hub)
+        code, out, err = await agenthub_env(key, "send", "triage", "What is 12 + 30?", "--hub", hub)
         assert (code, out.strip()) == (0, "12 + 30 = 42")
         context_id = err.rsplit("thread ", 1)[1].strip(" )\n")
 
-        code, out, _ = await agenthub("threads", "show", context_id, "--hub", hub)
+        code, out, _ = await agenthub_env(key, "threads", "show", context_id, "--hub", hub)
         assert code == 0
-        assert "user → triage: What is 12 + 30?" in out
+        assert "user:admin → triage: What is 12 + 30?" in out  # the CLI calls with the admin key up made
         assert "calculator task" in out and "triage → calculator: What is 12 + 30?" in out
 
         assert not any(closed(p) for p in ports.values())

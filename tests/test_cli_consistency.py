@@ -136,9 +136,8 @@ async def test_up_runs_the_demo_on_kafka(tmp_path: Path, kafka_bootstrap: str) -
     try:
         assert f"127.0.0.1:{port}" in await banner_of(up)
         hub = f"127.0.0.1:{port}"
-        code, out, err = await agenthub(
-            "send", "calculator", "6 * 7", "--hub", hub, timeout=180
-        )  # a real model
+        key = {"AGENTHUB_KEY_FILE": str(data_dir / "admin.key")}  # where `up` says its admin key is
+        code, out, err = await agenthub("send", "calculator", "6 * 7", "--hub", hub, timeout=180, env=key)
         assert (code, out.strip()) == (0, "6 * 7 = 42"), err
         assert (data_dir / "threads.db").exists() and not (data_dir / "log.db").exists()  # the log is Kafka
     finally:

@@ -25,9 +25,11 @@ from agenthub.hub.heads.guard import GuardInterceptor
 from agenthub.hub.heads.http import http_app
 from agenthub.hub.heads.services import HubGrpcHandler, RegistryServicer
 from agenthub.hub.log.embedded import EmbeddedLog
+from agenthub.hub.loops import Readiness
 from agenthub.hub.routing.registry import Registry
 from agenthub.hub.server import free_port
 from agenthub.hub.topics import Topics
+from agenthub.hub.trust.gate import Gate
 from agenthub.sdk.pb import registry_pb2, registry_pb2_grpc
 
 SECRET = "password=hunter2 at /var/lib/agenthub/store.db"
@@ -61,8 +63,10 @@ def reported(text: str, logs: list[MutableMapping[str, Any]]) -> None:
 @pytest.fixture
 async def broken_grpc(tmp_path: Path) -> AsyncIterator[grpc.aio.Channel]:
     """A real gRPC server with the hub's guard, over a broken A2A handler and registry service."""
-    registry = Registry(EmbeddedLog(tmp_path / "log.db"), Topics("t"))
-    server = grpc.aio.server(interceptors=[GuardInterceptor()])
+    log = EmbeddedLog(tmp_path / "log.db")
+    registry = Registry(log, Topics("t"))
+    gate = Gate(HubSettings(data_dir=tmp_path), log, Topics("t"), Readiness())  # no auth: not started
+    server = grpc.aio.server(interceptors=[GuardInterceptor(gate)])
     a2a_pb2_grpc.add_A2AServiceServicer_to_server(HubGrpcHandler(BrokenHandler()), server)
     registry_pb2_grpc.add_RegistryServiceServicer_to_server(BrokenRegistryService(registry), server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -90,10 +94,11 @@ async def test_grpc_answers_internal_with_a_reference_only(broken_grpc: grpc.aio
 
 async def test_http_answers_internal_with_a_reference_only(tmp_path: Path) -> None:
     settings = HubSettings(data_dir=tmp_path)
-    registry = Registry(EmbeddedLog(tmp_path / "log.db"), Topics("t"))
-    app = http_app(
-        BrokenHandler(), registry, CardPublisher(settings, free_port(), free_port()), max_body=4096
-    )
+    log = EmbeddedLog(tmp_path / "log.db")
+    registry = Registry(log, Topics("t"))
+    gate = Gate(settings, log, Topics("t"), Readiness())  # no auth: not started
+    cards = CardPublisher(settings, free_port(), free_port())
+    app = http_app(BrokenHandler(), registry, cards, gate, max_body=4096, origins=[])
     transport = httpx.ASGITransport(app=app)
     headers = {"A2A-Version": "1.0"}
     async with httpx.AsyncClient(transport=transport, base_url="http://hub", headers=headers) as http:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,7 +18,7 @@ from google.protobuf.json_format import MessageToJson
 from agenthub.hub.server import Hub, free_port
 from agenthub.sdk import Agent, HubClient, ScriptedModel, tool
 from tests.conftest import eventually
-from tests.test_cli import AGENTHUB, agenthub
+from tests.test_cli import agenthub, agenthub_env
 from tests.test_delivery import Fragile, echo
 
 
@@ -104,17 +103,6 @@ async def test_agents_deregister(hub: Hub, client: HubClient) -> None:
     assert code == 0 and json.loads(out) == []
     code, out, err = await agenthub("agents", "deregister", "spare", "--hub", hub.address)
     assert (code, out) == (4, "") and err.startswith("error: no agent named 'spare'")
-
-
-async def agenthub_env(env: dict[str, str], *args: str) -> tuple[int, str, str]:
-    """Run the CLI with extra environment variables."""
-    process = await asyncio.create_subprocess_exec(
-        *AGENTHUB, *args, env={**os.environ, **env},
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
 
 
 @pytest.mark.usefixtures("reference_agents")

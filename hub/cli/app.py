@@ -13,15 +13,15 @@ import asyncio
 import signal
 import subprocess
 import sys
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
 
-from agenthub.hub.cli import render
-from agenthub.sdk.errors import AgentHubError, ConfigError, InvalidRequest, status_of
+from agenthub.hub.cli import render, trust_commands
+from agenthub.hub.cli.common import DEFAULT_HUB, HubOpt, JsonOpt, fail, run
+from agenthub.sdk.errors import AgentHubError, ConfigError, InvalidRequest
 from agenthub.sdk.pb import operator_pb2 as op
 from agenthub.sdk.pb import threads_pb2 as thr
 
@@ -37,24 +37,6 @@ models_app = typer.Typer(help="The offline default model.", no_args_is_help=True
 app.add_typer(agents_app, name="agents")
 app.add_typer(threads_app, name="threads")
 app.add_typer(models_app, name="models")
-
-HubOpt = Annotated[str, typer.Option("--hub", envvar="AGENTHUB_HUB", help="hub gRPC address HOST:PORT")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
-DEFAULT_HUB = "127.0.0.1:50051"
-
-
-def fail(error: BaseException) -> NoReturn:
-    """Print one line for the user and exit with the error's code."""
-    message = error.message if isinstance(error, AgentHubError) else str(error)
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(status_of(error).exit_code)
-
-
-def run(coro: Coroutine[Any, Any, Any]) -> Any:
-    try:
-        return asyncio.run(coro)
-    except AgentHubError as exc:
-        fail(exc)
 
 
 def settings_from(**values: Any) -> Any:
@@ -72,9 +54,10 @@ def pull_model(*, quiet: bool) -> Path:
     from agenthub.sdk import offline
 
     try:
-        return offline.pull(quiet=quiet)
+        path = offline.pull(quiet=quiet)
     except (offline.OfflineModelMissing, subprocess.CalledProcessError) as exc:
         fail(ConfigError(f"could not install the offline model: {exc}"))
+    return path
 
 
 # ---- running a hub ---------------------------------------------------------------------------
@@ -124,6 +107,13 @@ def serve(
         int | None,
         typer.Option(help="unreachable calls that open an agent's circuit, 0 = never [default: 3]"),
     ] = None,
+    auth: Annotated[
+        bool | None,
+        typer.Option("--auth/--no-auth", help="require an API key or JWT on every call [default: off]"),
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option(help="allow serving a non-loopback address without --auth (not recommended)")
+    ] = False,
     json_logs: Annotated[bool, typer.Option(help="log JSON lines")] = False,
 ) -> None:
     """Run a hub in the foreground until Ctrl-C. Every option also reads AGENTHUB_<NAME>."""
@@ -145,6 +135,8 @@ def serve(
         retry_backoff_cap_s=retry_backoff_cap,
         retry_window_s=retry_window,
         breaker_threshold=breaker_threshold,
+        auth=auth,
+        insecure=insecure or None,
     )
 
     async def main() -> None:
@@ -197,6 +189,7 @@ def up(
         f"  cards      {supervisor.http_url}/agents/<name>/.well-known/agent-card.json\n"
         f"  model      {supervisor.model_url}\n"
         f"  agents     triage, calculator, notes\n"
+        f"  admin key  {supervisor.key_file}  ({key_hint(data_dir, supervisor.key_file)})\n"
         f'Try:  agenthub send triage "What is 12 + 30?"\n'
         f"Press Ctrl-C to stop."
     )
@@ -205,6 +198,13 @@ def up(
     if died is not None:
         fail(ConfigError(f"{died.name} exited unexpectedly; see {died.log_path}:\n{died.tail()}"))
     typer.echo("stopped.")
+
+
+def key_hint(data_dir: Path, key_file: Path) -> str:
+    """How the CLI finds the admin key `up` made: by itself in the default folder, else by a variable."""
+    if data_dir.absolute() == Path(".agenthub").absolute():
+        return "the agents, and the CLI in this folder, use it by themselves"
+    return f"the agents use it; for the CLI: export AGENTHUB_KEY_FILE={key_file}"
 
 
 # ---- agents ---------------------------------------------------------------------------------
@@ -555,6 +555,9 @@ def models_serve(port: Annotated[int, typer.Option(help="port")] = 8765) -> None
         offline.serve(port=port)
     except offline.OfflineModelMissing as exc:
         fail(ConfigError(str(exc)))
+
+
+trust_commands.attach(app)  # after the commands above, so `agenthub --help` lists them first
 
 
 def main() -> None:

@@ -93,11 +93,14 @@ def hub_ready(address: str) -> bool:
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-def registered(address: str) -> set[str]:
+def registered(address: str, key_file: Path) -> set[str]:
+    key = key_file.read_text().strip() if key_file.exists() else ""
     with grpc.insecure_channel(address) as channel:
         try:
             reply = registry_pb2_grpc.RegistryServiceStub(channel).ListAgents(
-                registry_pb2.ListAgentsRequest(), timeout=1
+                registry_pb2.ListAgentsRequest(),
+                timeout=1,
+                metadata=(("authorization", f"Bearer {key}"),) if key else None,
             )
         except grpc.RpcError:
             return set()
@@ -144,11 +147,14 @@ class Supervisor:
                 str(http_port),
                 "--data-dir",
                 str(data_dir),
+                "--auth",
                 *hub_args,
             ],
             logs / "hub.log",
         )
-        env = {"AGENTHUB_MODEL_BASE_URL": self.model_url}
+        # The hub writes its admin key here; the agents (and the CLI, in this folder) pick it up.
+        self.key_file = (data_dir / "admin.key").absolute()
+        env = {"AGENTHUB_MODEL_BASE_URL": self.model_url, "AGENTHUB_KEY_FILE": str(self.key_file)}
         self.agents = [
             Child(
                 name, [py, "-m", f"agenthub.agents.{name}", "--hub", self.address], logs / f"{name}.log", env
@@ -170,7 +176,8 @@ class Supervisor:
             for agent in self.agents:
                 agent.start()
             names = set(REFERENCE_AGENTS)
-            wait_until(lambda: names <= registered(self.address), self.agents[-1], "agent registration", 60)
+            registration = lambda: names <= registered(self.address, self.key_file)  # noqa: E731
+            wait_until(registration, self.agents[-1], "agent registration", 60)
         except BaseException:
             self.stop()
             raise

@@ -27,6 +27,7 @@ class CardPublisher:
 
     def __init__(self, settings: HubSettings, grpc_port: int, http_port: int) -> None:
         self._host = settings.card_host
+        self._auth = settings.auth
         self._grpc_port = grpc_port
         self._http_port = http_port
 
@@ -59,7 +60,18 @@ class CardPublisher:
         out.capabilities.streaming = True
         out.capabilities.push_notifications = True
         del out.signatures[:]
+        out.ClearField("security_schemes")
+        del out.security_requirements[:]
+        if self._auth:  # the hub's door, not the agent's: a stock client's auth interceptor reads this
+            scheme = out.security_schemes[BEARER]
+            scheme.http_auth_security_scheme.scheme = "Bearer"
+            scheme.http_auth_security_scheme.bearer_format = "AgentHub API key or JWT"
+            scheme.http_auth_security_scheme.description = "Authorization: Bearer <key or token>"
+            out.security_requirements.add().schemes[BEARER].SetInParent()
         return out
+
+
+BEARER = "agenthub-bearer"
 
 
 def etag(card: AgentCard) -> str:

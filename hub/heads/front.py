@@ -62,7 +62,17 @@ from agenthub.hub.routing.replies import ReplyRouter, Waiter
 from agenthub.hub.threads._base import TaskRow, ThreadStore
 from agenthub.hub.threads.outage import store_read
 from agenthub.hub.topics import Topics
-from agenthub.sdk.errors import AgentNotFound, InvalidRequest, LogUnavailable, MessageTooLarge
+from agenthub.hub.trust.gate import Gate
+from agenthub.hub.trust.policy import Action, sees_everything
+from agenthub.hub.trust.principal import CURRENT, Principal
+from agenthub.hub.trust.principal import Role as PrincipalRole
+from agenthub.sdk.errors import (
+    AgentNotFound,
+    InvalidRequest,
+    LogUnavailable,
+    MessageTooLarge,
+    PermissionDenied,
+)
 from agenthub.sdk.pb.envelope_pb2 import Envelope, Kind
 
 ID = re.compile(r"^[A-Za-z0-9._:~@+=/-]{1,128}$")
@@ -83,6 +93,7 @@ class HubRequestHandler(RequestHandler):
         replies: this instance's reply router.
         settings: hub settings.
         push: push-notification configs (the hub notifies webhooks for every agent).
+        gate: authorization (who may send to which agent, read which task).
         readiness: what is down (a caller waiting while the log is down is told so).
     """
 
@@ -95,9 +106,11 @@ class HubRequestHandler(RequestHandler):
         replies: ReplyRouter,
         settings: HubSettings,
         push: PushConfigs,
+        gate: Gate,
         readiness: Readiness | None = None,
     ) -> None:
         self._log = log
+        self._gate = gate
         self._push = push
         self._registry = registry
         self._store = store
@@ -136,6 +149,7 @@ class HubRequestHandler(RequestHandler):
     async def on_subscribe_to_task(
         self, params: SubscribeToTaskRequest, context: ServerCallContext
     ) -> AsyncGenerator[Event]:
+        await self._gate.authorize(Action.READ_TASKS)
         row = await self._owned_task(params.id, self._route(params, context))
         if row.task.status.state in task_events.TERMINAL:
             raise UnsupportedOperationError(
@@ -154,6 +168,7 @@ class HubRequestHandler(RequestHandler):
     ) -> tuple[Waiter, TaskView]:
         """Put the request in the agent's inbox; the waiter for its replies, and its task so far."""
         agent = self._agent_name(self._route(params, context))
+        principal = await self._gate.authorize(Action.SEND, agent)
         self._validate(params)
         if (earlier := await self._resends.earlier(params.message, agent)) is not None:
             return earlier  # a resend (same messageId, same content, same context): its first task
@@ -173,6 +188,8 @@ class HubRequestHandler(RequestHandler):
             agent_task_id, agent_context_id = task_events.agent_ids(row.task)  # the agent continues its task
         else:
             task_id, context_id = envelopes.new_id(), message.context_id or envelopes.new_id()
+            if parent:
+                await self._check_parent(parent, principal)
         request = SendMessageRequest()
         request.CopyFrom(params)
         # the hub does the notifying: the webhook and its credentials never go to the agent or the log
@@ -185,7 +202,7 @@ class HubRequestHandler(RequestHandler):
             request,
             context_id=context_id,
             task_id=task_id,
-            sender=_header(context, SENDER_HEADER) or "user",
+            sender=_sender(principal, context),
             recipient=agent,
             parent_task_id=parent,
             reply_topic=self._replies.topic,
@@ -292,10 +309,12 @@ class HubRequestHandler(RequestHandler):
     # ---- reading -------------------------------------------------------------------------
 
     async def on_get_task(self, params: GetTaskRequest, context: ServerCallContext) -> Task | None:
+        await self._gate.authorize(Action.READ_TASKS)
         row = await self._owned_task(params.id, self._route(params, context))
         return shaped(row.task, params.history_length if params.HasField("history_length") else None, True)
 
     async def on_list_tasks(self, params: ListTasksRequest, context: ServerCallContext) -> ListTasksResponse:
+        principal = await self._gate.authorize(Action.READ_TASKS)
         tenant = self._route(params, context)
         agent = self._agent_name(tenant) if tenant else None
         size = params.page_size if params.HasField("page_size") else 50
@@ -314,14 +333,16 @@ class HubRequestHandler(RequestHandler):
             )
         history = params.history_length if params.HasField("history_length") else None
         artifacts = params.include_artifacts if params.HasField("include_artifacts") else False
+        rows = page.tasks if sees_everything(principal) else [r for r in page.tasks if await self._owns(r)]
         return ListTasksResponse(
-            tasks=[shaped(row.task, history, artifacts) for row in page.tasks],
+            tasks=[shaped(row.task, history, artifacts) for row in rows],
             next_page_token=str(page.next_offset) if page.next_offset is not None else "",
             page_size=size,
             total_size=page.total,
         )
 
     async def on_cancel_task(self, params: CancelTaskRequest, context: ServerCallContext) -> Task | None:
+        principal = await self._gate.authorize(Action.CANCEL)
         row = await self._owned_task(params.id, self._route(params, context))
         if row.task.status.state in task_events.TERMINAL:
             raise TaskNotCancelableError(
@@ -334,7 +355,7 @@ class HubRequestHandler(RequestHandler):
                 params,
                 task_id=row.task_id,
                 context_id=row.context_id,
-                sender=_header(context, SENDER_HEADER) or "user",
+                sender=_sender(principal, context),
                 recipient=row.agent,
             )
             await self._append(self._topics.control, cancel)
@@ -376,11 +397,38 @@ class HubRequestHandler(RequestHandler):
         await self._recorder.settle(task_id)
         async with store_read():
             row = await self._store.get_task(task_id)
-        if row is None or (tenant and row.agent != tenant):
+        if row is None or (tenant and row.agent != tenant) or not await self._owns(row):
             raise TaskNotFoundError(
                 f"task {task_id} not found" + (f" for agent {tenant!r}" if tenant else "")
             )
         return row
+
+    async def _owns(self, row: TaskRow) -> bool:
+        """Whether the caller may see a task: admins and operators any; an agent the tasks it serves
+        or asked for; a user those it asked for (others are "not found", never "forbidden")."""
+        principal = CURRENT.get()
+        if sees_everything(principal):
+            return True
+        if principal.role is PrincipalRole.AGENT and row.agent == principal.agent:
+            return True
+        return await self._requester(row) == principal.sender
+
+    async def _requester(self, row: TaskRow) -> str:
+        """Who sent the request that started a task (the sender of its first recorded message)."""
+        async with store_read():
+            messages = await self._store.thread_messages(row.context_id)
+        return next((m.sender for m in messages if m.task_id == row.task_id), "")
+
+    async def _check_parent(self, parent: str, principal: Principal) -> None:
+        """A delegation names its parent task; only the agent serving that task may say so."""
+        if not principal.authenticated or principal.role is PrincipalRole.ADMIN:
+            return
+        async with store_read():
+            row = await self._store.get_task(parent) if ID.match(parent) else None
+        if row is None or principal.role is not PrincipalRole.AGENT or row.agent != principal.agent:
+            raise PermissionDenied(
+                f"{principal.name} does not serve task {parent[:40]!r}, so it cannot name it as parent"
+            )
 
     # ---- cards and push notifications ----------------------------------------------------
 
@@ -389,6 +437,7 @@ class HubRequestHandler(RequestHandler):
     ) -> AgentCard:
         """The hub keeps no extended cards: UnsupportedOperation for an agent that declares none
         (A2A 3.3.4), ExtendedAgentCardNotConfigured for one that does; never the public card."""
+        await self._gate.authorize(Action.EXTENDED_CARD)
         agent = self._registry.get(self._agent_name(self._route(params, context)))
         if not agent.card.capabilities.extended_agent_card:
             raise UnsupportedOperationError(
@@ -401,6 +450,7 @@ class HubRequestHandler(RequestHandler):
     async def on_create_task_push_notification_config(
         self, params: TaskPushNotificationConfig, context: ServerCallContext
     ) -> TaskPushNotificationConfig:
+        await self._gate.authorize(Action.PUSH)
         row = await self._owned_task(params.task_id, self._route(params, context))
         config = TaskPushNotificationConfig()
         config.CopyFrom(params)
@@ -410,12 +460,14 @@ class HubRequestHandler(RequestHandler):
     async def on_get_task_push_notification_config(
         self, params: GetTaskPushNotificationConfigRequest, context: ServerCallContext
     ) -> TaskPushNotificationConfig:
+        await self._gate.authorize(Action.READ_TASKS)
         row = await self._owned_task(params.task_id, self._route(params, context))
         return self._push_config(row.task_id, params.id)
 
     async def on_list_task_push_notification_configs(
         self, params: ListTaskPushNotificationConfigsRequest, context: ServerCallContext
     ) -> ListTaskPushNotificationConfigsResponse:
+        await self._gate.authorize(Action.READ_TASKS)
         row = await self._owned_task(params.task_id, self._route(params, context))
         return ListTaskPushNotificationConfigsResponse(configs=self._push.of(row.task_id))
 
@@ -423,6 +475,7 @@ class HubRequestHandler(RequestHandler):
         self, params: DeleteTaskPushNotificationConfigRequest, context: ServerCallContext
     ) -> None:
         """Idempotent: deleting a config that is already gone succeeds (the task must exist)."""
+        await self._gate.authorize(Action.PUSH)
         row = await self._owned_task(params.task_id, self._route(params, context))
         if self._push.get(row.task_id, params.id) is not None:
             await self._push.delete(row.task_id, params.id)
@@ -432,6 +485,14 @@ class HubRequestHandler(RequestHandler):
         if config is None:
             raise TaskNotFoundError(f"task {task_id} has no push notification config {config_id!r}")
         return config
+
+
+def _sender(principal: Principal, context: ServerCallContext) -> str:
+    """Who a message is recorded from: the authenticated principal. Only where no one is
+    authenticated (a hub without auth) or for an admin is the caller's `agenthub-sender` believed."""
+    if principal.authenticated and principal.role is not PrincipalRole.ADMIN:
+        return principal.sender
+    return _header(context, SENDER_HEADER) or principal.sender
 
 
 def _header(context: ServerCallContext, key: str) -> str:

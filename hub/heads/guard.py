@@ -8,7 +8,9 @@
 - A gRPC request that is not even a valid protobuf message is a client mistake (INVALID_ARGUMENT).
 
 `GuardedHandler` wraps the A2A `RequestHandler` for every binding; `GuardInterceptor` wraps every
-gRPC method of the server (A2A, registry, threads, operator, health). Neither knows any method.
+gRPC method of the server (A2A, registry, threads, operator, trust, health) and passes each call
+through the gate: its credentials become the call's principal, and the hub's own services are
+authorized by method (A2A calls are authorized by the front, which knows their agent and task).
 """
 
 from __future__ import annotations
@@ -46,12 +48,47 @@ from a2a.utils.grpc_status import status_to_grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
+from agenthub.hub.trust import scope
+from agenthub.hub.trust.gate import Gate
+from agenthub.hub.trust.policy import Action
+from agenthub.hub.trust.principal import CURRENT, SOURCE
 from agenthub.sdk.errors import INTERNAL_MESSAGE, status_of
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
 P = TypeVar("P")
 A2A_DOMAIN = "a2a-protocol.org"
+PUBLIC_SERVICES = ("/grpc.health.v1.Health/",)
+METHOD_ACTIONS: dict[str, Action] = {
+    "/agenthub.v1.RegistryService/RegisterAgent": Action.AGENTS_WRITE,
+    "/agenthub.v1.RegistryService/DeregisterAgent": Action.AGENTS_WRITE,
+    "/agenthub.v1.RegistryService/Heartbeat": Action.AGENTS_WRITE,
+    "/agenthub.v1.RegistryService/ListAgents": Action.AGENTS_READ,
+    "/agenthub.v1.RegistryService/GetAgent": Action.AGENTS_READ,
+    "/agenthub.v1.RegistryService/WatchAgents": Action.AGENTS_READ,
+    "/agenthub.v1.ThreadService/ListThreads": Action.THREADS_READ,
+    "/agenthub.v1.ThreadService/GetThread": Action.THREADS_READ,
+    "/agenthub.v1.ThreadService/ExportThreads": Action.THREADS_READ,
+    "/agenthub.v1.OperatorService/Replay": Action.REPLAY,
+    "/agenthub.v1.OperatorService/TopicStats": Action.REPLAY,
+    "/agenthub.v1.OperatorService/Rebuild": Action.REPLAY_WRITE,
+    "/agenthub.v1.OperatorService/Redrive": Action.REPLAY_WRITE,
+    "/agenthub.v1.TrustService/CreateKey": Action.KEYS,
+    "/agenthub.v1.TrustService/ListKeys": Action.KEYS,
+    "/agenthub.v1.TrustService/RevokeKey": Action.KEYS,
+    "/agenthub.v1.TrustService/WhoAmI": Action.WHOAMI,
+    "/agenthub.v1.TrustService/ReadAudit": Action.AUDIT,
+    "/agenthub.v1.TrustService/AddRule": Action.POLICY_WRITE,
+    "/agenthub.v1.TrustService/ListRules": Action.POLICY_READ,
+    "/agenthub.v1.TrustService/RemoveRule": Action.POLICY_WRITE,
+}
+"""The action of each method of the hub's own services; A2A methods are authorized by the front."""
+AUDITED = {
+    "/agenthub.v1.OperatorService/Rebuild",  # when applied (a dry run writes nothing)
+    "/agenthub.v1.OperatorService/Redrive",
+    "/agenthub.v1.RegistryService/RegisterAgent",
+    "/agenthub.v1.RegistryService/DeregisterAgent",
+}
 
 
 def internal_error(exc: BaseException, where: str) -> InternalError:
@@ -173,8 +210,12 @@ UNDECODABLE = _Undecodable()
 
 
 class GuardInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps every unary-request gRPC method: undecodable requests get INVALID_ARGUMENT, deliberate
-    errors their table status, unexpected failures a logged, generic INTERNAL."""
+    """Wraps every unary-request gRPC method: the gate admits the caller, undecodable requests get
+    INVALID_ARGUMENT, deliberate errors their table status, unexpected failures a logged, generic
+    INTERNAL."""
+
+    def __init__(self, gate: Gate) -> None:
+        self._gate = gate
 
     async def intercept_service(
         self,
@@ -186,17 +227,52 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
             return handler  # unknown methods (UNIMPLEMENTED) and server reflection pass as they are
         method = str(handler_call_details.method)
         decode = _tolerant(handler.request_deserializer)
+        admit = _admission(self._gate, method)
         if handler.response_streaming:
             return grpc.unary_stream_rpc_method_handler(
-                _guard_stream(handler.unary_stream, method),
+                _guard_stream(handler.unary_stream, method, admit),
                 request_deserializer=decode,
                 response_serializer=handler.response_serializer,
             )
         return grpc.unary_unary_rpc_method_handler(
-            _guard_unary(handler.unary_unary, method),
+            _guard_unary(handler.unary_unary, method, admit),
             request_deserializer=decode,
             response_serializer=handler.response_serializer,
         )
+
+
+Admit = Callable[[Any, grpc.aio.ServicerContext], Awaitable[None]]
+
+
+def _admission(gate: Gate, method: str) -> Admit:
+    """What the gate checks before a method runs: nothing for health; for everything else the
+    caller's credentials (its principal is then the call's), and the action of the hub's methods."""
+    action = METHOD_ACTIONS.get(method)
+
+    async def admit(request: Any, context: grpc.aio.ServicerContext) -> None:
+        SOURCE.set(context.peer() or "")
+        if method.startswith(PUBLIC_SERVICES):
+            return
+        metadata = {k.lower(): v for k, v in context.invocation_metadata() or ()}
+        authorization = metadata.get("authorization")
+        principal = await gate.authenticate(authorization if isinstance(authorization, str) else None)
+        CURRENT.set(principal)
+        if action is not None:
+            await gate.authorize(action)
+        verb = method.rsplit("/", 1)[1]
+        if action is Action.AGENTS_WRITE:
+            await gate.require_self(scope.agent_written(method, request), verb)
+        scope.narrow_to_own_threads(method, request, principal)
+        if method in AUDITED and getattr(request, "apply", True):
+            written = scope.agent_written(method, request) if action is Action.AGENTS_WRITE else ""
+            await gate.audit.record(verb, written or _resource(request))
+
+    return admit
+
+
+def _resource(request: Any) -> str:
+    """What an audited operator call is about, in a line."""
+    return " ".join(f"{f.name}={v}" for f, v in request.ListFields() if f.name != "apply")[:300]
 
 
 def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
@@ -226,10 +302,11 @@ async def _fail(exc: Exception, method: str, context: grpc.aio.ServicerContext) 
     await abort(context, exc if isinstance(exc, A2AError) else internal_error(exc, method))
 
 
-def _guard_unary(behavior: Callable[..., Any], method: str) -> Callable[..., Awaitable[Any]]:
+def _guard_unary(behavior: Callable[..., Any], method: str, admit: Admit) -> Callable[..., Awaitable[Any]]:
     async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
         await _refuse_undecodable(request, method, context)
         try:
+            await admit(request, context)
             return await behavior(request, context)
         except Exception as exc:
             await _fail(exc, method, context)
@@ -238,12 +315,15 @@ def _guard_unary(behavior: Callable[..., Any], method: str) -> Callable[..., Awa
     return guarded
 
 
-def _guard_stream(behavior: Callable[..., Any], method: str) -> Callable[..., AsyncIterator[Any]]:
+def _guard_stream(
+    behavior: Callable[..., Any], method: str, admit: Admit
+) -> Callable[..., AsyncIterator[Any]]:
     if not inspect.isasyncgenfunction(behavior):  # writes with context.write (e.g. health Watch)
 
         async def written(request: Any, context: grpc.aio.ServicerContext) -> None:
             await _refuse_undecodable(request, method, context)
             try:
+                await admit(request, context)
                 await behavior(request, context)
             except Exception as exc:
                 await _fail(exc, method, context)
@@ -254,6 +334,7 @@ def _guard_stream(behavior: Callable[..., Any], method: str) -> Callable[..., As
     async def guarded(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         await _refuse_undecodable(request, method, context)
         try:
+            await admit(request, context)
             async with aclosing(behavior(request, context)) as items:
                 async for item in items:
                     yield item

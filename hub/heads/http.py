@@ -36,6 +36,7 @@ from a2a.utils.errors import (
 from google.protobuf.json_format import MessageToDict
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
@@ -44,7 +45,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from agenthub.hub.heads.cards import CardPublisher, etag
 from agenthub.hub.heads.front import PATH_AGENT
 from agenthub.hub.heads.guard import GuardedHandler
+from agenthub.hub.heads.http_gate import HttpGate
 from agenthub.hub.routing.registry import Registry
+from agenthub.hub.trust.gate import Gate
 from agenthub.sdk.errors import STATUS
 
 CARD_MAX_AGE_S = 60
@@ -172,6 +175,8 @@ def rest_guarded(endpoint: Endpoint) -> Endpoint:
             response = await endpoint(request)
         if response.headers.get("content-type", "").startswith("application/json"):
             response.headers["content-type"] = A2A_JSON_MEDIA_TYPE
+        if response.status_code == 429:
+            response.headers["Retry-After"] = "1"
         return response
 
     return guarded
@@ -186,9 +191,16 @@ def _guarded(routes: Sequence[BaseRoute], guard: Callable[[Endpoint], Endpoint])
 
 
 def http_app(
-    handler: RequestHandler, registry: Registry, cards: CardPublisher, *, max_body: int
+    handler: RequestHandler,
+    registry: Registry,
+    cards: CardPublisher,
+    gate: Gate,
+    *,
+    max_body: int,
+    origins: list[str],
 ) -> Starlette:
-    """The Starlette app of the hub's HTTP head; bodies over `max_body` bytes are refused with 413."""
+    """The Starlette app of the hub's HTTP head; bodies over `max_body` bytes are refused with 413,
+    callers authenticated by the gate, browsers from other than `origins` refused."""
     teach_a2a_our_errors()
     builder = PathAgentContextBuilder()
     handler = GuardedHandler(handler)
@@ -231,7 +243,16 @@ def http_app(
             Route("/agents", agents),
             Route("/healthz", healthz),
         ],
-        middleware=[Middleware(BodyLimit, limit=max_body)],
+        middleware=[
+            Middleware(
+                CORSMiddleware,
+                allow_origins=origins,
+                allow_methods=["GET", "POST", "DELETE"],
+                allow_headers=["authorization", "content-type", "a2a-version"],
+            ),
+            Middleware(HttpGate, gate=gate, origins=origins),
+            Middleware(BodyLimit, limit=max_body),
+        ],
     )
 
 

@@ -1,0 +1,30 @@
+"""What every `agenthub` command shares: the hub and JSON options, and how a failure ends a command
+(one readable line on stderr, the exit code of the error table)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from agenthub.sdk.errors import AgentHubError, status_of
+
+HubOpt = Annotated[str, typer.Option("--hub", envvar="AGENTHUB_HUB", help="hub gRPC address HOST:PORT")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
+DEFAULT_HUB = "127.0.0.1:50051"
+
+
+def fail(error: BaseException) -> NoReturn:
+    """Print one line for the user and exit with the error's code."""
+    message = error.message if isinstance(error, AgentHubError) else str(error)
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(status_of(error).exit_code)
+
+
+def run(coro: Coroutine[Any, Any, Any]) -> Any:
+    try:
+        return asyncio.run(coro)
+    except AgentHubError as exc:
+        fail(exc)
