@@ -236,6 +236,11 @@ async def test_users_see_only_their_own_tasks_and_threads(secured: Secured) -> N
     for who, sees in (("bob", False), ("alice", True), ("ops", True)):
         _, listed = await status_of(hub, keys[who], "threads", "ListThreads", thr.ListThreadsRequest())
         assert (task.context_id in {t.context_id for t in listed.threads}) is sees, who
+        expected = OK if sees else grpc.StatusCode.NOT_FOUND
+        get = thr.GetThreadRequest(context_id=task.context_id)
+        assert (await status_of(hub, keys[who], "threads", "GetThread", get))[0] == expected, who
+        export = thr.ExportThreadsRequest(context_id=task.context_id)
+        assert (await status_of(hub, keys[who], "threads", "ExportThreads", export))[0] == expected, who
 
 
 async def test_only_the_agent_serving_a_task_may_name_it_as_parent(secured: Secured) -> None:

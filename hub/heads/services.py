@@ -30,6 +30,8 @@ from agenthub.hub.threads._base import (
     ThreadStore,
     ThreadSummary,
 )
+from agenthub.hub.trust.policy import sees_everything
+from agenthub.hub.trust.principal import CURRENT, is_person
 from agenthub.sdk.errors import InvalidRequest, ThreadNotFound
 from agenthub.sdk.pb import registry_pb2 as reg
 from agenthub.sdk.pb import registry_pb2_grpc, threads_pb2_grpc
@@ -187,6 +189,16 @@ class ThreadServicer(threads_pb2_grpc.ThreadServiceServicer):
         if self._settle is not None:
             await self._settle()
 
+    async def _visible_messages(self, context_id: str) -> list[MessageRow]:
+        """A thread's messages, if the caller may read it: admins and operators any thread, others
+        those they sent or received a message in (another's thread is "not found", as a missing one)."""
+        messages = await self._store.thread_messages(_context_id(context_id))
+        principal = CURRENT.get()
+        taking_part = any(principal.sender in (m.sender, m.recipient) for m in messages)
+        if not messages or not (sees_everything(principal) or taking_part):
+            raise ThreadNotFound(f"no thread with id {context_id!r}")
+        return messages
+
     async def ListThreads(
         self, request: thr.ListThreadsRequest, context: grpc.aio.ServicerContext
     ) -> thr.ListThreadsResponse:
@@ -201,11 +213,10 @@ class ThreadServicer(threads_pb2_grpc.ThreadServiceServicer):
 
     async def GetThread(self, request: thr.GetThreadRequest, context: grpc.aio.ServicerContext) -> thr.Thread:
         await self._fresh()
-        messages = await self._store.thread_messages(_context_id(request.context_id))
-        if not messages:
-            raise ThreadNotFound(f"no thread with id {request.context_id!r}")
+        messages = await self._visible_messages(request.context_id)
         tasks = await self._store.thread_tasks(request.context_id)
-        agents = sorted(({m.recipient for m in messages} | {m.sender for m in messages}) - {"user"})
+        participants = {m.recipient for m in messages} | {m.sender for m in messages}
+        agents = sorted(p for p in participants if not is_person(p))
         summary = ThreadSummary(
             request.context_id,
             messages[0].created_at,
@@ -225,7 +236,7 @@ class ThreadServicer(threads_pb2_grpc.ThreadServiceServicer):
         self, request: thr.ExportThreadsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[thr.ExportLine]:
         if request.context_id:
-            _context_id(request.context_id)
+            await self._visible_messages(request.context_id)
         ids = await export.thread_ids(self._store, request.context_id, thread_filter(request.filter))
         if request.format == thr.EXPORT_FORMAT_CHAT:
             lines = export.chat_lines(self._store, self._registry, ids)

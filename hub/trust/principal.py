@@ -41,6 +41,12 @@ class Principal:
         return self.method != "none"
 
 
+def is_person(sender: str) -> bool:
+    """Whether a recorded sender is a person (`user`, `user:<name>`), not an agent: agent names
+    cannot hold a colon."""
+    return sender == "user" or sender.startswith("user:")
+
+
 ANONYMOUS = Principal("anonymous", Role.ADMIN)
 """The caller of a hub running without authentication (a laptop): it may do everything, and its
 `agenthub-sender` header is believed, as before there was authentication."""
