@@ -10,7 +10,7 @@ from typing import Generic, TypeVar
 import structlog
 
 from agenthub.hub.log._base import Consumer, Lifecycle, Log, Record
-from agenthub.hub.loops import Readiness, SupervisedLoop, describe
+from agenthub.hub.loops import Readiness, SupervisedLoop
 
 log = structlog.get_logger(__name__)
 V = TypeVar("V")
@@ -27,6 +27,8 @@ class CompactedTable(Lifecycle, Generic[V]):
         name: the part's name in readiness and logs.
         fetch_wait_ms: longest wait of one fetch with nothing to read.
         readiness: where the follower reports itself down while the log fails.
+        on_change: told `(key, value)` after each row applied, `(key, None)` when a row goes (deleted,
+            or replaced by a record that cannot be read: a stale value never outlives its successor).
     """
 
     def __init__(
@@ -39,11 +41,13 @@ class CompactedTable(Lifecycle, Generic[V]):
         name: str,
         fetch_wait_ms: int = 20,
         readiness: Readiness | None = None,
+        on_change: Callable[[str, V | None], None] | None = None,
     ) -> None:
         self._log = log
         self._topic = topic
         self._decode, self._encode = decode, encode
         self._name = name
+        self._on_change = on_change
         self._fetch_wait_ms = fetch_wait_ms
         self.rows: dict[str, V] = {}
         self._position = 0
@@ -81,13 +85,18 @@ class CompactedTable(Lifecycle, Generic[V]):
 
     def _apply(self, record: Record) -> None:
         key = (record.key or b"").decode(errors="replace")
-        if not record.value:
+        value: V | None = None
+        if record.value:
+            try:
+                value = self._decode(record.value)
+            except ValueError as exc:
+                log.warning("unreadable row skipped", table=self._name, offset=record.offset, error=str(exc))
+        if value is None:
             self.rows.pop(key, None)
-            return
-        try:
-            self.rows[key] = self._decode(record.value)
-        except ValueError as exc:
-            log.warning("unreadable row skipped", table=self._name, offset=record.offset, error=describe(exc))
+        else:
+            self.rows[key] = value
+        if self._on_change is not None:
+            self._on_change(key, value)
 
     async def _follow(self) -> None:
         assert self._consumer is not None

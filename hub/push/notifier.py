@@ -28,6 +28,7 @@ from google.protobuf.message import DecodeError
 
 from agenthub.hub import envelopes
 from agenthub.hub.log._base import Consumer, Lifecycle, Log, Record, TopicPartition
+from agenthub.hub.log.table import CompactedTable
 from agenthub.hub.loops import Readiness, SupervisedLoop, describe, retry_until_ok
 from agenthub.hub.outbound import REFUSED, OutboundPolicy, OutboundRefused
 from agenthub.hub.push.webhooks import Poster, Update, Webhook, url_problem
@@ -80,30 +81,20 @@ class PushConfigs(Lifecycle):
         fetch_wait_ms: int = 20,
         readiness: Readiness | None = None,
     ) -> None:
-        self._log = log
-        self._topic = topics.push
         self._box = box
         self._outbound = outbound
-        self._fetch_wait_ms = fetch_wait_ms
-        self._configs: dict[str, dict[str, TaskPushNotificationConfig]] = {}
-        self._position = 0  # next offset of the topic to apply
-        self._advanced = asyncio.Event()  # set (and replaced) each time the position moves
-        self._consumer: Consumer | None = None
-        self._loop = SupervisedLoop("push-configs", self._follow, readiness)
+        self._configs: dict[str, dict[str, TaskPushNotificationConfig]] = {}  # task id -> config id -> it
+        self._table: CompactedTable[TaskPushNotificationConfig] = CompactedTable(
+            log, topics.push, decode=self._open, encode=lambda c: box.seal(c.SerializeToString()),
+            name="push-configs", fetch_wait_ms=fetch_wait_ms, readiness=readiness, on_change=self._index,
+        )  # fmt: skip
 
     async def start(self) -> None:
         """Start following the topic; returns once every config stored so far is applied."""
-        await self._log.ensure_topic(self._topic, partitions=1, compacted=True)
-        self._consumer = self._log.consumer([self._topic], from_beginning=True)
-        await self._consumer.start()
-        await self._loop.start()
-        await self.caught_up()
+        await self._table.start()
 
     async def stop(self) -> None:
-        await self._loop.stop()
-        if self._consumer is not None:
-            await self._consumer.stop()
-            self._consumer = None
+        await self._table.stop()
 
     def of(self, task_id: str) -> list[TaskPushNotificationConfig]:
         """The task's configs as callers may see them (masked)."""
@@ -121,10 +112,7 @@ class PushConfigs(Lifecycle):
     async def caught_up(self) -> None:
         """Wait until every config stored (by any hub instance) before this call is applied, so an
         update that follows its task's config is never read without it."""
-        end = (await self._log.end_offsets(self._topic)).get(0, 0)
-        while self._position < end:
-            advanced = self._advanced
-            await advanced.wait()
+        await self._table.caught_up()
 
     async def put(self, config: TaskPushNotificationConfig) -> TaskPushNotificationConfig:
         """Store a config for its task (a new id when it has none), sealed; returns it masked.
@@ -139,59 +127,36 @@ class PushConfigs(Lifecycle):
         stored = TaskPushNotificationConfig()
         stored.CopyFrom(config)
         stored.id = stored.id or str(uuid.uuid4())
-        sealed = self._box.seal(stored.SerializeToString())
-        record = await self._log.produce(self._topic, sealed, key=_key(stored.task_id, stored.id))
-        self._apply(record)
+        await self._table.put(_key(stored.task_id, stored.id), stored)
         return masked(stored)
 
     async def delete(self, task_id: str, config_id: str) -> None:
-        record = await self._log.produce(self._topic, b"", key=_key(task_id, config_id))
-        self._apply(record)
+        await self._table.delete(_key(task_id, config_id))
 
-    def _apply(self, record: Record) -> None:
-        """Apply one record (sealed, or plain from before sealing); one that cannot be read (written
-        by something else, or sealed with another hub's key) is skipped and removes what it replaced."""
-        try:
-            task_id, _, config_id = (record.key or b"").decode().partition("/")
-        except UnicodeDecodeError as exc:
-            log.warning("unreadable push config skipped", offset=record.offset, error=describe(exc))
-            return
-        if not task_id:
-            return
-        config = self._read(record) if record.value else None
+    def _index(self, key: str, config: TaskPushNotificationConfig | None) -> None:
+        """Keep the per-task index in step with the table (a row that went leaves it too)."""
+        task_id, _, config_id = key.partition("/")
         if config is None:
             self._configs.get(task_id, {}).pop(config_id, None)
-        else:
+        elif task_id:
             self._configs.setdefault(task_id, {})[config_id] = config
 
-    def _read(self, record: Record) -> TaskPushNotificationConfig | None:
-        """The config a record holds; None (and a warning) when it cannot be read."""
+    def _open(self, value: bytes) -> TaskPushNotificationConfig:
+        """The config a record holds (sealed, or plain from before sealing); ValueError when it
+        cannot be read (written by something else, or sealed with another hub's key)."""
         try:
             config = TaskPushNotificationConfig()
-            config.ParseFromString(self._box.open(record.value))
+            config.ParseFromString(self._box.open(value))
         except Unsealable as exc:
-            log.warning("push config sealed with another secret key skipped: give every hub instance"
-                        " the same secret_key", offset=record.offset, error=str(exc))  # fmt: skip
-            return None
+            raise ValueError(f"sealed with another secret key ({exc}): give every hub instance the same"
+                             " secret_key") from None  # fmt: skip
         except DecodeError as exc:
-            log.warning("unreadable push config skipped", offset=record.offset, error=describe(exc))
-            return None
+            raise ValueError(f"not a push config: {describe(exc)}") from None
         return config
 
-    async def _follow(self) -> None:
-        assert self._consumer is not None
-        while True:
-            records = await self._consumer.getmany(timeout_ms=self._fetch_wait_ms)
-            for record in records:
-                self._apply(record)
-                self._position = record.offset + 1
-            if records:
-                self._advanced.set()
-                self._advanced = asyncio.Event()
 
-
-def _key(task_id: str, config_id: str) -> bytes:
-    return f"{task_id}/{config_id}".encode()
+def _key(task_id: str, config_id: str) -> str:
+    return f"{task_id}/{config_id}"
 
 
 class Notifier(Lifecycle):
