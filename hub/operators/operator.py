@@ -18,7 +18,7 @@ from google.protobuf.message import DecodeError
 from agenthub.hub import envelopes
 from agenthub.hub.log._base import Log, Record, TopicPartition
 from agenthub.hub.recording.protojson import to_json
-from agenthub.hub.recording.recorder import record_batch
+from agenthub.hub.recording.recorder import record_envelopes
 from agenthub.hub.routing.registry import Registry
 from agenthub.hub.threads._base import ThreadStore
 from agenthub.hub.topics import Topics
@@ -33,7 +33,8 @@ KINDS = {
     "dead_letter": Kind.KIND_DEAD_LETTER,
 }
 REDRIVABLE = frozenset({Kind.KIND_REQUEST, Kind.KIND_DEAD_LETTER})
-CHUNK = 500
+READ_CHUNK = 1000  # records per log read
+REBUILD_CHUNK = 2000  # records per store transaction of a rebuild: fewer, larger transactions
 PROGRESS_EVERY_S = 0.2
 
 
@@ -127,7 +128,7 @@ class Operator:
         for part in await self.ranges(selection):
             position = part.start
             while position < part.end:
-                batch = await self._log.read(part.tp, position, min(CHUNK, part.end - position))
+                batch = await self._log.read(part.tp, position, min(READ_CHUNK, part.end - position))
                 if not batch:
                     break
                 for record in batch:
@@ -165,7 +166,7 @@ class Operator:
                 yield counter.progress
             elif item.envelope is not None:
                 chunk.append(item)
-                if len(chunk) >= CHUNK:
+                if len(chunk) >= REBUILD_CHUNK:
                     await self._rebuild_chunk(chunk, counter, apply=apply, from_scratch=from_scratch)
                     chunk = []
         if chunk:
@@ -177,7 +178,8 @@ class Operator:
     ) -> None:
         """Record one chunk of envelopes in one store transaction (or count what that would write)."""
         if apply:
-            written, _ = await record_batch(self._store, [item.record for item in chunk])
+            readable = [(item.record, item.envelope) for item in chunk if item.envelope is not None]
+            written, _ = await record_envelopes(self._store, readable)
         else:
             ids = [item.envelope.id for item in chunk if item.envelope is not None]
             applied = set() if from_scratch else await self._store.applied_among(ids)

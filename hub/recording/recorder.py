@@ -69,6 +69,7 @@ class Recorder(Lifecycle):
         self._recorded: dict[TopicPartition, int] = {}
         self._advanced = asyncio.Event()  # set (and replaced) each time recording moves forward
         self._expected: OrderedDict[str, Record] = OrderedDict()
+        self._latest: dict[TopicPartition, Record] = {}  # newest record expected, per partition
 
     async def start(self) -> None:
         await self._log.ensure_topic(self._topics.parked)
@@ -97,6 +98,10 @@ class Recorder(Lifecycle):
         self._expected.move_to_end(task_id)
         if len(self._expected) > EXPECTED_KEPT:
             self._expected.popitem(last=False)
+        tp = record.tp
+        known = self._latest.get(tp)
+        if known is None or record.offset > known.offset:
+            self._latest[tp] = record
 
     async def settle(self, task_id: str, timeout: float = 10.0) -> None:
         """Wait until the newest record this instance knows of `task_id` is in the store (bounded)."""
@@ -107,16 +112,14 @@ class Recorder(Lifecycle):
             self._expected.pop(task_id, None)
 
     async def settle_all(self, timeout: float = 10.0) -> None:
-        """Wait until every record this instance produced or saw is in the store (bounded)."""
+        """Wait until every record this instance produced or saw is in the store (bounded): the
+        newest of each partition, kept as they come, so a read does not walk every task."""
         if self._readiness.is_down("thread store"):
             return
-        latest: dict[TopicPartition, Record] = {}
-        for record in self._expected.values():
-            if record.offset > latest.get(record.tp, record).offset or record.tp not in latest:
-                latest[record.tp] = record
         async with asyncio.timeout(timeout):
-            for record in latest.values():
-                await self.wait_recorded(record, timeout)
+            for tp, record in list(self._latest.items()):
+                if await self.wait_recorded(record, timeout) and self._latest.get(tp) is record:
+                    del self._latest[tp]
 
     def _is_recorded(self, record: Record) -> bool:
         return self._recorded.get(record.tp, 0) > record.offset
@@ -210,6 +213,15 @@ async def record_batch(store: ThreadStore, records: Sequence[Record]) -> tuple[i
             readable.append((record, envelopes.decode(record)))
         except DecodeError as exc:
             refused.append(Unprojectable(record, f"not an envelope: {exc}"))
+    written, unreadable = await record_envelopes(store, readable)
+    return written, refused + unreadable
+
+
+async def record_envelopes(
+    store: ThreadStore, readable: Sequence[tuple[Record, Envelope]]
+) -> tuple[int, list[Unprojectable]]:
+    """`record_batch` for records already decoded (a rebuild has decoded them to filter them)."""
+    refused: list[Unprojectable] = []
     seen = await store.applied_among([envelope.id for _, envelope in readable])
     current = await store.get_tasks(
         sorted({e.task_id for _, e in readable if e.task_id and e.id not in seen})
