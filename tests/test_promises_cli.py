@@ -98,7 +98,7 @@ async def test_agents_deregister(hub: Hub, client: HubClient) -> None:
     card = Agent("spare", description="Not running.", hub=None, model=ScriptedModel()).card()
     await client.register(MessageToJson(card, indent=None), f"127.0.0.1:{free_port()}")
     code, out, _ = await agenthub("agents", "deregister", "spare", "--hub", hub.address)
-    assert (code, out) == (0, "deregistered spare\n")
+    assert (code, out) == (0, "deregistered spare (all replicas)\n")
     code, out, _ = await agenthub("agents", "list", "--json", "--hub", hub.address)
     assert code == 0 and json.loads(out) == []
     code, out, err = await agenthub("agents", "deregister", "spare", "--hub", hub.address)
