@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from agenthub.hub.trust.principal import Role
+
 
 class HubSettings(BaseSettings):
     """Everything a hub process can be told. Env: AGENTHUB_<FIELD>, e.g. AGENTHUB_PORT=50051."""
@@ -165,6 +167,38 @@ class HubSettings(BaseSettings):
     @property
     def card_host(self) -> str:
         return self.public_host or self.host
+
+    # ---- TLS (README "Security", "TLS") -------------------------------------------------------
+    tls_cert: Path | None = Field(
+        None, description="PEM certificate chain the gRPC and HTTP listeners present (TLS on with tls_key)"
+    )
+    tls_key: Path | None = Field(None, description="PEM private key of tls_cert")
+    tls_client_ca: Path | None = Field(
+        None,
+        description="PEM CA(s) client certificates must chain to: set, every connection needs one"
+        " (mTLS), and on gRPC its CN is the caller when it sends no bearer credential",
+    )
+    tls_client_roles: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["*=user"],
+        description="role of a client certificate by its CN: `pattern=role` entries, first match wins"
+        " (`agent` makes the CN an agent name); comma-separated in AGENTHUB_TLS_CLIENT_ROLES",
+    )
+
+    @field_validator("tls_client_roles", mode="before")
+    @classmethod
+    def _split_roles(cls, value: object) -> object:
+        """`pattern=role` entries (comma-separated from env); each role must be one the hub knows."""
+        entries = [e.strip() for e in value.split(",") if e.strip()] if isinstance(value, str) else value
+        for entry in entries if isinstance(entries, list) else []:
+            pattern, _, role = str(entry).partition("=")
+            if not pattern.strip() or role.strip() not in set(Role):
+                raise ValueError(f"{entry!r} is not `pattern=role` with role one of {', '.join(Role)}")
+        return entries
+
+    @property
+    def tls(self) -> bool:
+        """Whether the listeners serve TLS (the cards then say https://)."""
+        return self.tls_cert is not None
 
 
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"

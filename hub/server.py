@@ -41,6 +41,7 @@ from agenthub.hub.routing.replies import ReplyRouter
 from agenthub.hub.routing.watchdog import Watchdog
 from agenthub.hub.secret_box import SecretBox
 from agenthub.hub.threads._base import ThreadStore
+from agenthub.hub.tls import ListenerTls
 from agenthub.hub.topics import Topics
 from agenthub.hub.trust.gate import Gate
 from agenthub.hub.trust.service import TrustServicer
@@ -137,6 +138,7 @@ class Hub(Lifecycle):
             settings = settings.model_copy(update={"instance_id": stable_instance_id(settings.data_dir)})
         check_exposure(settings)
         self.settings = settings
+        self.tls = ListenerTls.from_settings(settings)
         self.grpc_port = settings.port or free_port(settings.host)
         self.http_port = settings.http_port or free_port(settings.host)
         topics = Topics(settings.topic_prefix)
@@ -230,7 +232,7 @@ class Hub(Lifecycle):
 
     @property
     def http_url(self) -> str:
-        return f"http://{self.settings.host}:{self.http_port}"
+        return f"{'https' if self.tls else 'http'}://{self.settings.host}:{self.http_port}"
 
     async def start(self) -> None:
         try:
@@ -244,7 +246,10 @@ class Hub(Lifecycle):
         except BaseException:
             await self.stop()
             raise
-        log.info("hub started", grpc=self.address, http=self.http_url, data_dir=str(self.settings.data_dir))
+        log.info(
+            "hub started", grpc=self.address, http=self.http_url, tls=self.tls is not None,
+            data_dir=str(self.settings.data_dir),
+        )  # fmt: skip
 
     async def _start_grpc(self) -> None:
         limit = self.settings.max_message_bytes * 4
@@ -271,7 +276,12 @@ class Hub(Lifecycle):
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         ]
         reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
-        if server.add_insecure_port(f"{self.settings.host}:{self.grpc_port}") == 0:
+        address = f"{self.settings.host}:{self.grpc_port}"
+        if self.tls:
+            bound = server.add_secure_port(address, self.tls.grpc_credentials())
+        else:
+            bound = server.add_insecure_port(address)
+        if bound == 0:
             raise ConfigError(f"cannot listen on {self.settings.host}:{self.grpc_port} (port in use?)")
         await server.start()
         self._grpc = server
@@ -325,8 +335,9 @@ class Hub(Lifecycle):
             origins=self.settings.cors_origins,
         )
         app.router.routes.insert(0, Route("/readyz", self._readyz))
+        tls = self.tls.uvicorn_options() if self.tls else {}
         config = uvicorn.Config(
-            app, host=self.settings.host, port=self.http_port, log_level="warning", lifespan="off"
+            app, host=self.settings.host, port=self.http_port, log_level="warning", lifespan="off", **tls
         )
         self._http = uvicorn.Server(config)
         self._http_task = asyncio.create_task(self._http.serve(), name="hub-http")

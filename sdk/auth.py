@@ -1,15 +1,19 @@
 """Credentials for calls to a hub: a bearer key or token in every call's metadata, found the way
 the CLI finds it (an explicit value, AGENTHUB_KEY, AGENTHUB_KEY_FILE, or the admin key `agenthub up`
-keeps in its data dir)."""
+keeps in its data dir), and TLS for the channel (explicit, or AGENTHUB_TLS, AGENTHUB_TLS_CA,
+AGENTHUB_TLS_CLIENT_CERT and AGENTHUB_TLS_CLIENT_KEY)."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
+
+from agenthub.sdk.errors import ConfigError
 
 DEFAULT_KEY_FILE = Path(".agenthub") / "admin.key"
 
@@ -66,6 +70,57 @@ class BearerAuth(
         return await continuation(self._with_key(details), requests)
 
 
-def hub_channel(address: str, key: str | None) -> grpc.aio.Channel:
-    """A channel to a hub that sends `key` with every call (none: calls go without credentials)."""
-    return grpc.aio.insecure_channel(address, interceptors=[BearerAuth(key)] if key else None)
+@dataclass(frozen=True)
+class ClientTls:
+    """How a channel to a hub is secured: plain text (`enabled` false), or TLS verified with `ca`
+    (None: the system's roots), presenting `cert`/`key` as a client certificate when given (mTLS)."""
+
+    enabled: bool = False
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """gRPC channel credentials for these files."""
+        if (self.cert is None) != (self.key is None):
+            raise ConfigError("a client certificate needs its key: give both (AGENTHUB_TLS_CLIENT_CERT/_KEY)")
+        return grpc.ssl_channel_credentials(
+            root_certificates=_read(self.ca), private_key=_read(self.key), certificate_chain=_read(self.cert)
+        )
+
+
+def resolve_tls(
+    tls: bool | None = None,
+    *,
+    ca: Path | str | None = None,
+    cert: Path | str | None = None,
+    key: Path | str | None = None,
+) -> ClientTls:
+    """TLS for calls to a hub: each file explicit, else from $AGENTHUB_TLS_CA, $AGENTHUB_TLS_CLIENT_CERT
+    and $AGENTHUB_TLS_CLIENT_KEY; on when `tls` (else $AGENTHUB_TLS is 1/true/yes) or any file is set."""
+    ca = ca or os.environ.get("AGENTHUB_TLS_CA") or None
+    cert = cert or os.environ.get("AGENTHUB_TLS_CLIENT_CERT") or None
+    key = key or os.environ.get("AGENTHUB_TLS_CLIENT_KEY") or None
+    if tls is None:
+        tls = os.environ.get("AGENTHUB_TLS", "").strip().lower() in ("1", "true", "yes", "on")
+    paths = [Path(p) if p else None for p in (ca, cert, key)]
+    return ClientTls(tls or any(paths), *paths)
+
+
+def hub_channel(address: str, key: str | None, tls: ClientTls | None = None) -> grpc.aio.Channel:
+    """A channel to a hub that sends `key` with every call (none: calls go without credentials),
+    over TLS when `tls` (default: `resolve_tls()`, from the environment) says so."""
+    tls = tls if tls is not None else resolve_tls()
+    interceptors = [BearerAuth(key)] if key else None
+    if not tls.enabled:
+        return grpc.aio.insecure_channel(address, interceptors=interceptors)
+    return grpc.aio.secure_channel(address, tls.credentials(), interceptors=interceptors)
+
+
+def _read(path: Path | None) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None

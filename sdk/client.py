@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import TypeVar
 
 import grpc
@@ -25,7 +26,7 @@ from a2a.types import (
 )
 
 from agenthub.sdk._aio import Lifecycle
-from agenthub.sdk.auth import hub_channel, resolve_key
+from agenthub.sdk.auth import ClientTls, hub_channel, resolve_key, resolve_tls
 from agenthub.sdk.errors import AgentNotFound, ThreadNotFound, from_grpc
 from agenthub.sdk.pb import operator_pb2 as op
 from agenthub.sdk.pb import operator_pb2_grpc, registry_pb2_grpc, threads_pb2_grpc
@@ -44,6 +45,9 @@ class HubClient(Lifecycle):
         timeout: default deadline of unary calls, in seconds (default 30).
         key: the API key or token to call with (default: `resolve_key()`: $AGENTHUB_KEY,
             $AGENTHUB_KEY_FILE, or the admin key `agenthub up` keeps in `.agenthub/`).
+        tls / ca: TLS to the hub: a `ClientTls` (with a client certificate for mTLS), or on/off;
+            `ca` is the CA file that verifies the hub and turns TLS on (default: `resolve_tls()`:
+            $AGENTHUB_TLS, $AGENTHUB_TLS_CA, $AGENTHUB_TLS_CLIENT_CERT/_KEY).
     """
 
     def __init__(
@@ -53,16 +57,19 @@ class HubClient(Lifecycle):
         sender: str | None = None,
         timeout: float = 30.0,
         key: str | None = None,
+        tls: bool | ClientTls | None = None,
+        ca: Path | str | None = None,
     ) -> None:
         self.address = address
         self.sender = sender
         self.timeout = timeout
         self.key = resolve_key(key)
+        self.tls = tls if isinstance(tls, ClientTls) else resolve_tls(tls, ca=ca)
         self._channel: grpc.aio.Channel | None = None
 
     async def start(self) -> None:
         if self._channel is None:
-            self._channel = hub_channel(self.address, self.key)
+            self._channel = hub_channel(self.address, self.key, self.tls)
 
     async def stop(self) -> None:
         """Close the connection (also what leaving `async with` does)."""
@@ -73,7 +80,7 @@ class HubClient(Lifecycle):
     @property
     def channel(self) -> grpc.aio.Channel:
         if self._channel is None:
-            self._channel = hub_channel(self.address, self.key)
+            self._channel = hub_channel(self.address, self.key, self.tls)
         return self._channel
 
     def _metadata(self, parent_task_id: str | None = None) -> tuple[tuple[str, str], ...]:

@@ -19,7 +19,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from agenthub.hub.cli import render, trust_commands
+from agenthub.hub.cli import certs, render, trust_commands
 from agenthub.hub.cli.common import DEFAULT_HUB, HubOpt, JsonOpt, fail, run
 from agenthub.sdk.errors import AgentHubError, ConfigError, InvalidRequest
 from agenthub.sdk.pb import operator_pb2 as op
@@ -114,6 +114,13 @@ def serve(
     insecure: Annotated[
         bool, typer.Option(help="allow serving a non-loopback address without --auth (not recommended)")
     ] = False,
+    tls_cert: Annotated[
+        Path | None, typer.Option(help="PEM certificate: serve TLS on both ports (with --tls-key)")
+    ] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM private key of --tls-cert")] = None,
+    tls_client_ca: Annotated[
+        Path | None, typer.Option(help="PEM CA client certificates must chain to: requires them (mTLS)")
+    ] = None,
     json_logs: Annotated[bool, typer.Option(help="log JSON lines")] = False,
 ) -> None:
     """Run a hub in the foreground until Ctrl-C. Every option also reads AGENTHUB_<NAME>."""
@@ -137,6 +144,9 @@ def serve(
         breaker_threshold=breaker_threshold,
         auth=auth,
         insecure=insecure or None,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        tls_client_ca=tls_client_ca,
     )
 
     async def main() -> None:
@@ -558,6 +568,7 @@ def models_serve(port: Annotated[int, typer.Option(help="port")] = 8765) -> None
 
 
 trust_commands.attach(app)  # after the commands above, so `agenthub --help` lists them first
+certs.attach(app)
 
 
 def main() -> None:

@@ -28,12 +28,14 @@ class CardPublisher:
     def __init__(self, settings: HubSettings, grpc_port: int, http_port: int) -> None:
         self._host = settings.card_host
         self._auth = settings.auth
+        self._scheme = "https" if settings.tls else "http"
+        self._mtls = settings.tls_client_ca is not None
         self._grpc_port = grpc_port
         self._http_port = http_port
 
     def base_url(self, name: str) -> str:
         """Where an agent's HTTP heads and card live on this hub."""
-        return f"http://{self._host}:{self._http_port}/agents/{name}"
+        return f"{self._scheme}://{self._host}:{self._http_port}/agents/{name}"
 
     def publish(self, card: AgentCard) -> AgentCard:
         """The card with its interfaces replaced by the hub's: gRPC first, then JSON-RPC, HTTP+JSON."""
@@ -68,10 +70,15 @@ class CardPublisher:
             scheme.http_auth_security_scheme.bearer_format = "AgentHub API key or JWT"
             scheme.http_auth_security_scheme.description = "Authorization: Bearer <key or token>"
             out.security_requirements.add().schemes[BEARER].SetInParent()
+            if self._mtls:  # or, on gRPC, a client certificate alone (README "TLS")
+                out.security_schemes[MTLS].mtls_security_scheme.description = MTLS_DESCRIPTION
+                out.security_requirements.add().schemes[MTLS].SetInParent()
         return out
 
 
 BEARER = "agenthub-bearer"
+MTLS = "agenthub-mtls"
+MTLS_DESCRIPTION = "a client certificate from the hub's client CA; on gRPC its CN is the caller"
 
 
 def etag(card: AgentCard) -> str:

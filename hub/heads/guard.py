@@ -48,6 +48,7 @@ from a2a.utils.grpc_status import status_to_grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
+from agenthub.hub.tls import client_cn
 from agenthub.hub.trust import scope
 from agenthub.hub.trust.gate import Gate
 from agenthub.hub.trust.policy import Action
@@ -255,7 +256,8 @@ def _admission(gate: Gate, method: str) -> Admit:
             return
         metadata = {k.lower(): v for k, v in context.invocation_metadata() or ()}
         authorization = metadata.get("authorization")
-        principal = await gate.authenticate(authorization if isinstance(authorization, str) else None)
+        bearer = authorization if isinstance(authorization, str) else None
+        principal = await gate.authenticate(bearer, client_cn(context))
         CURRENT.set(principal)
         if action is not None:
             await gate.authorize(action)

@@ -1,7 +1,9 @@
-"""The gate every call passes: who is calling (API key or JWT), whether its role and the policy let
-it, whether it is over its rate, and an audit record of every refusal."""
+"""The gate every call passes: who is calling (API key, JWT or client certificate), whether its
+role and the policy let it, whether it is over its rate, and an audit record of every refusal."""
 
 from __future__ import annotations
+
+import fnmatch
 
 import structlog
 
@@ -22,7 +24,7 @@ from agenthub.hub.trust.policy import (
     may_call,
     role_allows,
 )
-from agenthub.hub.trust.principal import ANONYMOUS, CURRENT, Principal
+from agenthub.hub.trust.principal import ANONYMOUS, CURRENT, Principal, Role
 from agenthub.hub.trust.tokens import JwtVerifier
 from agenthub.sdk.errors import InvalidRequest, PermissionDenied, RateLimited, Unauthenticated
 
@@ -66,11 +68,14 @@ class Gate(Lifecycle):
         await self.rules.stop()
         await self.keys.stop()
 
-    async def authenticate(self, authorization: str | None) -> Principal:
-        """The caller's principal from its `Authorization` value. A hub without authentication
-        ignores credentials: every caller is ANONYMOUS (a key file left in a folder changes nothing)."""
+    async def authenticate(self, authorization: str | None, client_cn: str | None = None) -> Principal:
+        """The caller's principal from its `Authorization` value or, without one, from `client_cn`:
+        the CN of a client certificate TLS verified (mTLS). A hub without authentication ignores
+        credentials: every caller is ANONYMOUS (a key file left in a folder changes nothing)."""
         if not self.required:
             return ANONYMOUS
+        if not authorization and client_cn:
+            return await self._certified(client_cn)
         if not authorization:
             await self._refused("auth.failed", "", "no credentials")
             raise Unauthenticated("authentication required: send `authorization: Bearer <key or token>`")
@@ -85,6 +90,17 @@ class Gate(Lifecycle):
         except Unauthenticated as exc:
             await self._refused("auth.failed", "", exc.message)
             raise
+
+    async def _certified(self, cn: str) -> Principal:
+        """The principal of a verified client certificate: its CN, with the role of the first
+        `tls_client_roles` pattern it matches (an `agent` certificate speaks for the agent named CN)."""
+        for entry in self._settings.tls_client_roles:
+            pattern, _, role = entry.partition("=")
+            if fnmatch.fnmatchcase(cn, pattern.strip()):
+                kind = Role(role.strip())
+                return Principal(cn, kind, agent=cn if kind is Role.AGENT else "", method="mtls")
+        await self._refused("auth.failed", "", f"client certificate {cn!r} matches no tls_client_roles entry")
+        raise Unauthenticated(f"client certificate {cn!r} is not allowed here (see tls_client_roles)")
 
     async def authorize(self, action: Action, agent: str = "", resource: str = "") -> Principal:
         """Check the current caller may do `action` (on `agent`, when the action calls one); the
