@@ -147,12 +147,14 @@ class Hub(Lifecycle):
         self.store = open_store(settings)
         self.gate = Gate(settings, self.log, topics, self.readiness)
         outbound = OutboundPolicy.from_settings(settings)
+        box = SecretBox.from_settings(settings)  # seals push configs and agents' credentials
         self.registry = Registry(
             self.log,
             topics,
             health_interval=settings.health_interval_s,
             readiness=self.readiness,
             outbound=outbound,
+            box=box,
         )
         self.recorder = Recorder(
             self.log, self.store, topics, fetch_wait_ms=settings.fetch_wait_ms, readiness=self.readiness
@@ -177,7 +179,7 @@ class Hub(Lifecycle):
         self.push = PushConfigs(
             self.log,
             topics,
-            box=SecretBox.from_settings(settings),
+            box=box,
             outbound=outbound,
             fetch_wait_ms=settings.fetch_wait_ms,
             readiness=self.readiness,

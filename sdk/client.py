@@ -97,11 +97,14 @@ class HubClient(Lifecycle):
         reply = await _call(stub.RegisterAgent(request, timeout=self.timeout))
         return reply.agent
 
-    async def register_url(self, url: str, *, name: str = "", replica: bool = False) -> reg.AgentRecord:
+    async def register_url(
+        self, url: str, *, name: str = "", replica: bool = False, authorization: str = ""
+    ) -> reg.AgentRecord:
         """Register any A2A agent by its base URL or card URL; the hub fetches and checks the card.
-        `replica` adds it as one more replica of the name instead of replacing the name's endpoints."""
+        `replica` adds it as one more replica of the name instead of replacing the name's endpoints;
+        `authorization` is the Authorization value the hub sends when it calls the agent."""
         stub = registry_pb2_grpc.RegistryServiceStub(self.channel)
-        request = reg.RegisterAgentRequest(url=url, name=name, replica=replica)
+        request = reg.RegisterAgentRequest(url=url, name=name, replica=replica, authorization=authorization)
         reply = await _call(stub.RegisterAgent(request, timeout=self.timeout))
         return reply.agent
 

@@ -45,6 +45,43 @@ class PlainEcho(AgentExecutor):
         await updater.cancel()
 
 
+class RequireAuthorization(grpc.aio.ServerInterceptor):
+    """Refuses every gRPC call that does not carry the expected Authorization value."""
+
+    def __init__(self, expected: str) -> None:
+        self._expected = expected
+
+    async def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
+        if dict(details.invocation_metadata or ()).get("authorization") == self._expected:
+            return await continuation(details)
+
+        async def refuse(request, context):  # type: ignore[no-untyped-def]
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong credentials")
+
+        return grpc.unary_stream_rpc_method_handler(refuse)
+
+
+class HttpRequireAuthorization:
+    """Refuses every HTTP request but the card's without the expected Authorization value."""
+
+    def __init__(self, app, expected: str) -> None:  # type: ignore[no-untyped-def]
+        self._app, self._expected = app, expected
+
+    async def __call__(self, scope, receive, send):  # type: ignore[no-untyped-def]
+        headers = dict(scope.get("headers") or ())
+        public = scope.get("path", "").endswith("agent-card.json")
+        if (
+            scope["type"] == "http"
+            and not public
+            and headers.get(b"authorization") != self._expected.encode()
+        ):
+            await JSONResponse({"error": "missing or wrong credentials"}, status_code=401)(
+                scope, receive, send
+            )
+            return
+        await self._app(scope, receive, send)
+
+
 def card(base: str, bindings: tuple[str, ...], grpc_address: str = "") -> AgentCard:
     urls = {"JSONRPC": f"{base}/", "HTTP+JSON": base, "GRPC": grpc_address}
     interfaces = [AgentInterface(url=urls[b], protocol_binding=b, protocol_version="1.0") for b in bindings]
@@ -62,16 +99,20 @@ async def serve_plain_agent(
     bindings: tuple[str, ...] = ("JSONRPC", "HTTP+JSON"),
     executor: AgentExecutor | None = None,
     name: str = "plain",
+    require_authorization: str = "",
 ) -> AsyncIterator[str]:
     """Serve the plain agent (card and HTTP bindings, plus gRPC when asked) on free loopback ports;
-    yields its base URL. Another `executor` (and `name`) serves another plain a2a-sdk agent."""
+    yields its base URL. Another `executor` (and `name`) serves another plain a2a-sdk agent; with
+    `require_authorization`, every call but the card must carry that Authorization value."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     grpc_address = f"127.0.0.1:{free_port()}"
     agent_card = card(base, bindings, grpc_address)
     agent_card.name = name
     handler = DefaultRequestHandler(executor or PlainEcho(), InMemoryTaskStore(), agent_card)
-    grpc_server = grpc.aio.server()
+    grpc_server = grpc.aio.server(
+        interceptors=[RequireAuthorization(require_authorization)] if require_authorization else []
+    )
     a2a_pb2_grpc.add_A2AServiceServicer_to_server(GrpcHandler(handler), grpc_server)
     grpc_server.add_insecure_port(grpc_address)
     if "GRPC" in bindings:
@@ -84,6 +125,8 @@ async def serve_plain_agent(
             Route("/not-a-card.json", lambda _: JSONResponse({"hello": "world"})),
         ]
     )
+    if require_authorization:
+        app.add_middleware(HttpRequireAuthorization, expected=require_authorization)
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
     )

@@ -8,9 +8,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-from a2a.types import GetTaskRequest, Message, Part, Role, SendMessageRequest, TaskState
+from a2a.types import GetTaskRequest, Message, Part, Role, SendMessageRequest, Task, TaskState
 
+from agenthub.hub.log._base import TopicPartition
 from agenthub.hub.server import Hub, free_port
+from agenthub.hub.topics import Topics
 from agenthub.sdk import AgentHubError, HubClient
 from tests.conftest import stock_client
 from tests.plain_agent import serve_plain_agent
@@ -102,3 +104,37 @@ async def test_bad_registrations_are_one_line_and_register_nothing(
         assert not await client.list_agents()
         with pytest.raises(AgentHubError):
             await client.register_url(target)
+
+
+@pytest.mark.parametrize("binding", ["GRPC", "JSONRPC", "HTTP+JSON"])
+async def test_an_agent_registered_with_a_credential_gets_it_and_nobody_sees_it(
+    hub: Hub, client: HubClient, binding: str
+) -> None:
+    """The registration's Authorization goes to the agent on every binding; it is sealed in the
+    registry topic and absent from every answer; a caller's own credentials are never passed on."""
+    secret = f"Bearer agent-secret-{uuid.uuid4().hex}"
+    async with serve_plain_agent((binding,), require_authorization=secret) as base:
+        code, out, err = await agenthub(
+            "agents",
+            "register",
+            base,
+            "--json",
+            "--hub",
+            hub.address,
+            env={"AGENTHUB_AGENT_AUTHORIZATION": secret},
+        )
+        assert code == 0, err
+        assert secret not in out and "sealed" not in out
+        task = await client.send("plain", "hello")
+        assert isinstance(task, Task) and task.status.state == TaskState.TASK_STATE_COMPLETED, task
+        listed = await client.list_agents()
+        assert all(not a.sealed_authorization for a in listed) and secret not in str(listed)
+        registry = TopicPartition(Topics(hub.settings.topic_prefix).registry, 0)
+        raw = await hub.log.read(registry, 0, 1000)
+        assert raw and all(secret.encode() not in r.value for r in raw)
+
+        await client.register_url(base)  # the same agent, registered with no credential: refused
+        task = await client.send("plain", "hello again")
+        assert isinstance(task, Task) and task.status.state == TaskState.TASK_STATE_FAILED
+        reason = task.status.message.parts[0].text
+        assert "rejected the request" in reason and ("401" in reason or "credentials" in reason), reason

@@ -249,6 +249,13 @@ def agents_register(
             help="add this endpoint as one more replica of the name (default: replace the name's endpoints)",
         ),
     ] = False,
+    authorization: Annotated[
+        str,
+        typer.Option(
+            envvar="AGENTHUB_AGENT_AUTHORIZATION",
+            help="Authorization value the hub sends to this agent, e.g. 'Bearer ...' (kept sealed)",
+        ),
+    ] = "",
     hub: HubOpt = DEFAULT_HUB,
     json: JsonOpt = False,
 ) -> None:
@@ -261,7 +268,7 @@ def agents_register(
 
     async def main() -> None:
         async with HubClient(hub) as client:
-            record = await client.register_url(url, name=name, replica=replica)
+            record = await client.register_url(url, name=name, replica=replica, authorization=authorization)
         if json:
             render.print_json(render.as_json(record))
         else:

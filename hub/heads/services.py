@@ -80,7 +80,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         self, request: reg.RegisterAgentRequest, context: grpc.aio.ServicerContext
     ) -> reg.RegisterAgentResponse:
         if request.url:
-            agent = await self._registry.register_url(request.url, request.name, replica=request.replica)
+            agent = await self._registry.register_url(
+                request.url, request.name, replica=request.replica, authorization=request.authorization
+            )
         else:
             agent = await self._registry.register(
                 request.card_json, request.endpoint, replica=request.replica

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 import httpx
-from a2a.client import ClientConfig, ClientFactory
+from a2a.client import ClientCallContext, ClientConfig, ClientFactory
 from a2a.client.errors import A2AClientError, A2AClientTimeoutError
 from a2a.types import AgentCard, CancelTaskRequest, SendMessageRequest, StreamResponse, a2a_pb2_grpc
 from a2a.utils.constants import TransportProtocol
@@ -118,8 +118,9 @@ class ClientConnection(Connection):
     async def stream(
         self, request: SendMessageRequest, metadata: Metadata, timeout: float
     ) -> AsyncIterator[StreamResponse]:
+        context = ClientCallContext(service_parameters=dict(metadata))  # as HTTP headers
         try:
-            async for event in self._client.send_message(request):
+            async for event in self._client.send_message(request, context=context):
                 yield event
         except A2AClientTimeoutError as exc:
             raise AgentCallFailed(f"timed out: {exc}", transient=True) from None

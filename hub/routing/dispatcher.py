@@ -383,7 +383,11 @@ class Dispatcher(Lifecycle):
             return f"agent {agent!r} was deregistered before it could answer"
         self._placed[envelope.task_id] = replica
         connection = self._connections.to(replica.record, replica.card)
-        metadata = (("agenthub-sender", envelope.sender), ("traceparent", envelope.traceparent))
+        metadata = (
+            ("agenthub-sender", envelope.sender),
+            ("traceparent", envelope.traceparent),
+            ("authorization", self._registry.authorization(replica.record)),  # the registration's own
+        )
         events = connection.stream(
             _for_agent(request, envelope),
             tuple(m for m in metadata if m[1]),

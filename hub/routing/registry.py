@@ -30,6 +30,7 @@ from agenthub.hub.loops import Readiness, SupervisedLoop
 from agenthub.hub.outbound import OutboundPolicy
 from agenthub.hub.routing.connections import GRPC, is_up
 from agenthub.hub.routing.discovery import discover
+from agenthub.hub.secret_box import SecretBox, Unsealable
 from agenthub.hub.topics import Topics
 from agenthub.sdk.errors import AgentNotFound, InvalidRequest
 from agenthub.sdk.pb.registry_pb2 import AgentChange, AgentRecord
@@ -106,6 +107,7 @@ class Agent:
         and every replica."""
         record = AgentRecord()
         record.CopyFrom(self.newest.record)
+        record.ClearField("sealed_authorization")  # a credential is never part of an answer
         record.state = "up" if any(r.up for r in self.replicas.values()) else "down"
         record.replicas.extend(r.summary() for r in self.replica_list())
         return record
@@ -133,6 +135,7 @@ class Registry(Lifecycle):
         health_interval: seconds between health checks of each replica (default 5; 0 disables).
         readiness: where a failing registry loop is reported.
         outbound: where card fetches of `register_url` may go (default: public addresses only).
+        box: seals the credential a registration gives for calls to its agent.
     """
 
     def __init__(
@@ -143,8 +146,10 @@ class Registry(Lifecycle):
         health_interval: float = 5.0,
         readiness: Readiness | None = None,
         outbound: OutboundPolicy | None = None,
+        box: SecretBox | None = None,
     ) -> None:
         self._log = log
+        self._box = box
         self._topics = topics
         self._outbound = outbound or OutboundPolicy()
         self._health_interval = health_interval
@@ -195,9 +200,12 @@ class Registry(Lifecycle):
             )
         return await self._save(card, AgentRecord(endpoint=endpoint, binding=GRPC), replica=replica)
 
-    async def register_url(self, url: str, name: str = "", *, replica: bool = False) -> Agent:
+    async def register_url(
+        self, url: str, name: str = "", *, replica: bool = False, authorization: str = ""
+    ) -> Agent:
         """Register any A2A agent by its base or card URL: fetch and check its card, and reach it
-        over its best binding; `replica` as for `register`. AgentUnavailable / InvalidRequest say why not."""
+        over its best binding, sending `authorization` (kept sealed) with every call; `replica` as
+        for `register`. AgentUnavailable / InvalidRequest say why not."""
         found = await discover(url, policy=self._outbound)
         card = found.card
         if name:
@@ -207,7 +215,23 @@ class Registry(Lifecycle):
         where = AgentRecord(
             endpoint=found.endpoint, binding=found.binding, tenant=found.tenant, card_url=found.card_url
         )
+        if authorization:
+            if self._box is None:
+                raise InvalidRequest("this hub keeps no secrets: it cannot store an agent's credential")
+            where.sealed_authorization = self._box.seal(authorization.strip().encode())
         return await self._save(card, where, replica=replica)
+
+    def authorization(self, record: AgentRecord) -> str:
+        """The credential its registration gave for calls to this replica ('' when none or when
+        this hub cannot open it: then the agent refuses, and says so)."""
+        if not record.sealed_authorization or self._box is None:
+            return ""
+        try:
+            return self._box.open(record.sealed_authorization).decode()
+        except Unsealable:
+            log.warning("an agent credential sealed with another secret key: give every hub the same"
+                        " secret_key", agent=record.name)  # fmt: skip
+            return ""
 
     async def _save(self, card: AgentCard, where: AgentRecord, *, replica: bool) -> Agent:
         stamp = Timestamp()

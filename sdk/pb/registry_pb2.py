@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61genthub/v1/registry.proto\x12\x0b\x61genthub.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc4\x01\n\x07Replica\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x0f\n\x07\x62inding\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\x10\n\x08\x63\x61rd_url\x18\x04 \x01(\t\x12\r\n\x05state\x18\x05 \x01(\t\x12\x31\n\rregistered_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_heartbeat\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x91\x02\n\x0b\x41gentRecord\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tcard_json\x18\x02 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12\x31\n\rregistered_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_heartbeat\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05state\x18\x06 \x01(\t\x12\x0f\n\x07\x62inding\x18\x07 \x01(\t\x12\x0e\n\x06tenant\x18\x08 \x01(\t\x12\x10\n\x08\x63\x61rd_url\x18\t \x01(\t\x12&\n\x08replicas\x18\n \x03(\x0b\x32\x14.agenthub.v1.Replica\"g\n\x14RegisterAgentRequest\x12\x11\n\tcard_json\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x0f\n\x07replica\x18\x05 \x01(\x08\"@\n\x15RegisterAgentResponse\x12\'\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x18.agenthub.v1.AgentRecord\"8\n\x16\x44\x65registerAgentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\"\x19\n\x17\x44\x65registerAgentResponse\"\x13\n\x11ListAgentsRequest\">\n\x12ListAgentsResponse\x12(\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x18.agenthub.v1.AgentRecord\"\x1f\n\x0fGetAgentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"2\n\x10HeartbeatRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\"\x13\n\x11HeartbeatResponse\"\x14\n\x12WatchAgentsRequest\"Y\n\x0b\x41gentChange\x12\'\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x18.agenthub.v1.AgentRecord\x12\x0f\n\x07removed\x18\x02 \x01(\x08\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t2\xf2\x03\n\x0fRegistryService\x12V\n\rRegisterAgent\x12!.agenthub.v1.RegisterAgentRequest\x1a\".agenthub.v1.RegisterAgentResponse\x12\\\n\x0f\x44\x65registerAgent\x12#.agenthub.v1.DeregisterAgentRequest\x1a$.agenthub.v1.DeregisterAgentResponse\x12M\n\nListAgents\x12\x1e.agenthub.v1.ListAgentsRequest\x1a\x1f.agenthub.v1.ListAgentsResponse\x12\x42\n\x08GetAgent\x12\x1c.agenthub.v1.GetAgentRequest\x1a\x18.agenthub.v1.AgentRecord\x12J\n\tHeartbeat\x12\x1d.agenthub.v1.HeartbeatRequest\x1a\x1e.agenthub.v1.HeartbeatResponse\x12J\n\x0bWatchAgents\x12\x1f.agenthub.v1.WatchAgentsRequest\x1a\x18.agenthub.v1.AgentChange0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61genthub/v1/registry.proto\x12\x0b\x61genthub.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc4\x01\n\x07Replica\x12\x10\n\x08\x65ndpoint\x18\x01 \x01(\t\x12\x0f\n\x07\x62inding\x18\x02 \x01(\t\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\x10\n\x08\x63\x61rd_url\x18\x04 \x01(\t\x12\r\n\x05state\x18\x05 \x01(\t\x12\x31\n\rregistered_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_heartbeat\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xaf\x02\n\x0b\x41gentRecord\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tcard_json\x18\x02 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t\x12\x31\n\rregistered_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_heartbeat\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05state\x18\x06 \x01(\t\x12\x0f\n\x07\x62inding\x18\x07 \x01(\t\x12\x0e\n\x06tenant\x18\x08 \x01(\t\x12\x10\n\x08\x63\x61rd_url\x18\t \x01(\t\x12&\n\x08replicas\x18\n \x03(\x0b\x32\x14.agenthub.v1.Replica\x12\x1c\n\x14sealed_authorization\x18\x0b \x01(\x0c\"~\n\x14RegisterAgentRequest\x12\x11\n\tcard_json\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12\x0b\n\x03url\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x0f\n\x07replica\x18\x05 \x01(\x08\x12\x15\n\rauthorization\x18\x06 \x01(\t\"@\n\x15RegisterAgentResponse\x12\'\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x18.agenthub.v1.AgentRecord\"8\n\x16\x44\x65registerAgentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\"\x19\n\x17\x44\x65registerAgentResponse\"\x13\n\x11ListAgentsRequest\">\n\x12ListAgentsResponse\x12(\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x18.agenthub.v1.AgentRecord\"\x1f\n\x0fGetAgentRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"2\n\x10HeartbeatRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\"\x13\n\x11HeartbeatResponse\"\x14\n\x12WatchAgentsRequest\"Y\n\x0b\x41gentChange\x12\'\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x18.agenthub.v1.AgentRecord\x12\x0f\n\x07removed\x18\x02 \x01(\x08\x12\x10\n\x08\x65ndpoint\x18\x03 \x01(\t2\xf2\x03\n\x0fRegistryService\x12V\n\rRegisterAgent\x12!.agenthub.v1.RegisterAgentRequest\x1a\".agenthub.v1.RegisterAgentResponse\x12\\\n\x0f\x44\x65registerAgent\x12#.agenthub.v1.DeregisterAgentRequest\x1a$.agenthub.v1.DeregisterAgentResponse\x12M\n\nListAgents\x12\x1e.agenthub.v1.ListAgentsRequest\x1a\x1f.agenthub.v1.ListAgentsResponse\x12\x42\n\x08GetAgent\x12\x1c.agenthub.v1.GetAgentRequest\x1a\x18.agenthub.v1.AgentRecord\x12J\n\tHeartbeat\x12\x1d.agenthub.v1.HeartbeatRequest\x1a\x1e.agenthub.v1.HeartbeatResponse\x12J\n\x0bWatchAgents\x12\x1f.agenthub.v1.WatchAgentsRequest\x1a\x18.agenthub.v1.AgentChange0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,29 +36,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REPLICA']._serialized_start=77
   _globals['_REPLICA']._serialized_end=273
   _globals['_AGENTRECORD']._serialized_start=276
-  _globals['_AGENTRECORD']._serialized_end=549
-  _globals['_REGISTERAGENTREQUEST']._serialized_start=551
-  _globals['_REGISTERAGENTREQUEST']._serialized_end=654
-  _globals['_REGISTERAGENTRESPONSE']._serialized_start=656
-  _globals['_REGISTERAGENTRESPONSE']._serialized_end=720
-  _globals['_DEREGISTERAGENTREQUEST']._serialized_start=722
-  _globals['_DEREGISTERAGENTREQUEST']._serialized_end=778
-  _globals['_DEREGISTERAGENTRESPONSE']._serialized_start=780
-  _globals['_DEREGISTERAGENTRESPONSE']._serialized_end=805
-  _globals['_LISTAGENTSREQUEST']._serialized_start=807
-  _globals['_LISTAGENTSREQUEST']._serialized_end=826
-  _globals['_LISTAGENTSRESPONSE']._serialized_start=828
-  _globals['_LISTAGENTSRESPONSE']._serialized_end=890
-  _globals['_GETAGENTREQUEST']._serialized_start=892
-  _globals['_GETAGENTREQUEST']._serialized_end=923
-  _globals['_HEARTBEATREQUEST']._serialized_start=925
-  _globals['_HEARTBEATREQUEST']._serialized_end=975
-  _globals['_HEARTBEATRESPONSE']._serialized_start=977
-  _globals['_HEARTBEATRESPONSE']._serialized_end=996
-  _globals['_WATCHAGENTSREQUEST']._serialized_start=998
-  _globals['_WATCHAGENTSREQUEST']._serialized_end=1018
-  _globals['_AGENTCHANGE']._serialized_start=1020
-  _globals['_AGENTCHANGE']._serialized_end=1109
-  _globals['_REGISTRYSERVICE']._serialized_start=1112
-  _globals['_REGISTRYSERVICE']._serialized_end=1610
+  _globals['_AGENTRECORD']._serialized_end=579
+  _globals['_REGISTERAGENTREQUEST']._serialized_start=581
+  _globals['_REGISTERAGENTREQUEST']._serialized_end=707
+  _globals['_REGISTERAGENTRESPONSE']._serialized_start=709
+  _globals['_REGISTERAGENTRESPONSE']._serialized_end=773
+  _globals['_DEREGISTERAGENTREQUEST']._serialized_start=775
+  _globals['_DEREGISTERAGENTREQUEST']._serialized_end=831
+  _globals['_DEREGISTERAGENTRESPONSE']._serialized_start=833
+  _globals['_DEREGISTERAGENTRESPONSE']._serialized_end=858
+  _globals['_LISTAGENTSREQUEST']._serialized_start=860
+  _globals['_LISTAGENTSREQUEST']._serialized_end=879
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=881
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=943
+  _globals['_GETAGENTREQUEST']._serialized_start=945
+  _globals['_GETAGENTREQUEST']._serialized_end=976
+  _globals['_HEARTBEATREQUEST']._serialized_start=978
+  _globals['_HEARTBEATREQUEST']._serialized_end=1028
+  _globals['_HEARTBEATRESPONSE']._serialized_start=1030
+  _globals['_HEARTBEATRESPONSE']._serialized_end=1049
+  _globals['_WATCHAGENTSREQUEST']._serialized_start=1051
+  _globals['_WATCHAGENTSREQUEST']._serialized_end=1071
+  _globals['_AGENTCHANGE']._serialized_start=1073
+  _globals['_AGENTCHANGE']._serialized_end=1162
+  _globals['_REGISTRYSERVICE']._serialized_start=1165
+  _globals['_REGISTRYSERVICE']._serialized_end=1663
 # @@protoc_insertion_point(module_scope)

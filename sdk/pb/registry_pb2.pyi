@@ -29,7 +29,7 @@ class Replica(_message.Message):
     def __init__(self, endpoint: _Optional[str] = ..., binding: _Optional[str] = ..., tenant: _Optional[str] = ..., card_url: _Optional[str] = ..., state: _Optional[str] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class AgentRecord(_message.Message):
-    __slots__ = ("name", "card_json", "endpoint", "registered_at", "last_heartbeat", "state", "binding", "tenant", "card_url", "replicas")
+    __slots__ = ("name", "card_json", "endpoint", "registered_at", "last_heartbeat", "state", "binding", "tenant", "card_url", "replicas", "sealed_authorization")
     NAME_FIELD_NUMBER: _ClassVar[int]
     CARD_JSON_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
@@ -40,6 +40,7 @@ class AgentRecord(_message.Message):
     TENANT_FIELD_NUMBER: _ClassVar[int]
     CARD_URL_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    SEALED_AUTHORIZATION_FIELD_NUMBER: _ClassVar[int]
     name: str
     card_json: str
     endpoint: str
@@ -50,21 +51,24 @@ class AgentRecord(_message.Message):
     tenant: str
     card_url: str
     replicas: _containers.RepeatedCompositeFieldContainer[Replica]
-    def __init__(self, name: _Optional[str] = ..., card_json: _Optional[str] = ..., endpoint: _Optional[str] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[str] = ..., binding: _Optional[str] = ..., tenant: _Optional[str] = ..., card_url: _Optional[str] = ..., replicas: _Optional[_Iterable[_Union[Replica, _Mapping]]] = ...) -> None: ...
+    sealed_authorization: bytes
+    def __init__(self, name: _Optional[str] = ..., card_json: _Optional[str] = ..., endpoint: _Optional[str] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., state: _Optional[str] = ..., binding: _Optional[str] = ..., tenant: _Optional[str] = ..., card_url: _Optional[str] = ..., replicas: _Optional[_Iterable[_Union[Replica, _Mapping]]] = ..., sealed_authorization: _Optional[bytes] = ...) -> None: ...
 
 class RegisterAgentRequest(_message.Message):
-    __slots__ = ("card_json", "endpoint", "url", "name", "replica")
+    __slots__ = ("card_json", "endpoint", "url", "name", "replica", "authorization")
     CARD_JSON_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_FIELD_NUMBER: _ClassVar[int]
     URL_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     REPLICA_FIELD_NUMBER: _ClassVar[int]
+    AUTHORIZATION_FIELD_NUMBER: _ClassVar[int]
     card_json: str
     endpoint: str
     url: str
     name: str
     replica: bool
-    def __init__(self, card_json: _Optional[str] = ..., endpoint: _Optional[str] = ..., url: _Optional[str] = ..., name: _Optional[str] = ..., replica: _Optional[bool] = ...) -> None: ...
+    authorization: str
+    def __init__(self, card_json: _Optional[str] = ..., endpoint: _Optional[str] = ..., url: _Optional[str] = ..., name: _Optional[str] = ..., replica: _Optional[bool] = ..., authorization: _Optional[str] = ...) -> None: ...
 
 class RegisterAgentResponse(_message.Message):
     __slots__ = ("agent",)
