@@ -9,9 +9,9 @@ fast tests, and print every mutant the tests did not notice (a survivor).
 The checkout is never touched: the committed tree (HEAD, or `--working-tree` for the files as they
 are) is copied to a scratch folder, `agenthub` is imported from that copy (checked before any
 mutant is made), and cosmic-ray mutates the copy in place, one mutant per test run. The tests are
-the embedded-log, SQLite-store variants only, stopping at the first failure (`-x`); a run that
-times out counts as killed. The exit code is 0 when no mutant survived, 1 otherwise, 2 when the
-unmutated tests already fail.
+the embedded-log, SQLite-store variants, and the tests of neither (pure units), stopping at the
+first failure (`-x`); a run that times out counts as killed. The exit code is 0 when no mutant
+survived, 1 otherwise, 2 when the unmutated tests already fail.
 """
 
 from __future__ import annotations
@@ -36,13 +36,14 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
                                  "test_subscribe.py", "test_promises_routing.py"]),
     "dispatcher": (["hub/routing/dispatcher.py"], ["test_promises_routing.py", "test_delivery.py",
                                            "test_failures.py"]),
-    "recorder": (["hub/recording/recorder.py"], ["test_delivery.py", "test_operators.py", "test_a2a_e2e.py"]),
+    "recorder": (["hub/recording/recorder.py"],
+                 ["test_projection.py", "test_delivery.py", "test_operators.py", "test_a2a_e2e.py"]),
     "projection": (["hub/recording/projection.py"],
                    ["test_projection.py", "test_operators.py", "test_a2a_e2e.py"]),
     "log": (["hub/log/_base.py", "hub/log/embedded.py"], ["test_delivery.py", "test_operators.py"]),
     "registry": (["hub/routing/registry.py"],
-                 ["test_cards.py", "test_register_url.py", "test_promises_routing.py"]),
-    "push": (["hub/push/notifier.py"], ["test_push.py"]),
+                 ["test_cards.py", "test_register_url.py", "test_replicas.py", "test_promises_routing.py"]),
+    "push": (["hub/push/notifier.py", "hub/log/table.py"], ["test_push.py", "test_webhooks.py"]),
     "cards": (["hub/heads/cards.py"], ["test_cards.py", "test_bindings.py"]),
 }  # fmt: skip
 PACKAGES = {"hub": "hub", "sdk": "sdk", "agents": "agents"}  # agenthub.<name> <- folder
@@ -137,7 +138,9 @@ def check_imports_from(scratch: Path) -> None:
 
 
 def test_command(tests: list[str], backend: str, select: str | None) -> str:
-    selected = f"{backend} and sqlite" + (f" and ({select})" if select else "")
+    """pytest on the chosen log backend and the SQLite store; tests of neither (pure units) run too."""
+    other = "kafka" if backend == "embedded" else "embedded"
+    selected = f"not {other} and not postgres" + (f" and ({select})" if select else "")
     pytest = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-m", "not model"]
     return shlex.join([*pytest, "-k", selected, *tests])
 
