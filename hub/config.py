@@ -116,6 +116,9 @@ class HubSettings(BaseSettings):
     )
     rate_limit_per_s: float = Field(0.0, ge=0, description="calls per second per principal (0 = no limit)")
     rate_limit_burst: int = Field(50, ge=1, description="calls a principal may make at once above its rate")
+    max_in_flight_per_principal: int = Field(
+        0, ge=0, description="sends one principal may have waiting for answers at once (0 = no limit)"
+    )
     cors_origins: list[str] = Field(
         default_factory=list, description="web origins allowed to call the HTTP heads from a browser"
     )

@@ -7,6 +7,7 @@ raw gRPC stubs and raw HTTP; keys made through the hub's own key store.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -22,6 +23,8 @@ import jwt
 import pytest
 from a2a.client import ClientCallContext, ClientConfig, ClientFactory
 from a2a.client.auth import AuthInterceptor, CredentialService
+from a2a.server.agent_execution import RequestContext
+from a2a.server.events import EventQueue
 from a2a.types import GetTaskRequest, Message, Part, Role, SendMessageRequest, TaskState, a2a_pb2_grpc
 from cryptography.hazmat.primitives.asymmetric import rsa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -30,11 +33,14 @@ from agenthub.agents import calculator, notes, triage
 from agenthub.hub.config import HubSettings
 from agenthub.hub.server import Hub
 from agenthub.sdk import HubClient, ScriptedModel
+from agenthub.sdk.errors import RateLimited
 from agenthub.sdk.pb import operator_pb2 as op
 from agenthub.sdk.pb import operator_pb2_grpc, registry_pb2_grpc, threads_pb2_grpc, trust_pb2_grpc
 from agenthub.sdk.pb import registry_pb2 as reg
 from agenthub.sdk.pb import threads_pb2 as thr
 from agenthub.sdk.pb import trust_pb2 as tr
+from tests.conftest import eventually
+from tests.plain_agent import PlainEcho, serve_plain_agent
 from tests.scripted import calculator_model, triage_model
 from tests.test_cli import agenthub, agenthub_env
 
@@ -411,3 +417,44 @@ async def test_the_bootstrap_admin_key_is_private_and_used_by_the_cli(secured: S
     assert path.stat().st_mode & 0o777 == 0o600
     code, out, _ = await agenthub_env({"AGENTHUB_KEY_FILE": str(path)}, "whoami", "--hub", hub.address)
     assert code == 0 and "(admin; by key)" in out
+
+
+class Held(PlainEcho):
+    """Answers like the plain agent, but only once `release` is set; counts the calls it holds."""
+
+    def __init__(self, release: asyncio.Event) -> None:
+        self.release, self.holding = release, 0
+
+    async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
+        self.holding += 1
+        await self.release.wait()
+        await super().execute(context, event_queue)
+
+
+async def test_a_principal_over_its_in_flight_quota_is_refused_while_others_are_served(
+    tmp_path: Path, hub_settings: Callable[..., HubSettings]
+) -> None:
+    settings = hub_settings(tmp_path / "hub", auth=True, max_in_flight_per_principal=1)
+    held = Held(asyncio.Event())
+    async with Hub(settings) as hub, serve_plain_agent(executor=held, name="held") as base:
+        admin = settings.admin_key_path.read_text().strip()
+        _, alice = await hub.gate.keys.create("alice", "user")
+        _, bob = await hub.gate.keys.create("bob", "user")
+        async with HubClient(hub.address, key=admin) as root, HubClient(hub.address, key=alice) as a, \
+                HubClient(hub.address, key=bob) as b:  # fmt: skip
+            await root.register_url(base)
+            first = asyncio.create_task(a.send("held", "one"))
+            assert await eventually(lambda: _holding(held, 1))
+            with pytest.raises(RateLimited, match="alice already has 1 sends in flight"):
+                await a.send("held", "two")
+            other = asyncio.create_task(b.send("held", "three"))
+            assert await eventually(lambda: _holding(held, 2))
+            held.release.set()
+            answers = await asyncio.gather(first, other)
+            assert [t.status.state for t in answers] == [TaskState.TASK_STATE_COMPLETED] * 2
+            assert (await a.send("held", "four")).status.state == TaskState.TASK_STATE_COMPLETED
+    assert held.holding == 3  # the refused send never reached the agent
+
+
+async def _holding(held: Held, count: int) -> bool:
+    return held.holding == count

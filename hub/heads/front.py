@@ -124,6 +124,10 @@ class HubRequestHandler(RequestHandler):
     # ---- sending -------------------------------------------------------------------------
 
     async def on_message_send(self, params: SendMessageRequest, context: ServerCallContext) -> Task | Message:
+        async with self._gate.in_flight():
+            return await self._send(params, context)
+
+    async def _send(self, params: SendMessageRequest, context: ServerCallContext) -> Task | Message:
         waiter, view = await self._submit(params, context)
         try:
             if params.configuration.return_immediately:
@@ -138,13 +142,14 @@ class HubRequestHandler(RequestHandler):
     async def on_message_send_stream(
         self, params: SendMessageRequest, context: ServerCallContext
     ) -> AsyncGenerator[Event]:
-        waiter, view = await self._submit(params, context)
-        try:
-            yield view.shaped(params.configuration)
-            async for event in self._until_turn_ends(waiter, view):
-                yield _payload(event)
-        finally:
-            waiter.close()
+        async with self._gate.in_flight():
+            waiter, view = await self._submit(params, context)
+            try:
+                yield view.shaped(params.configuration)
+                async for event in self._until_turn_ends(waiter, view):
+                    yield _payload(event)
+            finally:
+                waiter.close()
 
     async def on_subscribe_to_task(
         self, params: SubscribeToTaskRequest, context: ServerCallContext

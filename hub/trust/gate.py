@@ -3,7 +3,9 @@ role and the policy let it, whether it is over its rate, and an audit record of 
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
+from collections.abc import AsyncIterator
 
 import structlog
 
@@ -16,6 +18,7 @@ from agenthub.hub.trust.audit import Auditor
 from agenthub.hub.trust.keys import PREFIX, KeyStore
 from agenthub.hub.trust.policy import (
     Action,
+    InFlight,
     RateLimiter,
     Rule,
     decode_rule,
@@ -56,6 +59,7 @@ class Gate(Lifecycle):
             else None
         )
         self._limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
+        self._in_flight = InFlight(settings.max_in_flight_per_principal)
 
     async def start(self) -> None:
         await self.keys.start()
@@ -122,6 +126,20 @@ class Gate(Lifecycle):
             await self._refused(action, resource or agent, "rate limited")
             raise exc from None
         return principal
+
+    @contextlib.asynccontextmanager
+    async def in_flight(self) -> AsyncIterator[None]:
+        """Hold one of the current caller's in-flight sends for the duration (a refusal is audited)."""
+        who = CURRENT.get().name
+        try:
+            self._in_flight.acquire(who)
+        except RateLimited:
+            await self._refused(Action.SEND, "", "in-flight quota")
+            raise
+        try:
+            yield
+        finally:
+            self._in_flight.release(who)
 
     async def require_self(self, agent: str, action: str) -> None:
         """An agent principal acts only for its own agent (admins for any); PermissionDenied else."""

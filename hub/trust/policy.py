@@ -118,6 +118,25 @@ def may_call(rules: list[Rule], default: str, principal: Principal, agent: str) 
     return default == "allow", f"no policy rule allows calling {agent!r}"
 
 
+class InFlight:
+    """How many sends each principal has waiting for answers, held under a quota."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._counts: dict[str, int] = {}
+
+    def acquire(self, who: str) -> None:
+        """Count one more send of `who`; RateLimited when it would pass the quota."""
+        if self._limit and self._counts.get(who, 0) >= self._limit:
+            raise RateLimited(f"{who} already has {self._limit} sends in flight; retry when one ends")
+        self._counts[who] = self._counts.get(who, 0) + 1
+
+    def release(self, who: str) -> None:
+        self._counts[who] -= 1
+        if not self._counts[who]:
+            del self._counts[who]
+
+
 class RateLimiter:
     """A token bucket per principal: `rate` calls a second on average, bursts of `burst`."""
 
