@@ -458,3 +458,53 @@ async def test_a_principal_over_its_in_flight_quota_is_refused_while_others_are_
 
 async def _holding(held: Held, count: int) -> bool:
     return held.holding == count
+
+
+async def test_authorization_matrix_on_the_http_bindings(secured: Secured) -> None:
+    """Every credential kind on JSON-RPC and HTTP+JSON: send, read a task someone else started, and
+    cancel it: allowed, not found (another's task is never revealed), or refused with the codes of
+    the one error table (401 / -32055, 403 / -32056)."""
+    hub, keys = secured.hub, secured.keys
+    async with HubClient(hub.address, key=keys["alice"]) as alice:
+        task = await alice.send("calculator", "What is 4 + 4?")
+    credentials = {
+        "admin": keys["admin"], "operator": keys["ops"], "agent": keys["calculator-key"],
+        "other-agent": keys["notes-key"], "owner": keys["alice"], "user": keys["bob"],
+        "jwt-user": secured.token(), "none": None, "revoked": keys["revoked"],
+        "expired": secured.token(exp=int(time.time()) - 60), "wrong-audience": secured.token(aud="x"),
+    }  # fmt: skip
+    sees_task = {"admin", "operator", "agent", "owner"}
+    unauthenticated = {"none", "revoked", "expired", "wrong-audience"}
+    wrong: list[str] = []
+    async with httpx.AsyncClient(
+        base_url=f"{hub.http_url}/agents/calculator", headers=V1, timeout=60
+    ) as http:
+        for who, credential in credentials.items():
+            auth = {"authorization": f"Bearer {credential}"} if credential else {}
+            body = {
+                "message": {"messageId": str(uuid.uuid4()), "role": "ROLE_USER", "parts": [{"text": "1 + 1"}]}
+            }
+            rest_send = await http.post("/message:send", json=body, headers=auth)
+            rpc_send = await http.post(
+                "/", json={"jsonrpc": "2.0", "id": 1, "method": "SendMessage", "params": body}, headers=auth
+            )
+            rest_get = await http.get(f"/tasks/{task.id}", headers=auth)
+            rpc_get = await http.post(
+                "/",
+                json={"jsonrpc": "2.0", "id": 2, "method": "GetTask", "params": {"id": task.id}},
+                headers=auth,
+            )
+            if who in unauthenticated:
+                expected = {"rest_send": 401, "rpc_send": -32055, "rest_get": 401, "rpc_get": -32055}
+            else:
+                found = who in sees_task
+                expected = {"rest_send": 200, "rpc_send": 0, "rest_get": 200 if found else 404,
+                            "rpc_get": 0 if found else -32001}  # fmt: skip
+            got = {
+                "rest_send": rest_send.status_code, "rest_get": rest_get.status_code,
+                "rpc_send": rpc_send.json().get("error", {}).get("code", 0),
+                "rpc_get": rpc_get.json().get("error", {}).get("code", 0),
+            }  # fmt: skip
+            if got != expected:
+                wrong.append(f"{who}: {got}, expected {expected}")
+    assert not wrong, "\n".join(wrong)
