@@ -17,6 +17,8 @@ survived, 1 otherwise, 2 when the unmutated tests already fail.
 from __future__ import annotations
 
 import argparse
+import ast
+import functools
 import os
 import re
 import shlex
@@ -33,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # The core modules (hub/...), and the test files that exercise each one quickly.
 MODULES: dict[str, tuple[list[str], list[str]]] = {
     "front": (["hub/heads/front.py"], ["test_isolation.py", "test_bindings.py", "test_failures.py",
-                                 "test_subscribe.py", "test_promises_routing.py"]),
+                                 "test_subscribe.py", "test_promises_routing.py", "test_mutants_front.py"]),
     "dispatcher": (["hub/routing/dispatcher.py"], ["test_promises_routing.py", "test_delivery.py",
                                            "test_failures.py"]),
     "recorder": (["hub/recording/recorder.py"],
@@ -155,6 +157,7 @@ def run_mutants(modules: list[str], command: str, timeout: float, args: argparse
     with use_db("session.sqlite", WorkDB.Mode.create) as db:
         init([Path(m) for m in modules], db, {})
         items = sorted(db.pending_work_items, key=_position)
+    items = [w for w in items if not in_annotation(w.mutations[0])]
     if args.match:
         items = [w for w in items if re.search(args.match, w.mutations[0].definition_name or "")]
     if args.max is not None and len(items) > args.max:
@@ -180,6 +183,28 @@ def run_mutants(modules: list[str], command: str, timeout: float, args: argparse
             counts["incompetent"] += 1
     print("summary: " + ", ".join(f"{n} {what}" for what, n in counts.items()))
     return counts["survived"]
+
+
+def in_annotation(mutation: Any) -> bool:
+    """Whether a mutant changes only a type annotation: the core modules use `from __future__ import
+    annotations`, so annotations are never evaluated and such a mutant is equivalent by construction."""
+    where = (mutation.start_pos[0], mutation.start_pos[1])
+    return any(start <= where < end for start, end in _annotations(str(mutation.module_path)))
+
+
+@functools.cache
+def _annotations(path: str) -> list[tuple[tuple[int, int], tuple[int, int]]]:
+    """(start, end) positions of every annotation in a module, as (line, column)."""
+    tree = ast.parse(Path(path).read_text())
+    future = [n for n in tree.body if isinstance(n, ast.ImportFrom) and n.module == "__future__"]
+    if not any(alias.name == "annotations" for n in future for alias in n.names):
+        return []  # annotations are evaluated here: a mutant in one may change behaviour
+    spans = []
+    for node in ast.walk(tree):
+        for note in (getattr(node, "annotation", None), getattr(node, "returns", None)):
+            if isinstance(note, ast.expr) and note.end_lineno is not None and note.end_col_offset is not None:
+                spans.append(((note.lineno, note.col_offset), (note.end_lineno, note.end_col_offset)))
+    return spans
 
 
 def _position(item: Any) -> tuple[str, tuple[int, int], str, int]:
