@@ -4,7 +4,7 @@ fast tests, and print every mutant the tests did not notice (a survivor).
     python scripts/mutate.py cards                       # one small module, its default tests
     python scripts/mutate.py front --match _owned_task   # only mutants inside one function
     python scripts/mutate.py dispatcher --max 20         # an evenly spread sample of 20 mutants
-    python scripts/mutate.py front --line 185            # the mutants of one line (a survivor again)
+    python scripts/mutate.py front --line 185            # the mutants of one line (a survivor, again)
     python scripts/mutate.py registry --tests tests/test_cards.py
 
 The checkout is never touched: the committed tree (HEAD, or `--working-tree` for the files as they
@@ -36,7 +36,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # The core modules (hub/...), and the test files that exercise each one quickly.
 MODULES: dict[str, tuple[list[str], list[str]]] = {
     "front": (["hub/heads/front.py"], ["test_isolation.py", "test_bindings.py", "test_failures.py",
-                                 "test_subscribe.py", "test_promises_routing.py", "test_mutants_front.py"]),
+                                 "test_subscribe.py", "test_promises_routing.py", "test_trust.py",
+                                 "test_mutants_front.py"]),
     "dispatcher": (["hub/routing/dispatcher.py"], ["test_promises_routing.py", "test_delivery.py",
                                            "test_failures.py"]),
     "recorder": (["hub/recording/recorder.py"],
@@ -85,7 +86,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("modules", nargs="+", choices=sorted(MODULES), help="core modules to mutate")
     parser.add_argument("--tests", nargs="+", help="test files to run instead of the modules' defaults")
     parser.add_argument("--match", help="only mutants inside functions whose name matches this regex")
-    parser.add_argument("--line", type=int, help="only mutants starting on this line (re-run one survivor)")
+    parser.add_argument("--line", type=int, nargs="+", help="only mutants starting on these lines")
     parser.add_argument("--max", type=int, help="at most this many mutants, spread evenly over the modules")
     parser.add_argument("--timeout", type=float, help="seconds per test run [default: 3x the clean run + 30]")
     parser.add_argument("--select", help="a pytest -k expression narrowing the tests further")
@@ -162,8 +163,8 @@ def run_mutants(modules: list[str], command: str, timeout: float, args: argparse
     items = [w for w in items if not in_annotation(w.mutations[0])]
     if args.match:
         items = [w for w in items if re.search(args.match, w.mutations[0].definition_name or "")]
-    if args.line is not None:
-        items = [w for w in items if w.mutations[0].start_pos[0] == args.line]
+    if args.line:
+        items = [w for w in items if w.mutations[0].start_pos[0] in args.line]
     if args.max is not None and len(items) > args.max:
         step = len(items) / args.max
         items = [items[int(i * step)] for i in range(args.max)]
