@@ -351,7 +351,12 @@ class Hub(Lifecycle):
     async def stop(self) -> None:
         if self._http is not None and self._http_task is not None:
             self._http.should_exit = True
-            await asyncio.wait([self._http_task])  # uvicorn ends by itself once told to exit
+            # uvicorn ends by itself once told to exit; over TLS, an idle keep-alive connection holds
+            # it until the peer answers the TLS close (up to 30 s), so that wait is bounded.
+            grace = self.settings.drain_timeout_s if self.tls else None
+            if not (await asyncio.wait([self._http_task], timeout=grace))[0]:
+                self._http.force_exit = True
+                await asyncio.wait([self._http_task])
             self._http = self._http_task = None
         if self._grpc is not None:
             await self._grpc.stop(grace=2)

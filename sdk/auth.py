@@ -97,14 +97,16 @@ def resolve_tls(
     key: Path | str | None = None,
 ) -> ClientTls:
     """TLS for calls to a hub: each file explicit, else from $AGENTHUB_TLS_CA, $AGENTHUB_TLS_CLIENT_CERT
-    and $AGENTHUB_TLS_CLIENT_KEY; on when `tls` (else $AGENTHUB_TLS is 1/true/yes) or any file is set."""
+    and $AGENTHUB_TLS_CLIENT_KEY. On or off as `tls` says; unsaid, on when $AGENTHUB_TLS is
+    1/true/yes/on or any file is set."""
     ca = ca or os.environ.get("AGENTHUB_TLS_CA") or None
     cert = cert or os.environ.get("AGENTHUB_TLS_CLIENT_CERT") or None
     key = key or os.environ.get("AGENTHUB_TLS_CLIENT_KEY") or None
-    if tls is None:
-        tls = os.environ.get("AGENTHUB_TLS", "").strip().lower() in ("1", "true", "yes", "on")
     paths = [Path(p) if p else None for p in (ca, cert, key)]
-    return ClientTls(tls or any(paths), *paths)
+    if tls is None:
+        flag = os.environ.get("AGENTHUB_TLS", "").strip().lower() in ("1", "true", "yes", "on")
+        tls = flag or any(paths)
+    return ClientTls(tls, *paths)
 
 
 def hub_channel(address: str, key: str | None, tls: ClientTls | None = None) -> grpc.aio.Channel:

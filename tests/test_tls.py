@@ -95,10 +95,11 @@ async def tls_hub(
 async def mtls_hub(
     tmp_path: Path, certs: DevCerts, hub_settings: Callable[..., HubSettings], monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[TlsHub]:
-    """A hub requiring client certificates from the dev CA; `ops-*` certificates are operators."""
+    """A hub requiring client certificates from the dev CA: `ops-*` are operators, `dev-*` users,
+    any other CN nobody."""
     settings = hub_settings(
         tmp_path / "hub", auth=True, tls_cert=certs.server_cert, tls_key=certs.server_key,
-        tls_client_ca=certs.ca, tls_client_roles="ops-*=operator,*=user",
+        tls_client_ca=certs.ca, tls_client_roles="ops-*=operator,dev-*=user",
     )  # fmt: skip
     async for running in start(tmp_path, settings, certs, monkeypatch):
         yield running
@@ -108,18 +109,18 @@ async def mtls_hub(
 async def test_stock_client_over_tls_reaches_an_agent_with_a_key(tls_hub: TlsHub, binding: str) -> None:
     hub, credentials = tls_hub.hub, tls_hub.credentials()
     assert hub.http_url.startswith("https://")
-    config = ClientConfig(
-        streaming=False, supported_protocol_bindings=[binding], use_client_preference=True,
-        grpc_channel_factory=lambda url: grpc.aio.secure_channel(url, credentials),
-        httpx_client=tls_hub.https(),
-    )  # fmt: skip
-    client = await ClientFactory(config).create_from_url(
-        f"{hub.http_url}/agents/calculator", interceptors=[AuthInterceptor(KeyChain(tls_hub.keys["bob"]))]
-    )
-    (reply,) = [e async for e in client.send_message(question("What is 5 + 5?", tenant=""))]
-    assert reply.task.status.state == TaskState.TASK_STATE_COMPLETED
-    async with tls_hub.https() as http:
+    async with tls_hub.https() as http:  # closed before the hub stops (a TLS close waits for the peer)
+        config = ClientConfig(
+            streaming=False, supported_protocol_bindings=[binding], use_client_preference=True,
+            grpc_channel_factory=lambda url: grpc.aio.secure_channel(url, credentials), httpx_client=http,
+        )  # fmt: skip
+        client = await ClientFactory(config).create_from_url(
+            f"{hub.http_url}/agents/calculator", interceptors=[AuthInterceptor(KeyChain(tls_hub.keys["bob"]))]
+        )
+        (reply,) = [e async for e in client.send_message(question("What is 5 + 5?", tenant=""))]
+        assert reply.task.status.state == TaskState.TASK_STATE_COMPLETED
         card = (await http.get(f"{hub.http_url}/agents/calculator/.well-known/agent-card.json")).json()
+        await client.close()
     urls = [i["url"] for i in card["supportedInterfaces"] if i["protocolBinding"] != "GRPC"]
     assert urls and all(url.startswith("https://") for url in urls), urls
 
@@ -141,7 +142,7 @@ async def test_plain_text_and_untrusted_clients_are_refused(tls_hub: TlsHub) -> 
             await client.list_agents()
 
 
-async def test_hub_client_and_cli_take_the_ca_from_arguments_or_env(tls_hub: TlsHub) -> None:
+async def test_hub_client_and_cli_take_the_ca_from_options_or_env(tls_hub: TlsHub) -> None:
     hub = tls_hub.hub
     async with HubClient(hub.address, key=tls_hub.keys["bob"], ca=tls_hub.certs.ca) as client:
         assert [a.name for a in await client.list_agents()] == ["calculator"]
@@ -149,7 +150,11 @@ async def test_hub_client_and_cli_take_the_ca_from_arguments_or_env(tls_hub: Tls
     code, out, err = await agenthub("whoami", "--hub", hub.address, "--json", env=env)
     assert code == 0, err
     assert json.loads(out)["name"] == "bob"
-    code, out, err = await agenthub("send", "calculator", "What is 2 + 3?", "--hub", hub.address, env=env)
+    key = {"AGENTHUB_KEY": tls_hub.keys["bob"]}  # the CA from the app's own --ca option
+    ca = str(tls_hub.certs.ca)
+    code, out, err = await agenthub(
+        "--ca", ca, "send", "calculator", "What is 2 + 3?", "--hub", hub.address, env=key
+    )
     assert code == 0 and "5" in out, err
 
 
@@ -171,6 +176,10 @@ async def test_a_client_certificate_is_its_principal_and_a_bearer_credential_win
     ops = make_dev_certs(certs.ca.parent, client="ops-7")  # the same CA, one more client
     me = await whoami(mtls_hub, ops)
     assert (me.name, me.role, me.method) == ("ops-7", "operator", "mtls")
+    unlisted = make_dev_certs(certs.ca.parent, client="mallory")
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await whoami(mtls_hub, unlisted)
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
     me = await whoami(mtls_hub, certs, key=mtls_hub.keys["bob"])
     assert (me.name, me.method) == ("bob", "key")
     with pytest.raises(grpc.aio.AioRpcError) as refused:  # no client certificate: no connection

@@ -155,7 +155,10 @@ def serve(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         async with Hub(settings) as hub:
-            typer.echo(f"hub serving A2A gRPC on {hub.address}, agent cards on {hub.http_url}/agents/<name>/")
+            over = " over TLS" if hub.tls else ""
+            typer.echo(
+                f"hub serving A2A gRPC{over} on {hub.address}, agent cards on {hub.http_url}/agents/<name>/"
+            )
             await stop.wait()
 
     run(main())
@@ -576,6 +579,7 @@ def models_serve(port: Annotated[int, typer.Option(help="port")] = 8765) -> None
 
 trust_commands.attach(app)  # after the commands above, so `agenthub --help` lists them first
 certs.attach(app)
+app.callback()(certs.client_tls)  # `agenthub --ca FILE COMMAND`: TLS for every command that calls a hub
 
 
 def main() -> None:

@@ -1,8 +1,9 @@
 """`agenthub certs dev`: a local CA and certificates for trying TLS and mTLS on one machine, with
-the `serve` options and client variables that use them."""
+the `serve` options and client variables that use them; and the app's `--tls`/`--ca` options."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -60,3 +61,30 @@ def dev(
         f"  export AGENTHUB_TLS_CLIENT_CERT={made.client_cert} AGENTHUB_TLS_CLIENT_KEY={made.client_key}"
         f"  # mTLS"
     )
+
+
+def client_tls(
+    tls: Annotated[
+        bool,
+        typer.Option("--tls", envvar="AGENTHUB_TLS", help="call the hub over TLS (system roots unless --ca)"),
+    ] = False,
+    ca: Annotated[
+        Path | None,
+        typer.Option("--ca", envvar="AGENTHUB_TLS_CA", help="CA file that verifies the hub; turns TLS on"),
+    ] = None,
+    client_cert: Annotated[
+        Path | None, typer.Option(envvar="AGENTHUB_TLS_CLIENT_CERT", help="client certificate for mTLS")
+    ] = None,
+    client_key: Annotated[
+        Path | None, typer.Option(envvar="AGENTHUB_TLS_CLIENT_KEY", help="the client certificate's key")
+    ] = None,
+) -> None:
+    """The app's own options, before any command (`agenthub --ca ca.pem agents list`): how to reach
+    the hub over TLS. They become the AGENTHUB_TLS_* variables every client of the hub reads."""
+    given = {
+        "AGENTHUB_TLS": "1" if tls else None, "AGENTHUB_TLS_CA": ca,
+        "AGENTHUB_TLS_CLIENT_CERT": client_cert, "AGENTHUB_TLS_CLIENT_KEY": client_key,
+    }  # fmt: skip
+    for name, value in given.items():
+        if value is not None:
+            os.environ[name] = str(value)

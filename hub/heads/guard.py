@@ -257,7 +257,7 @@ def _admission(gate: Gate, method: str) -> Admit:
         metadata = {k.lower(): v for k, v in context.invocation_metadata() or ()}
         authorization = metadata.get("authorization")
         bearer = authorization if isinstance(authorization, str) else None
-        principal = await gate.authenticate(bearer, client_cn(context))
+        principal = await gate.authenticate(bearer, None if bearer else client_cn(context))  # bearer wins
         CURRENT.set(principal)
         if action is not None:
             await gate.authorize(action)
