@@ -18,7 +18,7 @@ import httpx
 import pytest
 from a2a.client import ClientConfig, ClientFactory
 from a2a.client.auth import AuthInterceptor
-from a2a.types import TaskState
+from a2a.types import Task, TaskState
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agenthub.agents import calculator
@@ -62,18 +62,23 @@ def certs(tmp_path: Path) -> DevCerts:
 async def start(
     tmp_path: Path, settings: HubSettings, certs: DevCerts, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[TlsHub]:
-    """The hub, with the calculator agent registered over TLS with its own key (read from env)."""
+    """The hub, with the calculator agent registered over TLS: with its own key, or on an mTLS hub
+    with its own client certificate (CN `calculator`) and no key at all."""
     async with Hub(settings) as hub:
         keys = {"admin": (tmp_path / "hub" / "admin.key").read_text().strip()}
         _, keys["calculator"] = await hub.gate.keys.create("calculator-key", "agent", "calculator")
         _, keys["bob"] = await hub.gate.keys.create("bob", "user", "")
         with monkeypatch.context() as env:
-            env.setenv("AGENTHUB_KEY", keys["calculator"])
             env.setenv("AGENTHUB_TLS_CA", str(certs.ca))
             if settings.tls_client_ca:
-                env.setenv("AGENTHUB_TLS_CLIENT_CERT", str(certs.client_cert))
-                env.setenv("AGENTHUB_TLS_CLIENT_KEY", str(certs.client_key))
+                own = make_dev_certs(certs.ca.parent, client="calculator")  # signed by the hub's CA
+                env.setenv("AGENTHUB_TLS_CLIENT_CERT", str(own.client_cert))
+                env.setenv("AGENTHUB_TLS_CLIENT_KEY", str(own.client_key))
+                env.setenv("AGENTHUB_KEY_FILE", str(tmp_path / "no.key"))
+            else:
+                env.setenv("AGENTHUB_KEY", keys["calculator"])
             agent = calculator.build(hub=hub.address, model=calculator_model())
+            assert (agent.hub.key is None) == bool(settings.tls_client_ca)
             await agent.start()
         try:
             yield TlsHub(hub, certs, keys)
@@ -96,10 +101,10 @@ async def mtls_hub(
     tmp_path: Path, certs: DevCerts, hub_settings: Callable[..., HubSettings], monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[TlsHub]:
     """A hub requiring client certificates from the dev CA: `ops-*` are operators, `dev-*` users,
-    any other CN nobody."""
+    `calculator` is that agent, any other CN nobody."""
     settings = hub_settings(
         tmp_path / "hub", auth=True, tls_cert=certs.server_cert, tls_key=certs.server_key,
-        tls_client_ca=certs.ca, tls_client_roles="ops-*=operator,dev-*=user",
+        tls_client_ca=certs.ca, tls_client_roles="ops-*=operator,dev-*=user,calculator=agent",
     )  # fmt: skip
     async for running in start(tmp_path, settings, certs, monkeypatch):
         yield running
@@ -194,7 +199,14 @@ async def test_a_client_certificate_is_its_principal_and_a_bearer_credential_win
     tls = ClientTls(True, certs.ca, certs.client_cert, certs.client_key)
     async with HubClient(mtls_hub.hub.address, tls=tls) as client:
         assert client.key is None
+        # The calculator registered with its own certificate (no key) and serves a certified user.
         assert [a.name for a in await client.list_agents()] == ["calculator"]
+        task = await client.send("calculator", "What is 2 + 3?")
+        assert isinstance(task, Task) and task.status.state == TaskState.TASK_STATE_COMPLETED
+        thread = await client.get_thread(task.context_id)
+    assert "user:dev-client" in {m.sender for m in thread.messages}
+    me = await whoami(mtls_hub, make_dev_certs(certs.ca.parent, client="calculator"))
+    assert (me.name, me.role, me.agent, me.method) == ("calculator", "agent", "calculator", "mtls")
     url = f"{mtls_hub.hub.http_url}/agents/calculator/.well-known/agent-card.json"
     async with mtls_hub.https(certs) as http:
         card = (await http.get(url)).json()
@@ -225,3 +237,13 @@ def check_written(made: dict[str, str]) -> bytes:
         assert Path(made[name]).is_file(), name
         assert not name.endswith("key") or Path(made[name]).stat().st_mode & 0o077 == 0, name
     return Path(made["ca"]).read_bytes()
+
+
+async def test_serve_refuses_half_a_tls_configuration_in_one_line(tmp_path: Path) -> None:
+    certs = make_dev_certs(tmp_path / "certs")
+    for args in (["--tls-cert", str(certs.server_cert)], ["--tls-client-ca", str(certs.ca)]):
+        code, _, err = await agenthub(
+            "serve", "--port", "0", "--http-port", "0", "--data-dir", str(tmp_path / "hub"), *args
+        )
+        assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+        assert "--tls-cert" in err and "--tls-key" in err
