@@ -227,6 +227,10 @@ async def test_the_recorded_sender_is_the_authenticated_principal(secured: Secur
             thread = await admin.get_thread(task.context_id)
     hops = {(m.sender, m.recipient) for m in thread.messages if m.role == "user"}
     assert hops == {("user:alice", "triage"), ("triage", "calculator")}
+    assert list(thread.summary.agents) == ["calculator", "triage"]  # people are not agents
+    _, listed = await status_of(hub, keys["admin"], "threads", "ListThreads", thr.ListThreadsRequest())
+    (summary,) = [t for t in listed.threads if t.context_id == task.context_id]
+    assert list(summary.agents) == ["calculator", "triage"]
 
 
 async def test_users_see_only_their_own_tasks_and_threads(secured: Secured) -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agenthub.hub.threads._base import ThreadFilter, ThreadPage, ThreadSummary
+from agenthub.hub.trust.principal import is_person
 
 TABLES = ("threads", "thread_names")
 RETURNED = "context_id, seq, created_at, sender, recipient, text"  # what a message insert returns
@@ -115,10 +116,10 @@ def page(
     rows: Sequence[Sequence[Any]], agents: Sequence[Sequence[Any]], limit: int, offset: int
 ) -> ThreadPage:
     """A listing page from the page query's rows (one extra says there is more) and the recipients
-    of those threads: every agent that received a message in it (not the user)."""
+    of those threads: every agent that received a message in it (not the people)."""
     names: dict[str, list[str]] = {}
     for context_id, name in agents:
-        if name and name != "user":
+        if name and not is_person(name):
             names.setdefault(context_id, []).append(name)
     threads = [
         ThreadSummary(ctx, started, updated, int(count), sorted(names.get(ctx, [])), first)
