@@ -18,6 +18,8 @@ from tests.conftest import eventually
 from tests.plain_agent import serve_plain_agent
 from tests.test_cli import agenthub
 
+pytestmark = pytest.mark.every_stack  # the issue asks for these on {embedded, kafka} x {sqlite, postgres}
+
 REQUESTS = ["text hello there", "chunks streamed words", "data 42", f"file {content.INLINE_RAW_BYTES + 1000}"]
 
 
