@@ -205,10 +205,16 @@ class HubClient(Lifecycle):
 
     # ---- operators -----------------------------------------------------------------------
 
-    def replay(self, selection: op.Selection) -> AsyncIterator[op.ReplayEvent]:
-        """Read selected records of the routing topics back, with progress events."""
+    async def replay(self, selection: op.Selection, *, batch: int = 256) -> AsyncIterator[op.ReplayEvent]:
+        """Read selected records of the routing topics back, with progress events: each record in
+        its own event's `record` (the hub sends them `batch` to a stream message)."""
         stub = operator_pb2_grpc.OperatorServiceStub(self.channel)
-        return _streamed(stub.Replay(op.ReplayRequest(selection=selection)))
+        async for event in _streamed(stub.Replay(op.ReplayRequest(selection=selection, batch=batch))):
+            if event.HasField("records"):
+                for record in event.records.records:
+                    yield op.ReplayEvent(record=record)
+            else:
+                yield event
 
     def rebuild(
         self, selection: op.Selection, *, apply: bool = False, from_scratch: bool = False

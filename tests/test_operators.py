@@ -239,3 +239,20 @@ async def test_replay_on_the_command_line(hub: Hub, client: HubClient) -> None:
     assert code == 0 and "wrote 0" in err
     code, out, _ = await agenthub("replay", "--stats", "--hub", hub.address)
     assert code == 0 and f"{hub.settings.topic_prefix}.inbox.calculator" in out and "LAG" in out
+
+
+async def test_replay_in_batches_gives_every_record_once_in_log_order(hub: Hub, client: HubClient) -> None:
+    """However many records the hub packs into a stream message, the client hands out the same
+    records in the same order as one per message, progress last; the CLI prints them as JSON lines."""
+    for n in range(5):
+        await client.send("calculator", f"{n} + 1")
+    one = [e.record async for e in client.replay(op.Selection(), batch=1) if e.HasField("record")]
+    for batch in (2, 7, 1000):
+        events = [e async for e in client.replay(op.Selection(), batch=batch)]
+        assert [e.record for e in events if e.HasField("record")] == one, batch
+        assert events[-1].progress.done and events[-1].progress.matched == len(one)
+    assert len(one) >= 10  # requests and events of five tasks at least
+    code, out, _ = await agenthub("replay", "--hub", hub.address)
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [(r["topic"], r["offset"]) for r in lines] == [(r.topic, r.offset) for r in one]
+    assert lines[0]["envelope"] == json.loads(one[0].envelope_json)

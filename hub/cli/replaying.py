@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 from collections.abc import AsyncIterator
 from types import TracebackType
@@ -12,7 +11,7 @@ from types import TracebackType
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from agenthub.hub.operators.export import replay_json
+from agenthub.hub.operators.export import replay_line
 from agenthub.sdk.pb import operator_pb2 as op
 
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -67,7 +66,7 @@ async def print_records(events: AsyncIterator[op.ReplayEvent]) -> None:
     with ProgressBar("replay") as bar:
         async for event in events:
             if event.HasField("record"):
-                sys.stdout.write(json.dumps(replay_json(event.record)) + "\n")
+                sys.stdout.write(replay_line(event.record) + "\n")
             else:
                 bar.update(event.progress)
     sys.stdout.flush()

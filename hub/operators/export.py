@@ -42,11 +42,26 @@ async def envelope_lines(operator: Operator, ids: list[str]) -> AsyncIterator[st
     wanted = set(ids)
     async for item in operator.scan(op.Selection(), Counter(0)):
         if item is not None and item.envelope is not None and item.envelope.context_id in wanted:
-            yield json.dumps(replay_json(replayed(item)))
+            yield replay_line(replayed(item))
 
 
 def replay_json(record: op.ReplayedRecord) -> dict[str, Any]:
     """The stable JSONL schema of a replayed record (documented in the README)."""
+    return {
+        **_head(record),
+        "envelope": json.loads(record.envelope_json) if record.envelope_json else None,
+        **({"error": record.error} if record.error else {}),
+    }
+
+
+def replay_line(record: op.ReplayedRecord) -> str:
+    """`replay_json` as one JSON line, with the envelope's JSON (compact already) put in as it came
+    rather than parsed and printed again: most of a line is its envelope."""
+    error = f', "error": {json.dumps(record.error)}' if record.error else ""
+    return f'{json.dumps(_head(record))[:-1]}, "envelope": {record.envelope_json or "null"}{error}}}'
+
+
+def _head(record: op.ReplayedRecord) -> dict[str, Any]:
     return {
         "topic": record.topic,
         "partition": record.partition,
@@ -54,8 +69,6 @@ def replay_json(record: op.ReplayedRecord) -> dict[str, Any]:
         "timestamp": record.timestamp.ToJsonString(),
         "key": record.key,
         "headers": dict(record.headers),
-        "envelope": json.loads(record.envelope_json) if record.envelope_json else None,
-        **({"error": record.error} if record.error else {}),
     }
 
 

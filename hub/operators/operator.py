@@ -141,14 +141,26 @@ class Operator:
                         yield None
                 position = batch[-1].offset + 1
 
-    async def replay(self, selection: op.Selection) -> AsyncIterator[op.ReplayEvent]:
-        """Every selected record, decoded, with progress along the way and at the end."""
+    async def replay(self, selection: op.Selection, batch: int = 1) -> AsyncIterator[op.ReplayEvent]:
+        """Every selected record, decoded, `batch` to an event (one: each in `record`), with
+        progress along the way and at the end; a progress event never overtakes a record."""
         counter = Counter(await _total(self, selection))
+        pending = op.ReplayedRecords()
         async for item in self.scan(selection, counter):
+            if item is not None and batch <= 1:
+                yield op.ReplayEvent(record=replayed(item))
+                continue
+            if item is not None:
+                pending.records.append(replayed(item))
+                if len(pending.records) < batch:
+                    continue
+            if pending.records:
+                yield op.ReplayEvent(records=pending)
+                pending = op.ReplayedRecords()
             if item is None:
                 yield op.ReplayEvent(progress=counter.progress)
-            else:
-                yield op.ReplayEvent(record=replayed(item))
+        if pending.records:
+            yield op.ReplayEvent(records=pending)
         yield op.ReplayEvent(progress=counter.finished())
 
     # ---- writing ---------------------------------------------------------------------------

@@ -16,6 +16,8 @@ from agenthub.hub.operators.operator import Operator
 from agenthub.sdk.pb import operator_pb2 as op
 from agenthub.sdk.pb import operator_pb2_grpc
 
+MAX_BATCH = 1000  # records per replay stream message, at most (a message stays well under gRPC's 4 MB)
+
 
 def checked(selection: op.Selection) -> op.Selection:
     """The selection, if every value in it is one the log can be asked about."""
@@ -41,7 +43,7 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
     async def Replay(
         self, request: op.ReplayRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[op.ReplayEvent]:
-        async for event in self._operator.replay(checked(request.selection)):
+        async for event in self._operator.replay(checked(request.selection), min(request.batch, MAX_BATCH)):
             yield event
 
     async def Rebuild(

@@ -80,18 +80,28 @@ class Progress(_message.Message):
     def __init__(self, scanned: _Optional[int] = ..., total: _Optional[int] = ..., matched: _Optional[int] = ..., written: _Optional[int] = ..., skipped: _Optional[int] = ..., done: _Optional[bool] = ..., dry_run: _Optional[bool] = ...) -> None: ...
 
 class ReplayRequest(_message.Message):
-    __slots__ = ("selection",)
+    __slots__ = ("selection", "batch")
     SELECTION_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
     selection: Selection
-    def __init__(self, selection: _Optional[_Union[Selection, _Mapping]] = ...) -> None: ...
+    batch: int
+    def __init__(self, selection: _Optional[_Union[Selection, _Mapping]] = ..., batch: _Optional[int] = ...) -> None: ...
+
+class ReplayedRecords(_message.Message):
+    __slots__ = ("records",)
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[ReplayedRecord]
+    def __init__(self, records: _Optional[_Iterable[_Union[ReplayedRecord, _Mapping]]] = ...) -> None: ...
 
 class ReplayEvent(_message.Message):
-    __slots__ = ("record", "progress")
+    __slots__ = ("record", "progress", "records")
     RECORD_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
     record: ReplayedRecord
     progress: Progress
-    def __init__(self, record: _Optional[_Union[ReplayedRecord, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ...) -> None: ...
+    records: ReplayedRecords
+    def __init__(self, record: _Optional[_Union[ReplayedRecord, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., records: _Optional[_Union[ReplayedRecords, _Mapping]] = ...) -> None: ...
 
 class RebuildRequest(_message.Message):
     __slots__ = ("selection", "apply", "from_scratch")
