@@ -1,4 +1,5 @@
-"""An SDK agent's A2A server side: a thin `RequestHandler` over `Agent.handle`.
+"""An SDK agent's A2A server side: a thin `RequestHandler` over `Agent.handle`, and the port it
+listens on (plain text, or TLS when AGENTHUB_AGENT_TLS_CERT and AGENTHUB_AGENT_TLS_KEY are set).
 
 Deliberately not a2a-sdk's `DefaultRequestHandler` (task manager, event queues, in-memory store):
 on these machines it caps a server at a sixth of the rate (DESIGN.md). The hub keeps the real
@@ -7,10 +8,14 @@ record of every task; this keeps the last 1,000 only so a direct caller can GetT
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import grpc
 from a2a.server.context import ServerCallContext
 from a2a.server.request_handlers import RequestHandler
 from a2a.types import (
@@ -36,11 +41,47 @@ from a2a.types import (
 from a2a.utils.errors import PushNotificationNotSupportedError, TaskNotFoundError
 
 from agenthub.sdk._events import now
+from agenthub.sdk.errors import ConfigError
 
 if TYPE_CHECKING:
     from agenthub.sdk.agent import Agent
 
 AgentEvent = Task | Message | TaskStatusUpdateEvent | TaskArtifactUpdateEvent
+
+
+@dataclass(frozen=True)
+class ServingTls:
+    """The PEM certificate and key an agent serves A2A gRPC with; its card then says `https://`,
+    which is how the hub knows to call it over TLS."""
+
+    cert: Path
+    key: Path
+
+    @classmethod
+    def from_env(cls) -> ServingTls | None:
+        """From $AGENTHUB_AGENT_TLS_CERT and $AGENTHUB_AGENT_TLS_KEY; None (plain text) when unset."""
+        cert, key = os.environ.get("AGENTHUB_AGENT_TLS_CERT"), os.environ.get("AGENTHUB_AGENT_TLS_KEY")
+        if not cert and not key:
+            return None
+        if not cert or not key:
+            raise ConfigError("AGENTHUB_AGENT_TLS_CERT and AGENTHUB_AGENT_TLS_KEY go together")
+        return cls(Path(cert), Path(key))
+
+
+def listen(server: grpc.aio.Server, address: str, tls: ServingTls | None) -> int:
+    """Bind `address` for A2A gRPC, over TLS only when `tls` is given; the port bound."""
+    if tls is None:
+        return server.add_insecure_port(address)
+    try:
+        pair = (tls.key.read_bytes(), tls.cert.read_bytes())
+    except OSError as exc:
+        raise ConfigError(f"cannot read the agent's TLS certificate or key: {exc}") from None
+    return server.add_secure_port(address, grpc.ssl_server_credentials([pair]))
+
+
+def interface_url(endpoint: str, tls: ServingTls | None) -> str:
+    """The URL of the agent's gRPC interface in its card: `host:port`, or `https://host:port`."""
+    return f"https://{endpoint}" if tls else endpoint
 
 
 class AgentRequestHandler(RequestHandler):

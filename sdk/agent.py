@@ -45,7 +45,7 @@ from agenthub.sdk._aio import Lifecycle, cancel_and_wait
 from agenthub.sdk._events import now, status, text_of
 from agenthub.sdk._mcp import MCPConnection, MCPServer
 from agenthub.sdk._memory import Memory, fit, recall
-from agenthub.sdk._server import AgentEvent, AgentRequestHandler
+from agenthub.sdk._server import AgentEvent, AgentRequestHandler, ServingTls, interface_url, listen
 from agenthub.sdk._toolloop import Outcome, RetryPolicy, ToolRunner
 from agenthub.sdk.client import HubClient
 from agenthub.sdk.errors import AgentHubError, AgentNotFound, ConfigError, HubUnavailable, ThreadNotFound
@@ -151,6 +151,7 @@ class Agent(Lifecycle):
         self._server: grpc.aio.Server | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._handler = AgentRequestHandler(self)
+        self._tls = ServingTls.from_env()  # TLS on its own port (README "TLS")
 
     @property
     def endpoint(self) -> str:
@@ -164,7 +165,7 @@ class Agent(Lifecycle):
             version="0.1.0",
             supported_interfaces=[
                 AgentInterface(
-                    url=self.endpoint,
+                    url=interface_url(self.endpoint, self._tls),
                     protocol_binding=TransportProtocol.GRPC.value,
                     protocol_version=PROTOCOL_VERSION_CURRENT,
                 )
@@ -187,7 +188,7 @@ class Agent(Lifecycle):
         a2a_pb2_grpc.add_A2AServiceServicer_to_server(GrpcHandler(self._handler), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-        self.port = server.add_insecure_port(f"{self.host}:{self.port}")
+        self.port = listen(server, f"{self.host}:{self.port}", self._tls)
         await server.start()
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
         self._server = server

@@ -24,8 +24,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from agenthub.agents import calculator
 from agenthub.hub.config import HubSettings
 from agenthub.hub.devcerts import DevCerts, make_dev_certs
+from agenthub.hub.routing.connections import is_up
 from agenthub.hub.server import Hub
-from agenthub.sdk import HubClient
+from agenthub.sdk import Agent, HubClient, ScriptedModel
 from agenthub.sdk.auth import ClientTls
 from agenthub.sdk.errors import HubUnavailable
 from agenthub.sdk.pb import trust_pb2 as tr
@@ -161,6 +162,27 @@ async def test_hub_client_and_cli_take_the_ca_from_options_or_env(tls_hub: TlsHu
         "--ca", ca, "send", "calculator", "What is 2 + 3?", "--hub", hub.address, env=key
     )
     assert code == 0 and "5" in out, err
+
+
+async def test_an_sdk_agent_serves_tls_and_the_hub_calls_it_over_tls(
+    tls_hub: TlsHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    certs, hub = tls_hub.certs, tls_hub.hub
+    monkeypatch.setenv("AGENTHUB_TLS_CA", str(certs.ca))  # for the hub, a client of agents, too
+    monkeypatch.setenv("AGENTHUB_KEY", tls_hub.keys["admin"])
+    monkeypatch.setenv("AGENTHUB_AGENT_TLS_CERT", str(certs.server_cert))  # localhost, 127.0.0.1
+    monkeypatch.setenv("AGENTHUB_AGENT_TLS_KEY", str(certs.server_key))
+    async with Agent("sealed", description="Echoes.", model=ScriptedModel(), hub=hub.address) as agent:
+        assert agent.card().supported_interfaces[0].url == f"https://{agent.endpoint}"
+        async with grpc.aio.insecure_channel(agent.endpoint) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert await is_up(hub.registry.get("sealed").record)  # the hub's health check speaks TLS
+        async with HubClient(hub.address, key=tls_hub.keys["bob"]) as client:
+            task = await client.send("sealed", "over TLS both ways")
+        assert isinstance(task, Task) and task.status.state == TaskState.TASK_STATE_COMPLETED
+        assert task.status.message.parts[0].text == "over TLS both ways"
 
 
 async def whoami(hub: TlsHub, client: DevCerts | None, key: str | None = None) -> tr.Principal:

@@ -19,9 +19,11 @@ from a2a.client.errors import A2AClientError, A2AClientTimeoutError
 from a2a.types import AgentCard, CancelTaskRequest, SendMessageRequest, StreamResponse, a2a_pb2_grpc
 from a2a.utils.constants import TransportProtocol
 from a2a.utils.errors import A2AError
+from google.protobuf.json_format import Parse
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agenthub.hub.log._base import Lifecycle
+from agenthub.sdk.auth import resolve_tls
 from agenthub.sdk.pb.registry_pb2 import AgentRecord
 
 GRPC = TransportProtocol.GRPC.value
@@ -145,7 +147,7 @@ class Connections(Lifecycle):
     """Shared channels and HTTP clients to every agent, by endpoint and binding."""
 
     def __init__(self) -> None:
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._channels: dict[tuple[str, bool], grpc.aio.Channel] = {}
         self._clients: dict[tuple[str, str, str], Connection] = {}
         self._http: httpx.AsyncClient | None = None
 
@@ -158,10 +160,10 @@ class Connections(Lifecycle):
             await self._http.aclose()
             self._http = None
 
-    def channel(self, endpoint: str) -> grpc.aio.Channel:
-        if endpoint not in self._channels:
-            self._channels[endpoint] = grpc.aio.insecure_channel(endpoint)
-        return self._channels[endpoint]
+    def channel(self, endpoint: str, tls: bool = False) -> grpc.aio.Channel:
+        if (endpoint, tls) not in self._channels:
+            self._channels[endpoint, tls] = agent_channel(endpoint, tls)
+        return self._channels[endpoint, tls]
 
     def to(self, record: AgentRecord, card: AgentCard) -> Connection:
         """The connection to a registered agent, over the binding it was registered with (kept and
@@ -171,7 +173,8 @@ class Connections(Lifecycle):
         if key in self._clients:
             return self._clients[key]
         if binding == GRPC:
-            self._clients[key] = GrpcConnection(self.channel(record.endpoint), record.tenant)
+            channel = self.channel(record.endpoint, serves_tls(card))
+            self._clients[key] = GrpcConnection(channel, record.tenant)
         else:
             if self._http is None:
                 self._http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, read=None))
@@ -187,7 +190,8 @@ async def is_up(record: AgentRecord, timeout: float = 1.0) -> bool:
                 return (await http.get(record.card_url)).status_code == 200
         except httpx.HTTPError:
             return False
-    async with grpc.aio.insecure_channel(record.endpoint) as channel:
+    tls = serves_tls(Parse(record.card_json or "{}", AgentCard(), ignore_unknown_fields=True))
+    async with agent_channel(record.endpoint, tls) as channel:
         try:
             reply = await health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(), timeout=timeout
@@ -196,3 +200,16 @@ async def is_up(record: AgentRecord, timeout: float = 1.0) -> bool:
             # An agent without the health service is still up if it answers at all.
             return exc.code() == grpc.StatusCode.UNIMPLEMENTED
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+def serves_tls(card: AgentCard) -> bool:
+    """Whether the agent's card says its gRPC interface takes TLS (an `https://` URL)."""
+    return any(i.protocol_binding == GRPC and i.url.startswith("https://") for i in card.supported_interfaces)
+
+
+def agent_channel(endpoint: str, tls: bool) -> grpc.aio.Channel:
+    """A channel to an agent's gRPC port: over TLS verified as any AgentHub client verifies
+    (`$AGENTHUB_TLS_CA`, else the system's roots; `$AGENTHUB_TLS_CLIENT_CERT`/`_KEY` for mTLS)."""
+    if not tls:
+        return grpc.aio.insecure_channel(endpoint)
+    return grpc.aio.secure_channel(endpoint, resolve_tls(True).credentials())
