@@ -26,7 +26,9 @@ def dev(
     folder: Annotated[Path, typer.Option("--dir", help="where to write them")] = Path(".agenthub/certs"),
     host: Annotated[
         list[str] | None,
-        typer.Option("--host", help="one more name or address of the hub (repeatable) [always: localhost]"),
+        typer.Option(
+            "--host", help="one more name or address of the hub (repeatable; localhost is always in)"
+        ),
     ] = None,
     client: Annotated[str, typer.Option("--client", help="CN of the client certificate")] = "dev-client",
     json: JsonOpt = False,
