@@ -1,6 +1,7 @@
 """Front-door checks that mutation testing found unproven (scripts/mutate.py front): a follow-up
 naming a task with any context other than the task's own is refused, whichever way the two ids
-compare, and an invalid id is quoted in the error by its first 40 characters."""
+compare, while one naming no context or the task's own continues the task; an invalid id is
+quoted in the error by its first 40 characters."""
 
 from __future__ import annotations
 
@@ -42,3 +43,23 @@ async def test_an_invalid_id_is_quoted_by_its_first_40_characters(client: HubCli
         await stub.SendMessage(send_request("calculator", context_id=bad))
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert refused.value.details() == f"invalid context_id {'c' * 40!r}: use 1-128 URL-safe characters"
+
+
+@pytest.mark.parametrize("own_context", [False, True], ids=["task-only", "task-and-its-context"])
+async def test_a_follow_up_naming_its_task_continues_it_in_the_tasks_context(
+    hub: Hub, client: HubClient, own_context: bool
+) -> None:
+    gate = Gate()
+    async with gated_agent("gated", hub, gate):
+        task = await submit(client, "gated", "long")
+        assert await until(lambda: gate.started == ["long"])
+        stub = a2a_pb2_grpc.A2AServiceStub(client.channel)
+        context = task.context_id if own_context else ""
+        follow_up = send_request("gated", "more", context_id=context, task_id=task.id)
+        follow_up.configuration.return_immediately = True  # the turn ends only once the gate opens
+        accepted = await stub.SendMessage(follow_up)
+        assert (accepted.task.id, accepted.task.context_id) == (task.id, task.context_id)
+        gate.open()
+        assert await until(lambda: gate.started == ["long", "more"])
+        done = await state_becomes(client, "gated", task.id, TaskState.TASK_STATE_COMPLETED)
+        assert done.status.message.parts[0].text == "held: more"
