@@ -5,6 +5,7 @@ fast tests, and print every mutant the tests did not notice (a survivor).
     python scripts/mutate.py front --match _owned_task   # only mutants inside one function
     python scripts/mutate.py dispatcher --max 20         # an evenly spread sample of 20 mutants
     python scripts/mutate.py front --line 185            # the mutants of one line (a survivor, again)
+    python scripts/mutate.py front --edit "tenant and " "False and "   # a hand-made mutant
     python scripts/mutate.py registry --tests tests/test_cards.py
 
 The checkout is never touched: the committed tree (HEAD, or `--working-tree` for the files as they
@@ -70,7 +71,10 @@ def main() -> int:
             print("the unmutated tests fail: fix them first (run the command above in the checkout)")
             return 2
         timeout = args.timeout or 3 * (time.monotonic() - started) + 30
-        survivors = run_mutants(modules, command, timeout, args)
+        if args.edit:
+            survivors = run_edit(modules, command, timeout, *args.edit)
+        else:
+            survivors = run_mutants(modules, command, timeout, args)
     finally:
         if args.keep:
             print(f"scratch copy kept in {scratch}")
@@ -87,6 +91,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--tests", nargs="+", help="test files to run instead of the modules' defaults")
     parser.add_argument("--match", help="only mutants inside functions whose name matches this regex")
     parser.add_argument("--line", type=int, nargs="+", help="only mutants starting on these lines")
+    parser.add_argument(
+        "--edit",
+        nargs=2,
+        metavar=("OLD", "NEW"),
+        help="test one hand-made mutant instead: OLD (found once in the modules) made NEW",
+    )
     parser.add_argument("--max", type=int, help="at most this many mutants, spread evenly over the modules")
     parser.add_argument("--timeout", type=float, help="seconds per test run [default: 3x the clean run + 30]")
     parser.add_argument("--select", help="a pytest -k expression narrowing the tests further")
@@ -148,6 +158,22 @@ def test_command(tests: list[str], backend: str, select: str | None) -> str:
     selected = f"not {other} and not postgres" + (f" and ({select})" if select else "")
     pytest = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", "-m", "not model"]
     return shlex.join([*pytest, "-k", selected, *tests])
+
+
+def run_edit(modules: list[str], command: str, timeout: float, old: str, new: str) -> int:
+    """Test one hand-made mutant (a mutant cosmic-ray does not make, such as a check removed);
+    1 if it survived."""
+    found = {m: Path(m).read_text().count(old) for m in modules}
+    if sum(found.values()) != 1:
+        sys.exit(f"{old!r} must occur exactly once in {', '.join(modules)} (found {found}); stopping")
+    path = Path(next(m for m, n in found.items() if n))
+    path.write_text(path.read_text().replace(old, new))
+    try:
+        survived = subprocess.run(shlex.split(command), capture_output=True, timeout=timeout).returncode == 0
+    except subprocess.TimeoutExpired:
+        survived = False
+    print(f"{'SURVIVED' if survived else 'killed  '} {path}\n    - {old}\n    + {new}", flush=True)
+    return int(survived)
 
 
 def run_mutants(modules: list[str], command: str, timeout: float, args: argparse.Namespace) -> int:
