@@ -25,6 +25,7 @@ async def test_a_follow_up_naming_another_context_is_refused_and_changes_nothing
         assert await until(lambda: gate.started == ["long"])
         stub = a2a_pb2_grpc.A2AServiceStub(client.channel)
         wrong = send_request("gated", "more", context_id=other, task_id=task.id)
+        wrong.configuration.return_immediately = True  # accepted by mistake, it must not hang the test
         with pytest.raises(grpc.aio.AioRpcError) as refused:
             await stub.SendMessage(wrong)
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
