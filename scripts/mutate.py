@@ -169,10 +169,11 @@ def run_edit(modules: list[str], command: str, timeout: float, old: str, new: st
     path = Path(next(m for m, n in found.items() if n))
     path.write_text(path.read_text().replace(old, new))
     try:
-        survived = subprocess.run(shlex.split(command), capture_output=True, timeout=timeout).returncode == 0
+        run = subprocess.run(shlex.split(command), capture_output=True, text=True, timeout=timeout)
+        survived, by = run.returncode == 0, failed_test(run.stdout) or "a crash"
     except subprocess.TimeoutExpired:
-        survived = False
-    print(f"{'SURVIVED' if survived else 'killed  '} {path}\n    - {old}\n    + {new}", flush=True)
+        survived, by = False, "a timeout"
+    print(f"{'SURVIVED' if survived else 'killed by ' + by} {path}\n    - {old}\n    + {new}", flush=True)
     return int(survived)
 
 
@@ -209,7 +210,8 @@ def run_mutants(modules: list[str], command: str, timeout: float, args: argparse
             print(f"[{number}/{len(items)}] SURVIVED {where}\n{indent(result.diff or '')}", flush=True)
         elif result.test_outcome == TestOutcome.KILLED:
             counts["killed"] += 1
-            print(f"[{number}/{len(items)}] killed   {where}", flush=True)
+            by = failed_test(result.output or "") or "a timeout or a crash"
+            print(f"[{number}/{len(items)}] killed   {where} (by {by})", flush=True)
         else:
             counts["incompetent"] += 1
     print("summary: " + ", ".join(f"{n} {what}" for what, n in counts.items()))
@@ -242,6 +244,12 @@ def _position(item: Any) -> tuple[str, tuple[int, int], str, int]:
     """Mutants in file order, so a --max sample spreads evenly over the code."""
     m = item.mutations[0]
     return str(m.module_path), m.start_pos, m.operator_name, m.occurrence
+
+
+def failed_test(output: str) -> str:
+    """The first test pytest's summary lists as failed (or erroring), "" if none is named."""
+    found = re.search(r"^(?:FAILED|ERROR) (\S+)", output, re.MULTILINE)
+    return found.group(1) if found else ""
 
 
 def indent(diff: str) -> str:
