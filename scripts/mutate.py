@@ -51,6 +51,8 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
                  ["test_cards.py", "test_register_url.py", "test_replicas.py", "test_promises_routing.py"]),
     "push": (["hub/push/notifier.py", "hub/log/table.py"], ["test_push.py", "test_webhooks.py"]),
     "cards": (["hub/heads/cards.py"], ["test_cards.py", "test_bindings.py"]),
+    "store": (["hub/threads/_sql.py"],
+              ["test_projection.py", "test_mutants_recorder.py", "test_threads_whole.py"]),
 }  # fmt: skip
 PACKAGES = {"hub": "hub", "sdk": "sdk", "agents": "agents"}  # agenthub.<name> <- folder
 
