@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MODULES: dict[str, tuple[list[str], list[str]]] = {
     "front": (["hub/heads/front.py"], ["test_isolation.py", "test_bindings.py", "test_failures.py",
                                  "test_subscribe.py", "test_promises_routing.py", "test_trust.py",
-                                 "test_mutants_front.py"]),
+                                 "test_mutants_front.py", "test_mutants_trust.py"]),
     "dispatcher": (["hub/routing/dispatcher.py"], ["test_promises_routing.py", "test_delivery.py",
                                            "test_failures.py"]),
     "recorder": (["hub/recording/recorder.py"],
