@@ -40,7 +40,7 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
                                  "test_subscribe.py", "test_promises_routing.py", "test_trust.py",
                                  "test_mutants_front.py", "test_mutants_trust.py"]),
     "dispatcher": (["hub/routing/dispatcher.py"], ["test_promises_routing.py", "test_delivery.py",
-                                           "test_failures.py"]),
+                                           "test_failures.py", "test_mutants_dispatcher.py"]),
     "recorder": (["hub/recording/recorder.py"],
                  ["test_projection.py", "test_mutants_recorder.py", "test_delivery.py", "test_operators.py",
                   "test_a2a_e2e.py"]),
