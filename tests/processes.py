@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from agenthub.hub.config import HubSettings
 from agenthub.hub.server import free_port
 from agenthub.sdk import AgentHubError, HubClient
+from agenthub.sdk.pb import registry_pb2, registry_pb2_grpc
 from tests.conftest import eventually
 
 PER_PROCESS = {"host", "port", "http_port", "data_dir", "instance_id"}  # given per process, not shared
@@ -139,6 +140,20 @@ class AgentProcess:
             )  # fmt: skip
         if not await eventually(self._serving, timeout=timeout):
             raise RuntimeError(f"agent process did not start; see {log_path}")
+        if not await eventually(self._registered, timeout=timeout):
+            raise RuntimeError(f"agent process did not register with the hub; see {log_path}")
+
+    async def _registered(self) -> bool:
+        """Whether the hub lists this process's endpoint among the agent's replicas (an agent
+        serves before its registration is done: a client fetching its card then would get 404)."""
+        async with grpc.aio.insecure_channel(self.hub) as channel:
+            try:
+                agent = await registry_pb2_grpc.RegistryServiceStub(channel).GetAgent(
+                    registry_pb2.GetAgentRequest(name=self.name), timeout=1
+                )
+            except grpc.aio.AioRpcError:
+                return False
+        return any(r.endpoint.endswith(f":{self.port}") for r in agent.replicas)
 
     async def _serving(self) -> bool:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{self.port}") as channel:
