@@ -1,16 +1,22 @@
 """Dispatcher promises that mutation testing found unproven (scripts/mutate.py dispatcher): the
 offsets of finished requests are committed every `commit_interval_ms`, while the hub runs, so a
-restart redelivers only what was not done (the inbox group's lag is exactly 0 once idle)."""
+restart redelivers only what was not done (the inbox group's lag is exactly 0 once idle); the
+backoff between retries of one replica counts against the retry window."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from a2a.types import TaskState
 
+from agenthub.hub.config import HubSettings
 from agenthub.hub.server import Hub
 from agenthub.hub.topics import Topics
-from agenthub.sdk import HubClient
+from agenthub.sdk import HubClient, ScriptedModel
 from tests.conftest import eventually
+from tests.test_delivery import Fragile, echo
 
 
 @pytest.mark.usefixtures("reference_agents")
@@ -28,3 +34,19 @@ async def test_finished_requests_are_committed_while_the_hub_runs(hub: Hub, clie
         return sum(c for c, _ in offsets) == stats[inbox].records == 2 and all(lag == 0 for _, lag in offsets)
 
     assert await eventually(committed, timeout=10), "the dispatcher never committed its finished requests"
+
+
+async def test_the_backoff_between_retries_counts_against_the_retry_window(
+    tmp_path: Path, hub_settings: Callable[..., HubSettings]
+) -> None:
+    """The first backoff (at least half of 4 s) outlasts the 1 s window: two calls, not four."""
+    settings = hub_settings(tmp_path, max_attempts=4, retry_backoff_s=4.0, retry_window_s=1.0)
+    async with (
+        Hub(settings) as hub,
+        Fragile("flaky", tools=[echo], model=ScriptedModel(), hub=hub.address) as agent,
+        HubClient(hub.address) as client,
+    ):
+        task = await client.send("flaky", "poison")
+        assert task.status.state == TaskState.TASK_STATE_FAILED
+        assert agent.poisoned == 2
+        assert "failed 2 attempts" in task.status.message.parts[0].text
