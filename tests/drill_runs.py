@@ -142,7 +142,7 @@ async def _outage(
         for load in loads:
             await load.settle(90)
             load.dump(rig.workdir / "requests.jsonl", fault_at)
-        await wait_serving(hub.address, 30)
+        await wait_serving(hub.address, 60)  # a loaded machine (CI's other worker) can take a while
     backend, ledger = _backend(rig.settings), rig.agent.ledger
     figures = await count(drill, backend, *loads, ledger=ledger, repaired_at=repaired_at)
     readings, notes = watch.readings, figures.notes
