@@ -1,7 +1,8 @@
 """Dispatcher promises that mutation testing found unproven (scripts/mutate.py dispatcher): the
 offsets of finished requests are committed every `commit_interval_ms`, while the hub runs, so a
 restart redelivers only what was not done (the inbox group's lag is exactly 0 once idle); the
-backoff between retries of one replica counts against the retry window."""
+backoff between retries of one replica counts against the retry window; a re-driven dead letter
+is numbered as the attempt after the last one made."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from agenthub.hub.config import HubSettings
 from agenthub.hub.server import Hub
 from agenthub.hub.topics import Topics
 from agenthub.sdk import HubClient, ScriptedModel
+from agenthub.sdk.pb import operator_pb2 as op
 from tests.conftest import eventually
 from tests.test_delivery import Fragile, echo
+from tests.test_operators import last, replayed
 
 
 @pytest.mark.usefixtures("reference_agents")
@@ -50,3 +53,28 @@ async def test_the_backoff_between_retries_counts_against_the_retry_window(
         assert task.status.state == TaskState.TASK_STATE_FAILED
         assert agent.poisoned == 2
         assert "failed 2 attempts" in task.status.message.parts[0].text
+
+
+async def test_a_redriven_dead_letter_is_the_attempt_after_the_last_one_made(
+    tmp_path: Path, hub_settings: Callable[..., HubSettings]
+) -> None:
+    """Three calls fail, so the dead letter says attempt 3 and its re-drive is attempt 4."""
+    async with (
+        Hub(hub_settings(tmp_path, max_attempts=3, retry_backoff_s=0.01)) as hub,
+        Fragile("flaky", tools=[echo], model=ScriptedModel(), hub=hub.address) as agent,
+        HubClient(hub.address) as client,
+    ):
+        failed = await client.send("flaky", "poison")
+        assert failed.status.state == TaskState.TASK_STATE_FAILED and agent.poisoned == 3
+        dlq = op.Selection(topics=[Topics(hub.settings.topic_prefix).dlq("flaky")])
+        assert [e["attempt"] for _, e in await replayed(client, dlq)] == [3]
+        agent.poisonous = False
+        assert (await last(client.redrive(dlq, "flaky", apply=True))).written == 1
+
+        async def completed() -> bool:
+            return (await client.get_task("flaky", failed.id)).status.state == TaskState.TASK_STATE_COMPLETED
+
+        assert await eventually(completed, timeout=30)
+        (row,) = (await client.get_thread(failed.context_id)).tasks
+        redriven = [s.text for s in row.history if s.text.startswith("re-driven")]
+        assert len(redriven) == 1 and redriven[0].startswith("re-driven to flaky as attempt 4 (from ")
