@@ -115,15 +115,16 @@ async def test_replay_filters_select_exactly(hub: Hub, client: HubClient) -> Non
 
 async def test_redrive_of_a_dead_letter_completes_the_task(hub: Hub, client: HubClient) -> None:
     card = Agent("late", description="not started yet", hub=None, model=ScriptedModel()).card()
-    await client.register(
-        MessageToJson(card, indent=None), f"127.0.0.1:{free_port()}"
-    )  # nobody listens there
+    port = free_port()
+    await client.register(MessageToJson(card, indent=None), f"127.0.0.1:{port}")  # nobody listens there
     failed = await client.send("late", "are you there?")
     assert failed.status.state == TaskState.TASK_STATE_FAILED
     dlq = op.Selection(topics=[f"{hub.settings.topic_prefix}.dlq.late"])
     assert [e["kind"] for _, e in await replayed(client, dlq)] == ["KIND_DEAD_LETTER"]
 
-    async with Agent("late", tools=[echo], model=ScriptedModel(), hub=hub.address):
+    async with Agent(
+        "late", tools=[echo], model=ScriptedModel(), hub=hub.address, port=port
+    ):  # back, same place
         dry = await last(client.redrive(dlq, "late"))
         assert (dry.dry_run, dry.written) == (True, 1)
         assert (await client.get_task("late", failed.id)).status.state == TaskState.TASK_STATE_FAILED
