@@ -3,7 +3,7 @@ offsets of finished requests are committed every `commit_interval_ms`, while the
 restart redelivers only what was not done (the inbox group's lag is exactly 0 once idle); the
 backoff between retries of one replica counts against the retry window; a re-driven dead letter
 is numbered as the attempt after the last one made; an answered call resets a replica's count of
-unreachable calls (the circuit opens on consecutive ones only)."""
+unreachable calls (the circuit opens on consecutive ones only); a first call's events say attempt 1."""
 
 from __future__ import annotations
 
@@ -101,3 +101,12 @@ async def test_an_answered_call_resets_the_count_of_unreachable_ones(
         assert (await client.send("late", "three")).status.state == TaskState.TASK_STATE_FAILED
         async with asyncio.timeout(30):  # an open circuit would keep it waiting for the agent
             assert (await client.send("late", "four")).status.state == TaskState.TASK_STATE_FAILED
+
+
+@pytest.mark.usefixtures("reference_agents")
+async def test_the_events_of_a_first_call_are_stamped_attempt_1(client: HubClient) -> None:
+    task = await client.send("calculator", "1 + 2")
+    assert task.status.state == TaskState.TASK_STATE_COMPLETED
+    thread = await replayed(client, op.Selection(context_id=task.context_id))
+    events = [e for _, e in thread if e["kind"] == "KIND_EVENT" and e["sender"] == "calculator"]
+    assert events and {e["attempt"] for e in events} == {1}
