@@ -94,6 +94,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--tests", nargs="+", help="test files to run instead of the modules' defaults")
     parser.add_argument("--match", help="only mutants inside functions whose name matches this regex")
     parser.add_argument("--line", type=int, nargs="+", help="only mutants starting on these lines")
+    parser.add_argument("--operator", help="only mutants whose cosmic-ray operator matches this regex")
     parser.add_argument(
         "--edit",
         nargs=2,
@@ -195,6 +196,8 @@ def run_mutants(modules: list[str], command: str, timeout: float, args: argparse
         items = [w for w in items if re.search(args.match, w.mutations[0].definition_name or "")]
     if args.line:
         items = [w for w in items if w.mutations[0].start_pos[0] in args.line]
+    if args.operator:
+        items = [w for w in items if re.search(args.operator, w.mutations[0].operator_name)]
     if args.max is not None and len(items) > args.max:
         step = len(items) / args.max
         items = [items[int(i * step)] for i in range(args.max)]
