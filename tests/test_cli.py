@@ -87,6 +87,12 @@ async def test_up_runs_the_demo_and_stops_in_order_on_sigterm(tmp_path: Path) ->
         code, out, _ = await agenthub_env(key, "threads", "show", context_id, "--hub", hub)
         assert code == 0
         assert "user:admin → triage: What is 12 + 30?" in out  # the CLI calls with the admin key up made
+        assert "triage → calculator: What is 12 + 30?" in out  # triage delegates with its own key
+        assert sorted(p.name for p in (data / "keys").iterdir()) == [
+            "calculator.key",
+            "notes.key",
+            "triage.key",
+        ]
         assert "calculator task" in out and "triage → calculator: What is 12 + 30?" in out
 
         assert not any(closed(p) for p in ports.values())

@@ -216,8 +216,8 @@ def up(
 def key_hint(data_dir: Path, key_file: Path) -> str:
     """How the CLI finds the admin key `up` made: by itself in the default folder, else by a variable."""
     if data_dir.absolute() == Path(".agenthub").absolute():
-        return "the agents, and the CLI in this folder, use it by themselves"
-    return f"the agents use it; for the CLI: export AGENTHUB_KEY_FILE={key_file}"
+        return "the CLI in this folder uses it by itself; each agent has a key of its own"
+    return f"for the CLI: export AGENTHUB_KEY_FILE={key_file}; each agent has a key of its own"
 
 
 # ---- agents ---------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ Ctrl-C/SIGTERM stops them in reverse order (SIGTERM, then SIGKILL after a grace 
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -20,8 +21,9 @@ import grpc
 import httpx
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from agenthub.hub.trust.keys import read_key_file, write_key_file
 from agenthub.sdk.errors import ConfigError
-from agenthub.sdk.pb import registry_pb2, registry_pb2_grpc
+from agenthub.sdk.pb import registry_pb2, registry_pb2_grpc, trust_pb2, trust_pb2_grpc
 
 REFERENCE_AGENTS = ("calculator", "notes", "triage")
 
@@ -107,6 +109,33 @@ def registered(address: str, key_file: Path) -> set[str]:
     return {a.name for a in reply.agents}
 
 
+def agent_key(address: str, admin_key: str, agent: str, folder: Path) -> str:
+    """The agent's own API key, kept in `folder`: made with the admin key the first time (or when
+    the kept one no longer works, e.g. revoked), so a demo agent proves who it is as any agent would."""
+    path = folder / f"{agent}.key"
+    kept = read_key_file(path)
+    with grpc.insecure_channel(address) as channel:
+        stub = trust_pb2_grpc.TrustServiceStub(channel)
+        if kept and _speaks_for(stub, kept, agent):
+            return kept
+        request = trust_pb2.CreateKeyRequest(
+            name=f"{agent}-{secrets.token_hex(3)}", role="agent", agent=agent
+        )
+        reply = stub.CreateKey(request, metadata=(("authorization", f"Bearer {admin_key}"),), timeout=10)
+    write_key_file(path, reply.secret)
+    return str(reply.secret)
+
+
+def _speaks_for(stub: trust_pb2_grpc.TrustServiceStub, key: str, agent: str) -> bool:
+    try:
+        me = stub.WhoAmI(
+            trust_pb2.WhoAmIRequest(), metadata=(("authorization", f"Bearer {key}"),), timeout=10
+        )
+    except grpc.RpcError:
+        return False
+    return bool(me.role == "agent" and me.agent == agent)
+
+
 class Supervisor:
     """Runs the whole demo stack until told to stop."""
 
@@ -152,9 +181,11 @@ class Supervisor:
             ],
             logs / "hub.log",
         )
-        # The hub writes its admin key here; the agents (and the CLI, in this folder) pick it up.
+        # The hub writes its admin key here (the CLI in this folder picks it up); each agent gets a
+        # key of its own, made with it and kept in keys/, so a thread's hops are proven, not claimed.
         self.key_file = (data_dir / "admin.key").absolute()
-        env = {"AGENTHUB_MODEL_BASE_URL": self.model_url, "AGENTHUB_KEY_FILE": str(self.key_file)}
+        self.agent_keys = (data_dir / "keys").absolute()
+        env = {"AGENTHUB_MODEL_BASE_URL": self.model_url}
         self.agents = [
             Child(
                 name, [py, "-m", f"agenthub.agents.{name}", "--hub", self.address], logs / f"{name}.log", env
@@ -173,7 +204,10 @@ class Supervisor:
                 wait_until(lambda: model_ready(self.model_url), self.model, "model server", 120)
             self.hub.start()
             wait_until(lambda: hub_ready(self.address), self.hub, "hub health", 60)
+            admin = self.key_file.read_text().strip()
             for agent in self.agents:
+                key = agent_key(self.address, admin, agent.name, self.agent_keys)
+                agent.env = {**agent.env, "AGENTHUB_KEY": key}
                 agent.start()
             names = set(REFERENCE_AGENTS)
             registration = lambda: names <= registered(self.address, self.key_file)  # noqa: E731
