@@ -8,12 +8,14 @@ caller is; it hands the verified CN to the gate (`Gate.authenticate`).
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from agenthub.hub.config import HubSettings
 from agenthub.sdk.errors import ConfigError
@@ -55,6 +57,7 @@ class ListenerTls:
             if path is not None:
                 _read(path, name)  # a missing file is one clear line, not an ssl traceback
         return {
+            "http": CertifiedH11Protocol if self.client_ca else "auto",
             "ssl_certfile": str(self.cert),
             "ssl_keyfile": str(self.key),
             "ssl_ca_certs": str(self.client_ca) if self.client_ca else None,
@@ -69,6 +72,39 @@ def client_cn(context: grpc.aio.ServicerContext) -> str | None:
     """
     names = context.auth_context().get("x509_common_name")
     return names[0].decode() if names else None
+
+
+PEER_CNS: dict[tuple[str, int], str] = {}
+"""The verified client certificate's CN of every open HTTPS connection, by the client's address:
+uvicorn tells an ASGI app nothing of the peer's certificate, its protocol object sees it."""
+
+
+class CertifiedH11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol that notes each connection's verified client CN in PEER_CNS
+    (read by the HTTP gate through the request's `client`), and forgets it when the connection ends."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        cn = _common_name(transport.get_extra_info("ssl_object"))
+        if cn and self.client:
+            PEER_CNS[(str(self.client[0]), int(self.client[1]))] = cn
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.client:
+            PEER_CNS.pop((str(self.client[0]), int(self.client[1])), None)
+        super().connection_lost(exc)
+
+
+def http_client_cn(client: tuple[str, int] | None) -> str | None:
+    """The CN of the client certificate an HTTPS connection was verified with, or None."""
+    return PEER_CNS.get((str(client[0]), int(client[1]))) if client else None
+
+
+def _common_name(ssl_object: ssl.SSLObject | None) -> str | None:
+    peer = ssl_object.getpeercert() if ssl_object is not None else None
+    subject: Any = (peer or {}).get("subject", ())  # ((("commonName", "x"),), ...)
+    names = [value for rdn in subject for key, value in rdn if key == "commonName"]
+    return str(names[0]) if names else None
 
 
 def _read(path: Path, setting: str) -> bytes:

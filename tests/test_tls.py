@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import ssl
+import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -269,3 +270,37 @@ async def test_serve_refuses_half_a_tls_configuration_in_one_line(tmp_path: Path
         )
         assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
         assert "--tls-cert" in err and "--tls-key" in err
+
+
+async def test_a_client_certificate_is_its_principal_on_the_http_bindings_too(mtls_hub: TlsHub) -> None:
+    """HTTPS with a verified client certificate and no bearer: the certificate's CN is the caller
+    on HTTP+JSON and JSON-RPC as on gRPC (recorded as `user:<CN>`), an unlisted CN is refused, and
+    a bearer still wins over the certificate."""
+    certs, base = mtls_hub.certs, f"{mtls_hub.hub.http_url}/agents/calculator"
+    body = {"message": {"messageId": str(uuid.uuid4()), "role": "ROLE_USER", "parts": [{"text": "2 + 2"}]}}
+    v1 = {"A2A-Version": "1.0"}
+    async with mtls_hub.https(certs) as http:
+        rest = await http.post(f"{base}/message:send", json=body, headers=v1)
+        assert rest.status_code == 200, rest.text
+        rpc = await http.post(f"{base}/", headers=v1, json={
+            "jsonrpc": "2.0", "id": 1, "method": "SendMessage",
+            "params": {**body, "message": {**body["message"], "messageId": str(uuid.uuid4())}},
+        })  # fmt: skip
+        assert "result" in rpc.json(), rpc.text
+        bearer = await http.post(
+            f"{base}/message:send", headers={**v1, "authorization": f"Bearer {mtls_hub.keys['bob']}"},
+            json={"message": {**body["message"], "messageId": str(uuid.uuid4())}},
+        )  # fmt: skip
+    task, other = rest.json()["task"], bearer.json()["task"]
+    async with HubClient(
+        mtls_hub.hub.address,
+        key=mtls_hub.keys["admin"],
+        tls=ClientTls(True, certs.ca, certs.client_cert, certs.client_key),
+    ) as admin:
+        senders = {m.sender for m in (await admin.get_thread(task["contextId"])).messages}
+        assert "user:dev-client" in senders
+        senders = {m.sender for m in (await admin.get_thread(other["contextId"])).messages}
+        assert "user:bob" in senders and "user:dev-client" not in senders
+    async with mtls_hub.https(make_dev_certs(certs.ca.parent, client="mallory")) as http:
+        refused = await http.post(f"{base}/message:send", json=body, headers=v1)
+    assert refused.status_code == 401

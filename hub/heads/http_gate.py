@@ -8,6 +8,7 @@ import re
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from agenthub.hub.tls import http_client_cn
 from agenthub.hub.trust.gate import Gate
 from agenthub.hub.trust.principal import CURRENT, SOURCE
 from agenthub.sdk.errors import STATUS, AgentHubError, Unauthenticated
@@ -46,7 +47,9 @@ class HttpGate:
             await self._app(scope, receive, send)
             return
         try:
-            CURRENT.set(await self._gate.authenticate(headers.get("authorization")))
+            bearer = headers.get("authorization")
+            certified = None if bearer else http_client_cn(scope.get("client"))  # a bearer wins
+            CURRENT.set(await self._gate.authenticate(bearer, certified))
         except AgentHubError as exc:
             status = STATUS[Unauthenticated]
             response = _refusal(scope, status.http, status.grpc.name, exc.message, jsonrpc=status.jsonrpc)
