@@ -2,7 +2,7 @@
 offsets of finished requests are committed every `commit_interval_ms`, while the hub runs, so a
 restart redelivers only what was not done (the inbox group's lag is exactly 0 once idle); the
 backoff between retries of one replica counts against the retry window; a re-driven dead letter
-is numbered as the attempt after the last one made; a first call's events say attempt 1."""
+is numbered as the attempt after the last one made; a call's events say which attempt it was."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from a2a.types import TaskState
+from a2a.types import SendMessageRequest, TaskState
 
 from agenthub.hub.config import HubSettings
 from agenthub.hub.server import Hub
@@ -88,3 +88,27 @@ async def test_the_events_of_a_first_call_are_stamped_attempt_1(client: HubClien
     thread = await replayed(client, op.Selection(context_id=task.context_id))
     events = [e for _, e in thread if e["kind"] == "KIND_EVENT" and e["sender"] == "calculator"]
     assert events and {e["attempt"] for e in events} == {1}
+
+
+class FailsOnce(Fragile):
+    """Crashes on its first call (an error the hub retries), then answers like any agent."""
+
+    async def handle(self, request: SendMessageRequest):  # type: ignore[no-untyped-def, override]
+        self.poisonous = self.poisoned == 0
+        async for event in super().handle(request):
+            yield event
+
+
+async def test_the_events_of_a_retried_call_are_stamped_with_its_attempt(
+    tmp_path: Path, hub_settings: Callable[..., HubSettings]
+) -> None:
+    async with (
+        Hub(hub_settings(tmp_path, retry_backoff_s=0.01)) as hub,
+        FailsOnce("flaky", tools=[echo], model=ScriptedModel(), hub=hub.address) as agent,
+        HubClient(hub.address) as client,
+    ):
+        task = await client.send("flaky", "poison, then fine")
+        assert task.status.state == TaskState.TASK_STATE_COMPLETED and agent.poisoned == 1
+        thread = await replayed(client, op.Selection(context_id=task.context_id))
+        events = [e for _, e in thread if e["kind"] == "KIND_EVENT" and e["sender"] == "flaky"]
+        assert events and {e["attempt"] for e in events} == {2}
