@@ -254,11 +254,14 @@ def _admission(gate: Gate, method: str) -> Admit:
         SOURCE.set(context.peer() or "")
         if method.startswith(PUBLIC_SERVICES):
             return
-        metadata = {k.lower(): v for k, v in context.invocation_metadata() or ()}
-        authorization = metadata.get("authorization")
-        bearer = authorization if isinstance(authorization, str) else None
-        principal = await gate.authenticate(bearer, None if bearer else client_cn(context))  # bearer wins
-        CURRENT.set(principal)
+        if gate.required:  # without auth every caller is ANONYMOUS (the default): nothing to read
+            metadata = {k.lower(): v for k, v in context.invocation_metadata() or ()}
+            authorization = metadata.get("authorization")
+            bearer = authorization if isinstance(authorization, str) else None
+            CURRENT.set(
+                await gate.authenticate(bearer, None if bearer else client_cn(context))
+            )  # bearer wins
+        principal = CURRENT.get()
         if action is not None:
             await gate.authorize(action)
         verb = method.rsplit("/", 1)[1]
