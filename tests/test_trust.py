@@ -39,6 +39,7 @@ from agenthub.sdk.pb import operator_pb2_grpc, registry_pb2_grpc, threads_pb2_gr
 from agenthub.sdk.pb import registry_pb2 as reg
 from agenthub.sdk.pb import threads_pb2 as thr
 from agenthub.sdk.pb import trust_pb2 as tr
+from tests.broker import Link, Tansu
 from tests.conftest import eventually
 from tests.plain_agent import PlainEcho, serve_plain_agent
 from tests.scripted import calculator_model, triage_model
@@ -512,3 +513,41 @@ async def test_authorization_matrix_on_the_http_bindings(secured: Secured) -> No
             if got != expected:
                 wrong.append(f"{who}: {got}, expected {expected}")
     assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.parametrize(("backend", "threads_url"), [("kafka", "sqlite")], indirect=True)
+async def test_a_refusal_the_log_cannot_audit_is_unavailable_and_the_gate_recovers(
+    tmp_path: Path, hub_settings: Callable[..., HubSettings]
+) -> None:
+    """The broker is cut while keys are in use: a bad key, which must be audited before it is
+    refused, is answered UNAVAILABLE within produce_timeout_s (not INTERNAL, not a hang) on gRPC and
+    HTTP; a good key still works; once the broker is back the refusal is audited again."""
+    broker = Tansu()
+    link = Link(broker.address)
+    broker.advertise = link.address
+    await asyncio.to_thread(broker.start)
+    await link.restore()
+    try:
+        settings = hub_settings(tmp_path / "hub", auth=True, bootstrap=link.address, produce_timeout_s=1.0)
+        async with Hub(settings) as hub:
+            _, alice = await hub.gate.keys.create("alice", "user")
+            bad = "ahk_000000000000_" + "z" * 43
+            await link.cut()
+            assert (await status_of(hub, bad, "trust", "WhoAmI", tr.WhoAmIRequest()))[
+                0
+            ] == grpc.StatusCode.UNAVAILABLE
+            code, me = await status_of(hub, alice, "trust", "WhoAmI", tr.WhoAmIRequest())
+            assert code == OK and me.name == "alice"
+            async with httpx.AsyncClient(base_url=hub.http_url, headers=V1, timeout=30) as http:
+                refused = await http.get("/agents/x/tasks/t", headers={"authorization": f"Bearer {bad}"})
+            assert refused.status_code == 503 and "cannot be audited" in refused.json()["error"]["message"]
+            await link.restore()
+
+            async def audited() -> bool:
+                code, _ = await status_of(hub, bad, "trust", "WhoAmI", tr.WhoAmIRequest())
+                return code == UNAUTH
+
+            assert await eventually(audited, timeout=60, interval=0.5)
+    finally:
+        await link.cut()
+        broker.kill()

@@ -11,7 +11,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from agenthub.hub.tls import http_client_cn
 from agenthub.hub.trust.gate import Gate
 from agenthub.hub.trust.principal import CURRENT, SOURCE
-from agenthub.sdk.errors import STATUS, AgentHubError, Unauthenticated
+from agenthub.sdk.errors import AgentHubError, Unauthenticated, status_of
 
 PUBLIC = re.compile(r"^/(healthz|readyz|agents/?|agents/[^/]+/\.well-known/agent-card\.json)$")
 JSONRPC = re.compile(r"^/agents/[^/]+/?$")
@@ -50,10 +50,11 @@ class HttpGate:
             bearer = headers.get("authorization")
             certified = None if bearer else http_client_cn(scope.get("client"))  # a bearer wins
             CURRENT.set(await self._gate.authenticate(bearer, certified))
-        except AgentHubError as exc:
-            status = STATUS[Unauthenticated]
+        except AgentHubError as exc:  # not authenticated, or the log cannot audit the refusal now
+            status = status_of(exc)
             response = _refusal(scope, status.http, status.grpc.name, exc.message, jsonrpc=status.jsonrpc)
-            response.headers["WWW-Authenticate"] = 'Bearer realm="agenthub"'
+            if isinstance(exc, Unauthenticated):
+                response.headers["WWW-Authenticate"] = 'Bearer realm="agenthub"'
             await response(scope, receive, send)
             return
         await self._app(scope, receive, send)

@@ -3,12 +3,15 @@ appended to `<prefix>.audit` before the action's answer (the log is the system o
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from dataclasses import asdict, dataclass
 
 from agenthub.hub.log._base import Lifecycle, Log, TopicPartition
+from agenthub.hub.loops import describe
 from agenthub.hub.trust.principal import CURRENT, SOURCE, Principal
+from agenthub.sdk.errors import LogUnavailable
 
 _READ_BATCH = 1000
 
@@ -30,9 +33,10 @@ class AuditEvent:
 class Auditor(Lifecycle):
     """Appends audit events and reads them back, oldest first."""
 
-    def __init__(self, log: Log, topic: str) -> None:
+    def __init__(self, log: Log, topic: str, *, timeout_s: float = 5.0) -> None:
         self._log = log
         self._topic = topic
+        self._timeout_s = timeout_s
 
     async def start(self) -> None:
         await self._log.ensure_topic(self._topic, partitions=1)
@@ -49,12 +53,22 @@ class Auditor(Lifecycle):
         reason: str = "",
         principal: Principal | None = None,
     ) -> None:
-        """Append one event; the principal and source default to those of the call being served."""
+        """Append one event; the principal and source default to those of the call being served.
+        While the log cannot take it (within `timeout_s`), LogUnavailable: the call it records is
+        answered UNAVAILABLE, never done or refused unrecorded."""
         who = principal or CURRENT.get()
         event = AuditEvent(
             time.time(), who.name, who.role.value, action, resource, decision, reason, SOURCE.get()
         )
-        await self._log.produce(self._topic, json.dumps(asdict(event)).encode(), key=who.name.encode())
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                await self._log.produce(
+                    self._topic, json.dumps(asdict(event)).encode(), key=who.name.encode()
+                )
+        except (TimeoutError, *self._log.outages) as exc:
+            raise LogUnavailable(
+                f"the log is unavailable ({describe(exc)}): this call cannot be audited; retry shortly"
+            ) from None
 
     async def read(
         self, *, since: float = 0.0, principal: str = "", action: str = "", limit: int = 1000

@@ -45,7 +45,7 @@ class Gate(Lifecycle):
             log, topics.policy, decode=decode_rule, encode=encode_rule, name="policy",
             fetch_wait_ms=settings.fetch_wait_ms, readiness=readiness,
         )  # fmt: skip
-        self.audit = Auditor(log, topics.audit)
+        self.audit = Auditor(log, topics.audit, timeout_s=settings.produce_timeout_s)
         self._jwt = (
             JwtVerifier(
                 settings.jwt_jwks or "",
