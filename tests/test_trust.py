@@ -331,6 +331,8 @@ async def test_refusals_and_admin_actions_are_audited_and_the_cli_filters_them(s
     assert [json.loads(line)["action"] for line in out.splitlines()] == ["Rebuild"]
     code, _, err = await agenthub_env(env, "audit", "--since", "soon", "--hub", hub.address)
     assert code == 2 and err.startswith("error: invalid duration") and len(err.splitlines()) == 1
+    code, reason = await status_of(hub, keys["admin"], "trust", "ReadAudit", tr.ReadAuditRequest(limit=-1))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT and "limit" in reason
 
 
 async def test_keys_are_made_listed_and_revoked_on_the_command_line(secured: Secured) -> None:

@@ -11,6 +11,7 @@ from agenthub.hub.trust.gate import Gate
 from agenthub.hub.trust.keys import ApiKey
 from agenthub.hub.trust.policy import Action, Rule
 from agenthub.hub.trust.principal import CURRENT
+from agenthub.sdk.errors import InvalidRequest
 from agenthub.sdk.pb import trust_pb2 as tr
 from agenthub.sdk.pb import trust_pb2_grpc
 
@@ -85,6 +86,8 @@ class TrustServicer(trust_pb2_grpc.TrustServiceServicer):
     async def ReadAudit(
         self, request: tr.ReadAuditRequest, context: grpc.aio.ServicerContext
     ) -> tr.ReadAuditResponse:
+        if request.limit < 0:
+            raise InvalidRequest(f"limit must be 0 (the default, 1000) or more, not {request.limit}")
         since = request.since.ToNanoseconds() / 1e9 if request.HasField("since") else 0.0
         events = await self._gate.audit.read(
             since=since, principal=request.principal, action=request.action, limit=request.limit or 1000
