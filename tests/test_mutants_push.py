@@ -1,0 +1,71 @@
+"""Push promises that mutation testing found unproven (scripts/mutate.py push, the notifier and the
+compacted table it follows configs with): a hub instance that starts on a log holding push configs
+knows every one of them once its start returns, so the first update it reads for a task is sent to
+the task's webhooks (the table waits until it has read up to the topic's end, not until it has read
+nothing); the notifier commits what its webhooks are done with while the hub runs, not only when it
+stops, so a hub that dies re-sends only what was not delivered (its group's lag is 0 once idle)."""
+
+from __future__ import annotations
+
+from a2a.types import TaskPushNotificationConfig, a2a_pb2_grpc
+
+from agenthub.hub.outbound import OutboundPolicy
+from agenthub.hub.push.notifier import PushConfigs
+from agenthub.hub.secret_box import SecretBox
+from agenthub.hub.server import Hub
+from agenthub.hub.topics import Topics
+from agenthub.sdk import HubClient
+from tests.conftest import eventually
+from tests.test_push import held_agent, send_with_push, submit, webhook
+
+
+async def test_an_instance_started_on_stored_configs_knows_them_all_when_its_start_returns(
+    hub: Hub, client: HubClient
+) -> None:
+    """Two configs stored through the hub; a second instance's config table, started on the same
+    log, lists both the moment its start returns (no fetch of its own is waited for)."""
+    async with webhook() as hook, held_agent(hub) as gate:
+        stub = a2a_pb2_grpc.A2AServiceStub(client.channel)
+        task = await submit(client, "held", "wait")
+        stored = {
+            (await stub.CreateTaskPushNotificationConfig(
+                TaskPushNotificationConfig(tenant="held", task_id=task.id, url=f"{hook.url}?n={n}")
+            )).id
+            for n in range(2)
+        }  # fmt: skip
+        second = PushConfigs(
+            hub.log,
+            Topics(hub.settings.topic_prefix),
+            box=SecretBox.from_settings(hub.settings),
+            outbound=OutboundPolicy.from_settings(hub.settings),
+        )
+        await second.start()
+        try:
+            assert {c.id for c in second.of(task.id)} == stored
+        finally:
+            await second.stop()
+        gate.set()
+
+
+async def test_delivered_updates_are_committed_while_the_hub_runs(hub: Hub, client: HubClient) -> None:
+    """Two tasks' updates delivered to a webhook: the notifier's group has committed every record
+    of the reply topic (no lag) with the hub still running."""
+    async with webhook() as hook, held_agent(hub) as gate:
+        stub = a2a_pb2_grpc.A2AServiceStub(client.channel)
+        for text in ("one", "two"):
+            gate.set()
+            task = (await stub.SendMessage(send_with_push("held", text, hook.url))).task
+            states = await hook.completed(task.id)
+            assert states[-1] == "TASK_STATE_COMPLETED"
+        replies, group = hub.replies.topic, Topics(hub.settings.topic_prefix).notifier_group
+
+        async def committed() -> bool:
+            stats = {t.topic: t for t in (await client.topic_stats()).topics}
+            offsets = [(g.committed, g.lag) for g in stats[replies].groups if g.group == group]
+            return (
+                bool(offsets)
+                and sum(c for c, _ in offsets) == stats[replies].records > 0
+                and all(lag == 0 for _, lag in offsets)
+            )
+
+        assert await eventually(committed, timeout=10), "the notifier never committed what it delivered"
