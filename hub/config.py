@@ -52,7 +52,7 @@ class HubSettings(BaseSettings):
     topic_prefix: str = Field("agenthub", pattern=r"^[A-Za-z0-9_-]+$", description="prefix of every topic")
     partitions: int = Field(4, ge=1, description="partitions of each routing topic")
     instance_id: str = Field(default_factory=lambda: uuid.uuid4().hex[:12], description="this hub instance")
-    fetch_wait_ms: int = Field(20, ge=0, description="longest wait of a consumer fetch with nothing to read")
+    fetch_wait_ms: int = Field(20, ge=0, description="Kafka: longest time the broker holds an empty fetch")
     max_message_bytes: int = Field(1_048_576, ge=1024, description="largest A2A request accepted")
     max_attempts: int = Field(
         6,

@@ -156,15 +156,8 @@ class Hub(Lifecycle):
             outbound=outbound,
             box=box,
         )
-        self.recorder = Recorder(
-            self.log, self.store, topics, fetch_wait_ms=settings.fetch_wait_ms, readiness=self.readiness
-        )
-        self.replies = ReplyRouter(
-            self.log,
-            topics.replies(settings.instance_id),
-            fetch_wait_ms=settings.fetch_wait_ms,
-            readiness=self.readiness,
-        )
+        self.recorder = Recorder(self.log, self.store, topics, readiness=self.readiness)
+        self.replies = ReplyRouter(self.log, topics.replies(settings.instance_id), readiness=self.readiness)
         self.dispatcher = Dispatcher(self.log, self.registry, settings, self.readiness)
         self.watchdog = Watchdog(
             self.log,
@@ -181,7 +174,6 @@ class Hub(Lifecycle):
             topics,
             box=box,
             outbound=outbound,
-            fetch_wait_ms=settings.fetch_wait_ms,
             readiness=self.readiness,
         )
         self.notifier = Notifier(
@@ -191,7 +183,6 @@ class Hub(Lifecycle):
             outbound=outbound,
             attempts=settings.push_attempts,
             backoff_s=settings.push_backoff_s,
-            fetch_wait_ms=settings.fetch_wait_ms,
             readiness=self.readiness,
         )
         self.handler = HubRequestHandler(

@@ -85,6 +85,10 @@ class Log(Lifecycle, ABC):
     outages: tuple[type[BaseException], ...] = (OSError, TimeoutError)
     """Errors meaning the log is unreachable for now (try again later), not that a request is wrong."""
 
+    idle_wait_ms: int = 1000
+    """How long a consumer loop's fetch waits when there is nothing to read. A fetch returns as soon
+    as records arrive, so this bounds only how often an idle loop wakes: what an idle hub costs."""
+
     @abstractmethod
     async def ensure_topic(self, topic: str, partitions: int | None = None, compacted: bool = False) -> None:
         """Create the topic if it does not exist (idempotent)."""

@@ -471,7 +471,8 @@ class EmbeddedConsumer(Consumer):
             if records or remaining <= 0:
                 return records
             try:
-                await asyncio.wait_for(self._wake.wait(), remaining)
+                async with asyncio.timeout(remaining):  # no task per wait, unlike wait_for
+                    await self._wake.wait()
             except TimeoutError:
                 return []
 

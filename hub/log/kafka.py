@@ -80,6 +80,7 @@ class KafkaLog(Log):
         self.default_partitions = default_partitions
         self.replication_factor = replication_factor
         self.fetch_wait_ms = fetch_wait_ms
+        self.idle_wait_ms = fetch_wait_ms  # pauses are applied again at each fetch: keep them prompt
         self.session_timeout_ms = session_timeout_ms
         self.metadata_max_age_ms = metadata_max_age_ms
         self._idempotence = idempotence

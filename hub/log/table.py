@@ -25,7 +25,6 @@ class CompactedTable(Lifecycle, Generic[V]):
         decode: bytes -> value; a ValueError skips the record (something else wrote it).
         encode: value -> bytes.
         name: the part's name in readiness and logs.
-        fetch_wait_ms: longest wait of one fetch with nothing to read.
         readiness: where the follower reports itself down while the log fails.
         on_change: told `(key, value)` after each row applied, `(key, None)` when a row goes (deleted,
             or replaced by a record that cannot be read: a stale value never outlives its successor).
@@ -39,7 +38,6 @@ class CompactedTable(Lifecycle, Generic[V]):
         decode: Callable[[bytes], V],
         encode: Callable[[V], bytes],
         name: str,
-        fetch_wait_ms: int = 20,
         readiness: Readiness | None = None,
         on_change: Callable[[str, V | None], None] | None = None,
     ) -> None:
@@ -48,7 +46,6 @@ class CompactedTable(Lifecycle, Generic[V]):
         self._decode, self._encode = decode, encode
         self._name = name
         self._on_change = on_change
-        self._fetch_wait_ms = fetch_wait_ms
         self.rows: dict[str, V] = {}
         self._position = 0
         self._advanced = asyncio.Event()
@@ -101,7 +98,7 @@ class CompactedTable(Lifecycle, Generic[V]):
     async def _follow(self) -> None:
         assert self._consumer is not None
         while True:
-            records = await self._consumer.getmany(timeout_ms=self._fetch_wait_ms)
+            records = await self._consumer.getmany(timeout_ms=self._log.idle_wait_ms)
             for record in records:
                 self._apply(record)
                 self._position = record.offset + 1

@@ -67,7 +67,6 @@ class PushConfigs(Lifecycle):
         topics: topic naming.
         box: seals configs in the topic with the hub's secret key.
         outbound: which addresses a webhook may be on.
-        fetch_wait_ms: longest wait of one fetch with nothing to read (default 20).
         readiness: where the part reports itself down while following the topic fails.
     """
 
@@ -78,7 +77,6 @@ class PushConfigs(Lifecycle):
         *,
         box: SecretBox,
         outbound: OutboundPolicy,
-        fetch_wait_ms: int = 20,
         readiness: Readiness | None = None,
     ) -> None:
         self._box = box
@@ -86,7 +84,7 @@ class PushConfigs(Lifecycle):
         self._configs: dict[str, dict[str, TaskPushNotificationConfig]] = {}  # task id -> config id -> it
         self._table: CompactedTable[TaskPushNotificationConfig] = CompactedTable(
             log, topics.push, decode=self._open, encode=lambda c: box.seal(c.SerializeToString()),
-            name="push-configs", fetch_wait_ms=fetch_wait_ms, readiness=readiness, on_change=self._index,
+            name="push-configs", readiness=readiness, on_change=self._index,
         )  # fmt: skip
 
     async def start(self) -> None:
@@ -175,7 +173,6 @@ class Notifier(Lifecycle):
         attempts: POSTs tried per update before giving up on it (default 5).
         backoff_s: first retry delay, doubled each time, jittered (default 0.5).
         timeout_s: longest one POST may take (default 5).
-        fetch_wait_ms: longest wait of one fetch with nothing to read (default 20).
         max_pending: updates held in memory before fetching pauses (default 10,000).
         commit_interval_ms: how often offsets of finished updates are committed (default 100).
         readiness: where the notifier reports itself down while its loop fails (the log is down).
@@ -192,7 +189,6 @@ class Notifier(Lifecycle):
         attempts: int = 5,
         backoff_s: float = 0.5,
         timeout_s: float = 5.0,
-        fetch_wait_ms: int = 20,
         max_pending: int = 10_000,
         commit_interval_ms: int = 100,
         readiness: Readiness | None = None,
@@ -200,8 +196,8 @@ class Notifier(Lifecycle):
         self._log = log
         self._configs = configs
         self._topics = topics
-        self._fetch_wait_ms = fetch_wait_ms
         self._max_pending = max_pending
+        self._commit_interval_ms = commit_interval_ms
         self._commit_interval_s = commit_interval_ms / 1000
         self._next_commit = 0.0
         self._readiness = readiness or Readiness()
@@ -239,7 +235,7 @@ class Notifier(Lifecycle):
     async def _run(self) -> None:
         assert self._consumer is not None
         while True:
-            records = await self._consumer.getmany(timeout_ms=self._fetch_wait_ms, max_records=256)
+            records = await self._consumer.getmany(timeout_ms=self._fetch_wait(), max_records=256)
             if records:  # a config stored before its task's updates must be seen with them
                 await retry_until_ok(
                     "push-configs", self._configs.caught_up, self._readiness, retry_on=self._log.outages
@@ -250,6 +246,12 @@ class Notifier(Lifecycle):
             if time.monotonic() >= self._next_commit:
                 self._next_commit = time.monotonic() + self._commit_interval_s
                 await self._commit()
+
+    def _fetch_wait(self) -> int:
+        """Wake at the commit interval while updates are in flight or uncommitted (or fetching is
+        paused); otherwise there is nothing to do until a record comes."""
+        busy = self._paused or not self._tracker.settled
+        return self._commit_interval_ms if busy else self._log.idle_wait_ms
 
     def _take(self, record: Record) -> None:
         """Queue one record's update for each webhook of its task (none: it is done at once)."""

@@ -46,7 +46,6 @@ class Recorder(Lifecycle):
         log: the log backend.
         store: the thread store to project into.
         topics: topic naming.
-        fetch_wait_ms: longest wait of one fetch when there is nothing to read (default 100).
         readiness: where a store outage is reported while it lasts.
     """
 
@@ -56,13 +55,11 @@ class Recorder(Lifecycle):
         store: ThreadStore,
         topics: Topics,
         *,
-        fetch_wait_ms: int = 100,
         readiness: Readiness | None = None,
     ) -> None:
         self._log = log
         self._store = store
         self._topics = topics
-        self._fetch_wait_ms = fetch_wait_ms
         self._readiness = readiness or Readiness()
         self._consumer: Consumer | None = None
         self._loop = SupervisedLoop("recorder", self._run, self._readiness)
@@ -156,7 +153,7 @@ class Recorder(Lifecycle):
     async def _run(self) -> None:
         assert self._consumer is not None
         while True:
-            records = await self._consumer.getmany(timeout_ms=self._fetch_wait_ms)
+            records = await self._consumer.getmany(timeout_ms=self._log.idle_wait_ms)
             if not records:
                 continue
             await self._record(records)

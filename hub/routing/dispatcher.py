@@ -119,7 +119,7 @@ class Dispatcher(Lifecycle):
     async def _run(self) -> None:
         assert self._inbox is not None
         while True:
-            for record in await self._inbox.getmany(timeout_ms=self._settings.fetch_wait_ms, max_records=256):
+            for record in await self._inbox.getmany(timeout_ms=self._log.idle_wait_ms, max_records=256):
                 if self._tracker.taken(record):
                     continue  # fetched again after a rebalance: already ours, in flight or done
                 self._tracker.take(record)

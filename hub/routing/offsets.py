@@ -52,5 +52,10 @@ class OffsetTracker:
         return out
 
     @property
+    def settled(self) -> bool:
+        """Nothing pending and nothing to commit: the owner has no periodic work."""
+        return not self._touched and not any(self._pending.values())
+
+    @property
     def in_flight(self) -> int:
         return sum(len(p) for p in self._pending.values())

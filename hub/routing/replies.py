@@ -40,16 +40,12 @@ class ReplyRouter(Lifecycle):
     Args:
         log: the log backend.
         topic: this instance's reply topic.
-        fetch_wait_ms: longest wait of one fetch with nothing to read.
         readiness: where a failing loop is reported.
     """
 
-    def __init__(
-        self, log: Log, topic: str, *, fetch_wait_ms: int = 20, readiness: Readiness | None = None
-    ) -> None:
+    def __init__(self, log: Log, topic: str, *, readiness: Readiness | None = None) -> None:
         self._log = log
         self.topic = topic
-        self._fetch_wait_ms = fetch_wait_ms
         self._waiters: dict[str, set[Waiter]] = {}
         self._consumer: Consumer | None = None
         self._loop = SupervisedLoop("reply-router", self._run, readiness)
@@ -82,7 +78,7 @@ class ReplyRouter(Lifecycle):
     async def _run(self) -> None:
         assert self._consumer is not None
         while True:
-            for record in await self._consumer.getmany(timeout_ms=self._fetch_wait_ms):
+            for record in await self._consumer.getmany(timeout_ms=self._log.idle_wait_ms):
                 try:
                     envelope = envelopes.decode(record)
                 except DecodeError as exc:

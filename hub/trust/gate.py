@@ -40,11 +40,10 @@ class Gate(Lifecycle):
     def __init__(self, settings: HubSettings, log: Log, topics: Topics, readiness: Readiness) -> None:
         self.required = settings.auth
         self._settings = settings
-        self.keys = KeyStore(log, topics.keys, fetch_wait_ms=settings.fetch_wait_ms, readiness=readiness)
+        self.keys = KeyStore(log, topics.keys, readiness=readiness)
         self.rules: CompactedTable[Rule] = CompactedTable(
-            log, topics.policy, decode=decode_rule, encode=encode_rule, name="policy",
-            fetch_wait_ms=settings.fetch_wait_ms, readiness=readiness,
-        )  # fmt: skip
+            log, topics.policy, decode=decode_rule, encode=encode_rule, name="policy", readiness=readiness
+        )
         self.audit = Auditor(log, topics.audit, timeout_s=settings.produce_timeout_s)
         self._jwt = (
             JwtVerifier(

@@ -60,11 +60,10 @@ def _digest(secret: str) -> str:
 class KeyStore(Lifecycle):
     """Every API key, followed from the log."""
 
-    def __init__(self, log: Log, topic: str, *, fetch_wait_ms: int = 20, readiness: Readiness | None = None):
+    def __init__(self, log: Log, topic: str, *, readiness: Readiness | None = None):
         self._table: CompactedTable[ApiKey] = CompactedTable(
-            log, topic, decode=_decode, encode=_encode, name="keys",
-            fetch_wait_ms=fetch_wait_ms, readiness=readiness,
-        )  # fmt: skip
+            log, topic, decode=_decode, encode=_encode, name="keys", readiness=readiness
+        )
 
     async def start(self) -> None:
         await self._table.start()
