@@ -2,7 +2,10 @@
 offsets of finished requests are committed every `commit_interval_ms`, while the hub runs, so a
 restart redelivers only what was not done (the inbox group's lag is exactly 0 once idle); the
 backoff between retries of one replica counts against the retry window; a re-driven dead letter
-is numbered as the attempt after the last one made; a call's events say which attempt it was."""
+is numbered as the attempt after the last one made; a call's events say which attempt it was. An
+answered call resets its replica's count of unreachable calls, so an agent that comes back on the
+same endpoint (without registering again) is not cut off by failures from before; while every
+circuit of an agent is open its requests wait in the log, unstarted, however long that lasts."""
 
 from __future__ import annotations
 
@@ -18,8 +21,10 @@ from agenthub.hub.topics import Topics
 from agenthub.sdk import HubClient, ScriptedModel
 from agenthub.sdk.pb import operator_pb2 as op
 from tests.conftest import eventually
+from tests.switchable_agent import serve_switchable_agent
 from tests.test_delivery import Fragile, echo
 from tests.test_operators import last, replayed
+from tests.test_promises_routing import submit
 
 
 @pytest.mark.usefixtures("reference_agents")
@@ -112,3 +117,68 @@ async def test_the_events_of_a_retried_call_are_stamped_with_its_attempt(
         thread = await replayed(client, op.Selection(context_id=task.context_id))
         events = [e for _, e in thread if e["kind"] == "KIND_EVENT" and e["sender"] == "flaky"]
         assert events and {e["attempt"] for e in events} == {2}
+
+
+async def test_an_answered_call_resets_the_count_that_opens_a_circuit(
+    tmp_path: Path, hub_settings: Callable[..., HubSettings]
+) -> None:
+    """Two unreachable calls, then an answer, twice over on the same endpoint (the agent never
+    registers again): with a threshold of three, the answer in between must have reset the count,
+    or the third unreachable call opens the circuit while the agent's health checks still fail,
+    and the second request waits out its window instead of being answered on its third call."""
+    settings = hub_settings(
+        tmp_path, breaker_threshold=3, max_attempts=10, retry_backoff_s=0.01, retry_window_s=8
+    )
+    async with (
+        Hub(settings) as hub,
+        serve_switchable_agent() as agent,
+        HubClient(hub.address) as client,
+    ):
+        await client.register_url(agent.base)
+        for turn in (1, 2):
+            agent.outage.refuse_next = 2
+            task = await client.send("switchable", f"turn {turn}")
+            assert task.status.state == TaskState.TASK_STATE_COMPLETED, task.status.message
+            assert (agent.outage.refused, agent.outage.served) == (2 * turn, turn)
+
+
+async def test_requests_of_an_agent_whose_every_circuit_is_open_wait_in_the_log(
+    tmp_path: Path, hub_settings: Callable[..., HubSettings]
+) -> None:
+    """Its one replica down, the first request opens its circuit and gives up after the retry
+    window; a request sent meanwhile is not started (the inbox is paused) so no window runs out
+    for it: it stays submitted past several windows and is answered once the probe finds the
+    agent back, on the same endpoint, without registering again."""
+    window = 1.0
+    settings = hub_settings(
+        tmp_path, breaker_threshold=1, breaker_probe_s=0.1, retry_backoff_s=0.01, retry_window_s=window
+    )
+    async with (
+        Hub(settings) as hub,
+        serve_switchable_agent() as agent,
+        HubClient(hub.address) as client,
+    ):
+        await client.register_url(agent.base)
+        agent.outage.down = True
+        first = await client.send("switchable", "while down")
+        assert first.status.state == TaskState.TASK_STATE_FAILED
+        assert "stayed unreachable" in first.status.message.parts[0].text
+        assert (agent.outage.refused, agent.outage.served) == (1, 0)  # one call opened the circuit
+        waiting = await submit(client, "switchable", "after the circuit opened")
+
+        async def ended() -> bool:
+            state = (await client.get_task("switchable", waiting.id)).status.state
+            return state in (TaskState.TASK_STATE_FAILED, TaskState.TASK_STATE_COMPLETED)
+
+        assert not await eventually(ended, timeout=4 * window), (
+            "a request started while every circuit was open"
+        )
+        assert (agent.outage.refused, agent.outage.served) == (1, 0)
+        agent.outage.down = False
+
+        async def completed() -> bool:
+            state = (await client.get_task("switchable", waiting.id)).status.state
+            return state == TaskState.TASK_STATE_COMPLETED
+
+        assert await eventually(completed, timeout=20)
+        assert (agent.outage.refused, agent.outage.served) == (1, 1)

@@ -1,0 +1,98 @@
+"""A plain a2a-sdk agent (tests/plain_agent.py's echo, gRPC binding) whose gRPC port can be made to
+answer UNAVAILABLE, the status of an agent that is not there, without leaving its port or
+registering again: what a hub sees of an agent that goes down and comes back on the same endpoint.
+Its health checks are refused too while it is down, so a circuit breaker's probe finds it down."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import grpc
+import uvicorn
+from a2a.server.request_handlers import DefaultRequestHandler, GrpcHandler
+from a2a.server.routes.agent_card_routes import create_agent_card_routes
+from a2a.server.tasks import InMemoryTaskStore
+from a2a.types import a2a_pb2_grpc
+from starlette.applications import Starlette
+
+from agenthub.hub.server import free_port
+from tests.plain_agent import PlainEcho, card
+
+
+class Outage(grpc.aio.ServerInterceptor):
+    """Refuses calls with UNAVAILABLE: every call while `down`, and the next `refuse_next`
+    message calls (health checks are refused while any of those is left). Counts message calls."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.refuse_next = 0
+        self.refused = 0  # message calls answered UNAVAILABLE
+        self.served = 0  # message calls let through to the agent
+
+    def _refusing(self, method: str) -> bool:
+        if self.down:
+            return True
+        if not method.endswith("/SendStreamingMessage") and not method.endswith("/SendMessage"):
+            return self.refuse_next > 0
+        if self.refuse_next > 0:
+            self.refuse_next -= 1
+            return True
+        return False
+
+    async def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
+        method = details.method
+        message_call = method.endswith("/SendStreamingMessage") or method.endswith("/SendMessage")
+        if not self._refusing(method):
+            self.served += message_call
+            return await continuation(details)
+        self.refused += message_call
+
+        async def refuse(request, context):  # type: ignore[no-untyped-def]
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "agent not there")
+
+        if method.endswith("/SendStreamingMessage"):
+            return grpc.unary_stream_rpc_method_handler(refuse)
+        return grpc.unary_unary_rpc_method_handler(refuse)
+
+
+@dataclass
+class Switchable:
+    base: str  # where its card is served (register it with `register_url(base)`)
+    outage: Outage
+
+
+@contextlib.asynccontextmanager
+async def serve_switchable_agent(name: str = "switchable") -> AsyncIterator[Switchable]:
+    """The echo agent on its gRPC binding (the card served over HTTP), up until told otherwise."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    grpc_address = f"127.0.0.1:{free_port()}"
+    agent_card = card(base, ("GRPC",), grpc_address)
+    agent_card.name = name
+    handler = DefaultRequestHandler(PlainEcho(), InMemoryTaskStore(), agent_card)
+    outage = Outage()
+    grpc_server = grpc.aio.server(interceptors=[outage])
+    a2a_pb2_grpc.add_A2AServiceServicer_to_server(GrpcHandler(handler), grpc_server)
+    grpc_server.add_insecure_port(grpc_address)
+    await grpc_server.start()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            Starlette(routes=create_agent_card_routes(agent_card)),
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="off",
+        )
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:  # noqa: ASYNC110 - uvicorn offers a flag, not an event
+        await asyncio.sleep(0.01)
+    try:
+        yield Switchable(base, outage)
+    finally:
+        server.should_exit = True
+        await task
+        await grpc_server.stop(grace=None)
