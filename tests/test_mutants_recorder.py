@@ -1,13 +1,22 @@
 """Redelivery through the recorder's own batching (scripts/mutate.py recorder): records replayed
 after a crash, in a later batch or repeated inside one batch, leave the thread, the task and its
 status rows exactly as recording each record once does; a record it cannot read is parked with
-the reason and its source, and recording goes on."""
+the reason and its source, and recording goes on. A store outage on the embedded log (the SQLite
+store locked by another writer) shows in the hub's readiness while it lasts, and a read-your-writes
+wait never says a record stuck behind it is recorded; a wait for a record another instance records
+(looked up in the store) ends soon after the store has it, however long it waited."""
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
+import pytest
+
+from agenthub.hub import envelopes
 from agenthub.hub.config import HubSettings
 from agenthub.hub.log._base import Record
 from agenthub.hub.recording.recorder import record_batch
@@ -70,3 +79,66 @@ async def test_a_record_the_recorder_cannot_read_is_parked_saying_why_and_where_
         thread = await client.get_thread(task.context_id)
         texts = [m.text for m in thread.messages]
         assert (texts[0], texts[-1]) == ("still here", "echo: still here")
+
+
+@pytest.mark.parametrize(("backend", "threads_url"), [("embedded", "sqlite")], indirect=True)
+async def test_a_store_outage_shows_in_readiness_and_no_wait_claims_what_it_holds_back(
+    tmp_path: Path, hub_settings: Callable[..., HubSettings]
+) -> None:
+    """Another writer holds the SQLite store's write lock: the request sent meanwhile is answered
+    (the log has it), but the recorder cannot write it, so the hub's /readyz names the thread store
+    and waiting for the request's record says not recorded; the lock released, readiness is back
+    and the wait says recorded."""
+    async with (
+        Hub(hub_settings(tmp_path)) as hub,
+        Agent("echoer", tools=[echo], model=ScriptedModel(), hub=hub.address),
+        HubClient(hub.address) as client,
+        httpx.AsyncClient(base_url=hub.http_url) as http,
+    ):
+        first = await client.send("echoer", "before")
+        assert (await client.get_thread(first.context_id)).messages[-1].text == "echo: before"
+        inbox = Topics(hub.settings.topic_prefix).inbox("echoer")
+        lock = sqlite3.connect(tmp_path / "threads.db", timeout=30, isolation_level=None)
+        try:
+            lock.execute("BEGIN EXCLUSIVE")
+            held = await client.send("echoer", "while the store is locked")
+            (request,) = [
+                r for r in await delivered(hub.log, inbox) if envelopes.decode(r).task_id == held.id
+            ]
+
+            async def down() -> dict[str, str]:
+                reply = await http.get("/readyz")
+                return dict(reply.json()["down"]) if reply.status_code == 503 else {}
+
+            problems = await eventually(down, timeout=30)
+            assert "thread store" in problems and "locked" in problems["thread store"], problems
+            assert await hub.recorder.wait_recorded(request, timeout=0.5) is False
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+
+        async def ready() -> bool:
+            return (await http.get("/readyz")).status_code == 200
+
+        assert await eventually(ready, timeout=30)
+        assert await hub.recorder.wait_recorded(request, timeout=30) is True
+        thread = await client.get_thread(held.context_id)
+        texts = [m.text for m in thread.messages]
+        assert (texts[0], texts[-1]) == ("while the store is locked", "echo: while the store is locked")
+
+
+async def test_a_wait_for_another_instances_record_ends_once_the_store_has_it(
+    tmp_path: Path, hub_settings: Callable[..., HubSettings]
+) -> None:
+    """A record of a partition this recorder does not record is looked up in the store: not there,
+    the wait says not recorded; recorded four seconds into a six-second wait (as the instance that
+    owns it would), the wait says recorded: it keeps looking often, not ever more rarely."""
+    async with Hub(hub_settings(tmp_path)) as hub:
+        elsewhere = f"{hub.settings.topic_prefix}.another-instance"
+        request = Record(elsewhere, 0, 0, CONTEXT.encode(), conversation()[0].SerializeToString(), 0)
+        assert await hub.recorder.wait_recorded(request, timeout=0.3) is False
+        waiting = asyncio.create_task(hub.recorder.wait_recorded(request, timeout=6.0))
+        await asyncio.sleep(4.0)
+        assert not waiting.done()
+        assert (await record_batch(hub.store, [request]))[0] == 1
+        assert await waiting is True
