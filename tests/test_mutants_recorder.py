@@ -25,6 +25,7 @@ from agenthub.hub.threads.sqlite import SqliteThreadStore
 from agenthub.hub.topics import Topics
 from agenthub.sdk import Agent, HubClient, ScriptedModel
 from tests.conftest import eventually
+from tests.postgres import PostgresCluster
 from tests.test_delivery import echo
 from tests.test_delivery import records as delivered
 from tests.test_projection import CONTEXT, conversation, snapshot
@@ -142,3 +143,24 @@ async def test_a_wait_for_another_instances_record_ends_once_the_store_has_it(
         assert not waiting.done()
         assert (await record_batch(hub.store, [request]))[0] == 1
         assert await waiting is True
+
+
+@pytest.mark.parametrize(
+    ("backend", "threads_url"), [("embedded", "sqlite")], ids=["embedded-own-pg-server"], indirect=True
+)
+async def test_a_wait_that_looks_in_a_store_that_is_down_says_not_recorded(
+    tmp_path: Path, hub_settings: Callable[..., HubSettings]
+) -> None:
+    """The hub's PostgreSQL server (its own, stopped by the test): a wait for another instance's
+    record, which looks the record up in the store, says not recorded at once, never recorded, for
+    the read that follows to report the outage; while the server ran it found a recorded one."""
+    with PostgresCluster() as pg:
+        async with Hub(hub_settings(tmp_path, threads_url=pg.url)) as hub:
+            elsewhere = f"{hub.settings.topic_prefix}.another-instance"
+            request, working, _ = conversation()
+            recorded = Record(elsewhere, 0, 0, CONTEXT.encode(), request.SerializeToString(), 0)
+            assert (await record_batch(hub.store, [recorded]))[0] == 1
+            assert await hub.recorder.wait_recorded(recorded, timeout=30) is True
+            await asyncio.to_thread(pg.stop)
+            held_back = Record(elsewhere, 0, 1, CONTEXT.encode(), working.SerializeToString(), 0)
+            assert await hub.recorder.wait_recorded(held_back, timeout=30) is False
