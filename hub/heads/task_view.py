@@ -16,27 +16,40 @@ from agenthub.sdk.pb.envelope_pb2 import Envelope
 
 
 class TaskView:
-    """One task, built from its envelopes as they are produced and received."""
+    """One task, built from its envelopes as they are produced and received.
+
+    Envelopes are projected only when the task is asked for: a send answered with a message never
+    shows its task, so it pays nothing for it.
+    """
 
     def __init__(self, current: TaskRow | None = None) -> None:
-        self.row = current
+        self._row = current
         self._seen: set[str] = set()
+        self._unprojected: list[tuple[Envelope, Record]] = []
 
     def apply(self, envelope: Envelope, record: Record) -> None:
-        """Project one envelope of this task (again-seen envelopes are ignored, as in the store)."""
-        if envelope.id in self._seen:
-            return
-        self._seen.add(envelope.id)
-        projection = project(envelope, record, self.row, json=False)
-        if projection.task is not None:
-            projection.task.history.extend(projection.statuses)
-            self.row = projection.task
+        """Take one envelope of this task (again-seen envelopes are ignored, as in the store)."""
+        if envelope.id not in self._seen:
+            self._seen.add(envelope.id)
+            self._unprojected.append((envelope, record))
+
+    @property
+    def row(self) -> TaskRow | None:
+        """The task with every envelope taken so far projected, in the order they came."""
+        for envelope, record in self._unprojected:
+            projection = project(envelope, record, self._row, json=False)
+            if projection.task is not None:
+                projection.task.history.extend(projection.statuses)
+                self._row = projection.task
+        self._unprojected.clear()
+        return self._row
 
     def shaped(self, configuration: object) -> Task:
         """The task trimmed as the request's configuration asks (history length, artifacts kept)."""
-        assert self.row is not None, "a view holds its request before it is shown"
+        row = self.row
+        assert row is not None, "a view holds its request before it is shown"
         history = configuration.history_length if configuration.HasField("history_length") else None  # type: ignore[attr-defined]
-        return shaped(self.row.task, history, True)
+        return shaped(row.task, history, True)
 
 
 def shaped(task: Task, history_length: int | None, artifacts: bool) -> Task:
