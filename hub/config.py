@@ -30,6 +30,9 @@ class HubSettings(BaseSettings):
         None,
         description="thread store URL: postgresql://user@host/db or sqlite:///path (default in data_dir)",
     )
+    event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        "auto", description="the hub's event loop: uvloop (faster) or asyncio; auto = uvloop where installed"
+    )
     log: Literal["embedded", "kafka"] = Field(
         "embedded", description="log backend: embedded (SQLite) or kafka"
     )

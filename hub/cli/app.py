@@ -161,7 +161,7 @@ def serve(
             )
             await stop.wait()
 
-    run(main())
+    run(main(), settings.event_loop)
 
 
 @app.command()

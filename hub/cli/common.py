@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+import importlib.util
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, NoReturn
 
 import typer
@@ -23,8 +24,19 @@ def fail(error: BaseException) -> NoReturn:
     raise typer.Exit(status_of(error).exit_code)
 
 
-def run(coro: Coroutine[Any, Any, Any]) -> Any:
+def run(coro: Coroutine[Any, Any, Any], event_loop: str = "asyncio") -> Any:
+    """Run a command's coroutine on the named event loop (`auto`: uvloop where it is installed)."""
     try:
-        return asyncio.run(coro)
+        with asyncio.Runner(loop_factory=loop_factory(event_loop)) as runner:
+            return runner.run(coro)
     except AgentHubError as exc:
         fail(exc)
+
+
+def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop for `uvloop` (and for `auto` where it is installed); None is asyncio's own."""
+    if name == "asyncio" or (name == "auto" and importlib.util.find_spec("uvloop") is None):
+        return None
+    import uvloop
+
+    return uvloop.new_event_loop
