@@ -48,7 +48,7 @@ Setup = Callable[[], contextlib.AbstractAsyncContextManager["Target"]]
 
 @dataclass
 class Target:
-    """What one setup measures: a call, and the hub process it exercises (None for baselines)."""
+    """What one setup measures: a call, and the server process it exercises (a hub, the proxy)."""
 
     call: kit.Call
     pid: int | None = None
@@ -62,6 +62,17 @@ def direct(echo: str) -> Setup:
     async def open_() -> AsyncIterator[Target]:
         async with kit.a2a_caller(echo, [""]) as call:
             yield Target(call)
+
+    return open_
+
+
+def proxied(echo: str) -> Setup:
+    """The same stub through a pass-through A2A proxy: a hub's two gRPC hops, nothing else."""
+
+    @contextlib.asynccontextmanager
+    async def open_() -> AsyncIterator[Target]:
+        async with kit.proxy(echo) as proxy, kit.a2a_caller(proxy.address, [""]) as call:
+            yield Target(call, proxy.pid)
 
     return open_
 
@@ -191,6 +202,7 @@ async def table(args: argparse.Namespace) -> None:
             rows = [
                 Row("direct A2A gRPC hop (the limit)", direct(echo)),
                 Row("raw Kafka, two produce->consume hops", kafka_hops(bootstrap)),
+                Row("a2a-sdk pass-through proxy (two gRPC hops, no log)", proxied(echo)),
                 Row("AgentHub, embedded + SQLite", through_hub(embedded(), echo)),
                 Row("AgentHub, Kafka (Tansu) + SQLite", through_hub(on_kafka(bootstrap), echo)),
                 Row("AgentHub, embedded + PostgreSQL", through_hub(on_postgres(postgres), echo)),
@@ -210,7 +222,7 @@ def print_table(rows: list[Row], args: argparse.Namespace) -> None:
         f"\n{len(kit.PAYLOAD)}-byte text, echo agent, medians of {args.rounds} alternating rounds"
         f" ({args.requests} requests at c=32, {args.requests_c1} at c=1), {os.cpu_count()} cores\n"
     )
-    print("| setup | c=32 msg/s | c=1 p50 | c=32 vs direct | c=1 p50 vs direct | hub CPU per msg |")
+    print("| setup | c=32 msg/s | c=1 p50 | c=32 vs direct | c=1 p50 vs direct | server CPU per msg |")
     print("|---|---|---|---|---|---|")
     for row in rows:
         name = row.name
@@ -219,7 +231,7 @@ def print_table(rows: list[Row], args: argparse.Namespace) -> None:
             f"| {name} | {many[name].rate:,.0f} | {one[name].p50:.2f} ms"
             f" | {many[name].rate / many[limit].rate:.3f} | {one[name].p50 / one[limit].p50:.1f}x | {cpu} |"
         )
-    sqlite, kafka = rows[2].name, rows[3].name
+    sqlite, kafka = rows[3].name, rows[4].name
     print(
         f"\nKafka: hub c=1 p50 {one[kafka].p50:.2f} ms vs two raw hops {one[hops].p50:.2f} ms"
         f" ({one[kafka].p50 - one[hops].p50:+.2f} ms)"

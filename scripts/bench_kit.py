@@ -82,9 +82,26 @@ def _echo(params: SendMessageRequest) -> Message:
     )  # fmt: skip
 
 
-async def serve_echo(port: int) -> None:
+class ProxyHandler(EchoHandler):
+    """Forwards each message to the agent over SendStreamingMessage and answers its final message:
+    the two gRPC hops a hub request makes at least, with nothing logged or recorded."""
+
+    def __init__(self, agent: str) -> None:
+        self._address = agent
+        self._agent: a2a_pb2_grpc.A2AServiceStub | None = None  # made in the server's loop
+
+    async def on_message_send(self, params: SendMessageRequest, context: ServerCallContext) -> Message:
+        if self._agent is None:
+            self._agent = a2a_pb2_grpc.A2AServiceStub(grpc.aio.insecure_channel(self._address))
+        answer = Message()
+        async for event in self._agent.SendStreamingMessage(params, timeout=60):
+            answer = event.message
+        return answer
+
+
+async def serve_a2a(port: int, handler: RequestHandler) -> None:
     server = grpc.aio.server()
-    a2a_pb2_grpc.add_A2AServiceServicer_to_server(GrpcHandler(EchoHandler()), server)
+    a2a_pb2_grpc.add_A2AServiceServicer_to_server(GrpcHandler(handler), server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
     await server.wait_for_termination()
@@ -106,15 +123,43 @@ def process(*argv: str, env: dict[str, str] | None = None) -> Iterator[subproces
 @contextlib.asynccontextmanager
 async def echo_agent() -> AsyncIterator[str]:
     """The echo agent in its own process; yields its address once it listens."""
-    port = free_port()
-    with process(sys.executable, __file__, "--serve-echo", str(port)):
-        address = f"127.0.0.1:{port}"
-        async with grpc.aio.insecure_channel(address) as channel:
-            await asyncio.wait_for(channel.channel_ready(), 30)
+    async with _a2a_server("--serve-echo") as address:
         yield address
 
 
+@contextlib.asynccontextmanager
+async def proxy(agent: str) -> AsyncIterator[RunningProcess]:
+    """A pass-through A2A proxy to `agent` in its own process (see `ProxyHandler`)."""
+    async with _a2a_server("--serve-proxy", agent) as address:
+        yield RunningProcess(address, _served[address])
+
+
+_served: dict[str, int] = {}  # address -> pid of the server process listening there
+
+
+@contextlib.asynccontextmanager
+async def _a2a_server(mode: str, *argv: str) -> AsyncIterator[str]:
+    port = free_port()
+    with process(sys.executable, __file__, mode, str(port), *argv) as child:
+        address = f"127.0.0.1:{port}"
+        _served[address] = child.pid
+        async with grpc.aio.insecure_channel(address) as channel:
+            await asyncio.wait_for(channel.channel_ready(), 30)
+        try:
+            yield address
+        finally:
+            del _served[address]
+
+
 # ---- hubs -------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunningProcess:
+    """A server process: its gRPC address and pid."""
+
+    address: str
+    pid: int
 
 
 @dataclass
@@ -261,5 +306,7 @@ async def idle_cpu_percent(pid: int, seconds: float) -> float:
     return 100 * (cpu_seconds(pid) - before) / (time.monotonic() - began)
 
 
-if __name__ == "__main__" and len(sys.argv) == 3 and sys.argv[1] == "--serve-echo":
-    asyncio.run(serve_echo(int(sys.argv[2])))
+if __name__ == "__main__" and sys.argv[1:2] == ["--serve-echo"]:
+    asyncio.run(serve_a2a(int(sys.argv[2]), EchoHandler()))
+if __name__ == "__main__" and sys.argv[1:2] == ["--serve-proxy"]:
+    asyncio.run(serve_a2a(int(sys.argv[2]), ProxyHandler(sys.argv[3])))
