@@ -241,7 +241,7 @@ class Hub(Lifecycle):
             raise
         log.info(
             "hub started", grpc=self.address, http=self.http_url, tls=self.tls is not None,
-            data_dir=str(self.settings.data_dir),
+            data_dir=str(self.settings.data_dir), event_loop=type(asyncio.get_running_loop()).__module__,
         )  # fmt: skip
 
     async def _start_grpc(self) -> None:

@@ -188,3 +188,36 @@ async def test_serve_mistakes_end_in_one_line(
     ours = [line for line in err.splitlines() if line.startswith("error: ")]
     assert len(ours) == 1 and words in ours[0], err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(("event_loop", "module"), [("auto", "uvloop"), ("asyncio", "asyncio")])
+async def test_serve_runs_on_the_event_loop_it_is_told_and_stops_cleanly(
+    tmp_path: Path, event_loop: str, module: str
+) -> None:
+    port, http_port = free_port(), free_port()
+    argv = ["serve", "--port", str(port), "--http-port", str(http_port), "--data-dir", str(tmp_path)]
+    process = await asyncio.create_subprocess_exec(
+        *AGENTHUB, *argv, env={**os.environ, "AGENTHUB_EVENT_LOOP": event_loop},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        banner = (await asyncio.wait_for(process.stdout.readline(), 60)).decode()
+        assert banner.startswith("hub serving A2A gRPC on 127.0.0.1:"), banner
+        code, out, _ = await agenthub("agents", "list", "--hub", f"127.0.0.1:{port}", "--json")
+        assert code == 0 and json.loads(out) == []
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(process.communicate(), 30)
+    assert process.returncode == 0
+    started = next(line for line in err.decode().splitlines() if "hub started" in line)
+    assert f"event_loop={module}" in started, started
+
+
+async def test_an_unknown_event_loop_is_one_line(tmp_path: Path) -> None:
+    code, _, err = await agenthub_env(
+        {"AGENTHUB_EVENT_LOOP": "trio"}, "serve", "--port", "0", "--data-dir", str(tmp_path)
+    )
+    assert code == 2 and err.strip().splitlines() == [
+        "error: invalid event_loop: Input should be 'auto', 'uvloop' or 'asyncio'"
+    ]
