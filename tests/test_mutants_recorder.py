@@ -1,10 +1,11 @@
 """Redelivery through the recorder's own batching (scripts/mutate.py recorder): records replayed
 after a crash, in a later batch or repeated inside one batch, leave the thread, the task and its
 status rows exactly as recording each record once does; a record it cannot read is parked with
-the reason and its source, and recording goes on. A store outage on the embedded log (the SQLite
-store locked by another writer) shows in the hub's readiness while it lasts, and a read-your-writes
-wait never says a record stuck behind it is recorded; a wait for a record another instance records
-(looked up in the store) ends soon after the store has it, however long it waited."""
+the reason and its source, recording goes on, and a wait for it says recorded. A store outage on
+the embedded log (the SQLite store locked by another writer) shows in the hub's readiness while it
+lasts, and a read-your-writes wait never says a record stuck behind it is recorded, nor one it
+looks up in a store that is down (PostgreSQL stopped); a wait for a record another instance
+records (looked up in the store) ends soon after the store has it, however long it waited."""
 
 from __future__ import annotations
 
@@ -76,6 +77,8 @@ async def test_a_record_the_recorder_cannot_read_is_parked_saying_why_and_where_
         kept = await eventually(parked)
         assert kept is not None and (kept.value, kept.key) == (garbage.value, b"ctx")
         assert dict(kept.headers)["agenthub-error"].startswith(b"not an envelope")
+        # recording went past it: a wait for it says recorded (it never looks for it in the store)
+        assert await hub.recorder.wait_recorded(garbage, timeout=5) is True
         task = await client.send("echoer", "still here")  # the recorder goes on recording
         thread = await client.get_thread(task.context_id)
         texts = [m.text for m in thread.messages]
