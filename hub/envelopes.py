@@ -26,6 +26,12 @@ def derived_id(parent: str, name: str) -> str:
     return str(uuid.uuid5(uuid.UUID(parent), name))
 
 
+def seconds_of(stamp: Timestamp) -> float:
+    """A timestamp as seconds since the epoch, to the microsecond (what the thread store keeps).
+    Not `ToDatetime().timestamp()`: that reads the naive UTC datetime as local time."""
+    return (stamp.seconds * 1_000_000 + stamp.nanos // 1000) / 1_000_000
+
+
 def now() -> Timestamp:
     stamp = Timestamp()
     stamp.GetCurrentTime()

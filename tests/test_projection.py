@@ -5,8 +5,10 @@ streamed artifact chunks are joined as A2A says, and big binaries are kept by re
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
+import pytest
 from a2a.types import (
     Artifact,
     Message,
@@ -156,3 +158,24 @@ async def test_big_binary_parts_are_marked_in_the_thread_and_whole_in_the_task(t
     assert row.text == f"[file a.bin, application/octet-stream: {len(raw)} bytes]"
     (part,) = json.loads(row.artifact_json)["parts"]
     assert "raw" not in part and part["metadata"][content.OMITTED]["bytes"] == len(raw)
+
+
+def test_recorded_times_are_epoch_seconds_in_any_time_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hub on a host set to New York records the same instants as one on UTC (a naive UTC
+    datetime read as local time would move every message and task by the zone's offset)."""
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        request, working, _ = conversation()
+        record = Record("t", 0, 0, CONTEXT.encode(), request.SerializeToString(), 0)
+        opened = project(request, record, None)
+        assert opened.messages[0].created_at == 1_800_000_000.0
+        assert opened.task is not None and opened.task.created_at == 1_800_000_000.0
+        status = project(working, record, opened.task).statuses[0]
+        assert status.at == 1_800_000_001.0
+        fresh = envelopes.make(Kind.KIND_REQUEST, SendMessageRequest(message=Message(message_id="m")))
+        row = project(fresh, record, None).messages[0]
+        assert abs(row.created_at - time.time()) < 60
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()

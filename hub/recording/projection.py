@@ -34,7 +34,7 @@ def _project_request(envelope: Envelope, record: Record, current: TaskRow | None
     message.CopyFrom(request.message)
     message.task_id, message.context_id = envelope.task_id, envelope.context_id
     out.messages.append(_row(envelope, record, message, out))
-    at = envelope.created_at.ToDatetime().timestamp()
+    at = envelopes.seconds_of(envelope.created_at)
     task = current or _new_task(envelope, at)
     history = task.task.history
     if not any(m.message_id == message.message_id for m in history):
@@ -62,7 +62,7 @@ def _project_request(envelope: Envelope, record: Record, current: TaskRow | None
 
 def _project_event(envelope: Envelope, record: Record, current: TaskRow | None, out: Projection) -> None:
     event = envelopes.unpack(envelope, StreamResponse)
-    at = envelope.created_at.ToDatetime().timestamp()
+    at = envelopes.seconds_of(envelope.created_at)
     task = current or _new_task(envelope, at, agent=envelope.sender)
     task_events.keep_agent_ids(task.task, envelope.agent_task_id, envelope.agent_context_id)
     kind = event.WhichOneof("payload")
@@ -99,7 +99,7 @@ def _apply_status(
         status.timestamp.ToNanoseconds() >= current.timestamp.ToNanoseconds()
     ):  # an older status recorded late never overwrites a newer one
         current.CopyFrom(status)
-    at = status.timestamp.ToDatetime().timestamp() if status.HasField("timestamp") else task.updated_at
+    at = envelopes.seconds_of(status.timestamp) if status.HasField("timestamp") else task.updated_at
     out.statuses.append(StatusRow(task.task_id, TaskState.Name(status.state), text, at))
 
 
@@ -139,8 +139,8 @@ def _apply_artifact(
             name=joined.name,
             text=content.artifact_text(joined),
             artifact_json=content.kept_json(joined) if out.json else "",
-            created_at=envelope.created_at.ToDatetime().timestamp(),
-            updated_at=envelope.created_at.ToDatetime().timestamp(),
+            created_at=envelopes.seconds_of(envelope.created_at),
+            updated_at=envelopes.seconds_of(envelope.created_at),
             topic=record.topic,
             partition=record.partition,
             offset=record.offset,
@@ -178,7 +178,7 @@ def _row(envelope: Envelope, record: Record, message: Message, out: Projection) 
         role="agent" if message.role == Role.ROLE_AGENT else "user",
         text=content.message_text(message),
         message_json=content.kept_json(message) if out.json else "",
-        created_at=envelope.created_at.ToDatetime().timestamp(),
+        created_at=envelopes.seconds_of(envelope.created_at),
         topic=record.topic,
         partition=record.partition,
         offset=record.offset,
