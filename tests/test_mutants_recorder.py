@@ -92,7 +92,8 @@ async def test_a_store_outage_shows_in_readiness_and_no_wait_claims_what_it_hold
     """Another writer holds the SQLite store's write lock: the request sent meanwhile is answered
     (the log has it), but the recorder cannot write it, so the hub's /readyz names the thread store
     and waiting for the request's record says not recorded; the lock released, readiness is back
-    and the wait says recorded."""
+    and the wait says recorded, as does a wait begun during the outage for a record the recorder
+    parks (it waits for recording to go past it, never looks for it in the store)."""
     async with (
         Hub(hub_settings(tmp_path)) as hub,
         Agent("echoer", tools=[echo], model=ScriptedModel(), hub=hub.address),
@@ -117,6 +118,11 @@ async def test_a_store_outage_shows_in_readiness_and_no_wait_claims_what_it_hold
             problems = await eventually(down, timeout=30)
             assert "thread store" in problems and "locked" in problems["thread store"], problems
             assert await hub.recorder.wait_recorded(request, timeout=0.5) is False
+            # a record it will park, behind the outage: waited for as recording goes, not in the store
+            garbage = await hub.log.produce(inbox, b"\xff\x00 not an envelope", key=b"ctx")
+            parked = asyncio.create_task(hub.recorder.wait_recorded(garbage, timeout=60))
+            await asyncio.sleep(0.2)
+            assert not parked.done()
         finally:
             lock.execute("ROLLBACK")
             lock.close()
@@ -126,6 +132,7 @@ async def test_a_store_outage_shows_in_readiness_and_no_wait_claims_what_it_hold
 
         assert await eventually(ready, timeout=30)
         assert await hub.recorder.wait_recorded(request, timeout=30) is True
+        assert await parked is True
         thread = await client.get_thread(held.context_id)
         texts = [m.text for m in thread.messages]
         assert (texts[0], texts[-1]) == ("while the store is locked", "echo: while the store is locked")
