@@ -122,3 +122,26 @@ async def test_follow_up_in_same_context(hub, client):
     assert second.context_id == first.context_id and second.id != first.id
     thread = await client.get_thread(first.context_id)
     assert [m.text for m in thread.messages if m.sender == "user"] == ["1 + 1", "2 + 3"]
+
+
+async def test_a_sends_answer_is_what_get_task_returns_right_after(hub, client):
+    """The answer comes from the log, before the recorder writes the store; a read right after the
+    send still returns that very task (read-your-writes), field for field, on every binding shape."""
+    a2a = await stock_client(hub, "calculator", streaming=False)
+    for _ in range(3):
+        (response,) = await collect(a2a, question("What is 2 + 3?"))
+        answered = response.task
+        assert answered.status.state == TaskState.TASK_STATE_COMPLETED
+        fetched = await a2a.get_task(GetTaskRequest(id=answered.id))
+        assert fetched == answered
+        listed = await a2a.list_tasks(ListTasksRequest(context_id=answered.context_id))
+        assert [t.id for t in listed.tasks] == [answered.id]
+        assert listed.tasks[0].status == answered.status
+    streamed = await stock_client(hub, "calculator", streaming=True)
+    events = await collect(streamed, question("What is 4 + 5?"))
+    last = events[-1].status_update if events[-1].HasField("status_update") else None
+    assert last is not None and last.status.state == TaskState.TASK_STATE_COMPLETED
+    fetched = await streamed.get_task(GetTaskRequest(id=last.task_id))
+    assert fetched.status == last.status
+    await a2a.close()
+    await streamed.close()
