@@ -5,7 +5,9 @@ the reason and its source, recording goes on, and a wait for it says recorded. A
 the embedded log (the SQLite store locked by another writer) shows in the hub's readiness while it
 lasts, and a read-your-writes wait never says a record stuck behind it is recorded, nor one it
 looks up in a store that is down (PostgreSQL stopped); a wait for a record another instance
-records (looked up in the store) ends soon after the store has it, however long it waited."""
+records (looked up in the store) ends soon after the store has it, however long it waited. A read
+while the store is stuck, before readiness says so, answers what the store holds once its bounded
+wait for recording is over, never an internal error."""
 
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from tests.postgres import PostgresCluster
 from tests.test_delivery import echo
 from tests.test_delivery import records as delivered
 from tests.test_projection import CONTEXT, conversation, snapshot
+from tests.test_promises_routing import submit
 
 
 def records() -> list[Record]:
@@ -174,3 +177,29 @@ async def test_a_wait_that_looks_in_a_store_that_is_down_says_not_recorded(
             await asyncio.to_thread(pg.stop)
             held_back = Record(elsewhere, 0, 1, CONTEXT.encode(), working.SerializeToString(), 0)
             assert await hub.recorder.wait_recorded(held_back, timeout=30) is False
+
+
+@pytest.mark.parametrize(("backend", "threads_url"), [("embedded", "sqlite")], indirect=True)
+async def test_a_read_while_the_store_is_stuck_answers_what_it_holds(
+    tmp_path: Path, hub_settings: Callable[..., HubSettings]
+) -> None:
+    """The store's write lock is held by another writer and a send's records cannot be written: a
+    thread read waits for recording only as long as its bound, then answers the thread as the store
+    has it (the earlier turn), as the read-your-writes wait promises, instead of an internal error."""
+    async with (
+        Hub(hub_settings(tmp_path)) as hub,
+        HubClient(hub.address) as client,
+    ):
+        async with Agent("echoer", tools=[echo], model=ScriptedModel(), hub=hub.address):
+            first = await client.send("echoer", "before")
+        before = [m.text for m in (await client.get_thread(first.context_id)).messages]
+        assert (before[0], before[-1]) == ("before", "echo: before")
+        lock = sqlite3.connect(tmp_path / "threads.db", timeout=30, isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")
+        try:
+            await submit(client, "echoer", "while the store is locked")  # its agent is gone: it waits
+            thread = await client.get_thread(first.context_id)
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+        assert [m.text for m in thread.messages] == before

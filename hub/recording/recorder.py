@@ -12,6 +12,7 @@ reads that need read-your-writes call `settle()` for their task only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -113,10 +114,11 @@ class Recorder(Lifecycle):
         newest of each partition, kept as they come, so a read does not walk every task."""
         if self._readiness.is_down("thread store"):
             return
-        async with asyncio.timeout(timeout):
-            for tp, record in list(self._latest.items()):
-                if await self.wait_recorded(record, timeout) and self._latest.get(tp) is record:
-                    del self._latest[tp]
+        with contextlib.suppress(TimeoutError):  # bounded: the read that follows may be stale
+            async with asyncio.timeout(timeout):
+                for tp, record in list(self._latest.items()):
+                    if await self.wait_recorded(record, timeout) and self._latest.get(tp) is record:
+                        del self._latest[tp]
 
     def _is_recorded(self, record: Record) -> bool:
         return self._recorded.get(record.tp, 0) > record.offset
