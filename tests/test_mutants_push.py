@@ -3,10 +3,14 @@ compacted table it follows configs with): a hub instance that starts on a log ho
 knows every one of them once its start returns, so the first update it reads for a task is sent to
 the task's webhooks (the table waits until it has read up to the topic's end, not until it has read
 nothing); the notifier commits what its webhooks are done with while the hub runs, not only when it
-stops, so a hub that dies re-sends only what was not delivered (its group's lag is 0 once idle)."""
+stops, so a hub that dies re-sends only what was not delivered (its group's lag is 0 once idle);
+and when it stops, it commits what it delivered since its last periodic commit."""
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
 from a2a.types import TaskPushNotificationConfig, a2a_pb2_grpc
 
 from agenthub.hub.outbound import OutboundPolicy
@@ -69,3 +73,29 @@ async def test_delivered_updates_are_committed_while_the_hub_runs(hub: Hub, clie
             )
 
         assert await eventually(committed, timeout=10), "the notifier never committed what it delivered"
+
+
+@pytest.mark.parametrize(("backend", "threads_url"), [("embedded", "sqlite")], indirect=True)
+async def test_a_notifier_stopped_right_after_a_delivery_commits_it(hub: Hub, client: HubClient) -> None:
+    """The notifier stopped moments after its webhook took a task's last update, before its next
+    periodic commit: what it delivered is committed at the stop (its group has no lag), so the next
+    start sends none of it again."""
+    topics = Topics(hub.settings.topic_prefix)
+    async with webhook() as hook, held_agent(hub) as gate:
+        stub = a2a_pb2_grpc.A2AServiceStub(client.channel)
+        gate.set()
+        task = (await stub.SendMessage(send_with_push("held", "once", hook.url))).task
+        await hook.completed(task.id, timeout=30)
+        attempts = len(hook.received)
+
+        async def recorded() -> bool:  # every POST's attempt is in the log before it counts as done
+            return sum((await hub.log.end_offsets(topics.push_attempts)).values()) >= attempts
+
+        assert await eventually(recorded, timeout=10, interval=0.002)
+        await asyncio.sleep(0.01)  # the delivery is done; the periodic commit is up to 100 ms away
+        await hub.notifier.stop()
+        ends = await hub.log.end_offsets(hub.replies.topic)
+        committed = (await hub.log.group_offsets([hub.replies.topic], topics.notifier_group)).get(
+            topics.notifier_group, {}
+        )
+        assert {tp.partition: o for tp, o in committed.items()} == {p: e for p, e in ends.items() if e}
