@@ -143,6 +143,7 @@ async def _outage(
             await load.settle(90)
             load.dump(rig.workdir / "requests.jsonl", fault_at)
         await wait_serving(hub.address, 60)  # a loaded machine (CI's other worker) can take a while
+        await watch.saw_serving_after(repaired_at)
     backend, ledger = _backend(rig.settings), rig.agent.ledger
     figures = await count(drill, backend, *loads, ledger=ledger, repaired_at=repaired_at)
     readings, notes = watch.readings, figures.notes

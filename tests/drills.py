@@ -255,10 +255,20 @@ class Watch:
         self.interval = interval
         self.readings = Readings()
         self._task: asyncio.Task[None] | None = None
+        self._polled = asyncio.Event()  # set after each health reading
 
     async def __aenter__(self) -> Watch:
         self._task = asyncio.create_task(self._poll())
         return self
+
+    async def saw_serving_after(self, moment: float, timeout: float = 60.0) -> None:
+        """Return once a poll has read SERVING after `moment` (bounded): the hub may say it is ready
+        to another client before one of these polls, which under load can take seconds each."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while self.readings.first_serving_after(moment) is None:
+                    self._polled.clear()
+                    await self._polled.wait()
 
     async def __aexit__(self, *exc: object) -> None:
         if self._task is not None:
@@ -271,6 +281,7 @@ class Watch:
             while True:
                 now = time.monotonic()
                 self.readings.health.append((now, await health_state(channel)))
+                self._polled.set()
                 self.readings.readyz.append((now, *await readyz(http, self.http_url)))
                 if self.load is not None:
                     await self._probe_get_task(channel, now)
