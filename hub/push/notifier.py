@@ -251,7 +251,7 @@ class Notifier(Lifecycle):
         """Wake at the commit interval while updates are in flight or uncommitted (or fetching is
         paused); otherwise there is nothing to do until a record comes."""
         busy = self._paused or not self._tracker.settled
-        return self._commit_interval_ms if busy else self._log.idle_wait_ms
+        return min(self._commit_interval_ms, self._log.idle_wait_ms) if busy else self._log.idle_wait_ms
 
     def _take(self, record: Record) -> None:
         """Queue one record's update for each webhook of its task (none: it is done at once)."""
