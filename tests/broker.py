@@ -16,8 +16,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 import httpx
 
@@ -161,3 +161,19 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             writer.write(data)
             await writer.drain()
     writer.transport.abort()
+
+
+@asynccontextmanager
+async def behind_a_link() -> AsyncIterator[Link]:
+    """An in-memory Tansu that clients reach only through a `Link` (its `address` is the bootstrap),
+    so a test can cut the broker off and restore it; both are gone at the end."""
+    broker = Tansu()
+    link = Link(broker.address)
+    broker.advertise = link.address
+    await asyncio.to_thread(broker.start)
+    await link.restore()
+    try:
+        yield link
+    finally:
+        await link.cut()
+        broker.kill()

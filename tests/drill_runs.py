@@ -31,7 +31,7 @@ from agenthub.hub.log._base import Log, Record, TopicPartition
 from agenthub.hub.server import Hub, free_port
 from agenthub.hub.topics import Topics
 from agenthub.sdk import AgentHubError, HubClient
-from tests.broker import Link, Tansu, s3_storage
+from tests.broker import Tansu, behind_a_link, s3_storage
 from tests.conftest import eventually
 from tests.drills import (
     Figures,
@@ -230,16 +230,8 @@ async def _broker(mode: str) -> AsyncIterator[tuple[str, Step, Step]]:
             finally:
                 broker.kill()
         return
-    broker = Tansu()
-    link = Link(broker.address)
-    broker.advertise = link.address
-    await asyncio.to_thread(broker.start)
-    await link.restore()
-    try:
+    async with behind_a_link() as link:
         yield link.address, link.cut, link.restore
-    finally:
-        await link.cut()
-        broker.kill()
 
 
 async def broker_outage(

@@ -39,7 +39,7 @@ from agenthub.sdk.pb import operator_pb2_grpc, registry_pb2_grpc, threads_pb2_gr
 from agenthub.sdk.pb import registry_pb2 as reg
 from agenthub.sdk.pb import threads_pb2 as thr
 from agenthub.sdk.pb import trust_pb2 as tr
-from tests.broker import Link, Tansu
+from tests.broker import behind_a_link
 from tests.conftest import eventually
 from tests.plain_agent import PlainEcho, serve_plain_agent
 from tests.scripted import calculator_model, triage_model
@@ -524,12 +524,7 @@ async def test_a_refusal_the_log_cannot_audit_is_unavailable_and_the_gate_recove
     """The broker is cut while keys are in use: a bad key, which must be audited before it is
     refused, is answered UNAVAILABLE within produce_timeout_s (not INTERNAL, not a hang) on gRPC and
     HTTP; a good key still works; once the broker is back the refusal is audited again."""
-    broker = Tansu()
-    link = Link(broker.address)
-    broker.advertise = link.address
-    await asyncio.to_thread(broker.start)
-    await link.restore()
-    try:
+    async with behind_a_link() as link:
         settings = hub_settings(tmp_path / "hub", auth=True, bootstrap=link.address, produce_timeout_s=1.0)
         async with Hub(settings) as hub:
             _, alice = await hub.gate.keys.create("alice", "user")
@@ -550,6 +545,3 @@ async def test_a_refusal_the_log_cannot_audit_is_unavailable_and_the_gate_recove
                 return code == UNAUTH
 
             assert await eventually(audited, timeout=60, interval=0.5)
-    finally:
-        await link.cut()
-        broker.kill()
