@@ -128,6 +128,7 @@ def _apply_artifact(
     """Add an artifact to the task, or replace (or extend, when `append`: A2A's streamed chunks) the
     one with the same id; the thread gets the artifact as it now stands."""
     joined = _joined(task.task, artifact, append)
+    at = envelopes.seconds_of(envelope.created_at)
     out.artifacts.append(
         ArtifactRow(
             task_id=task.task_id,
@@ -139,8 +140,8 @@ def _apply_artifact(
             name=joined.name,
             text=content.artifact_text(joined),
             artifact_json=content.kept_json(joined) if out.json else "",
-            created_at=envelopes.seconds_of(envelope.created_at),
-            updated_at=envelopes.seconds_of(envelope.created_at),
+            created_at=at,
+            updated_at=at,
             topic=record.topic,
             partition=record.partition,
             offset=record.offset,
