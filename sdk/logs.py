@@ -74,6 +74,19 @@ class RedactingFormatter(logging.Formatter):
         return redact_text(super().format(record))
 
 
+class ClientMistakesInOneLine(logging.Filter):
+    """a2a-sdk logs a request whose params do not parse with a whole traceback: that is the caller's
+    mistake, already answered with its error code, so it becomes one warning line saying why."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.getMessage() == "Failed to parse request params":
+            error = record.exc_info[1]
+            record.msg, record.args = f"a request's params did not parse: {error}", ()
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info = record.exc_text = None
+        return True
+
+
 def configure_logging(*, json: bool = False, level: str = "INFO") -> None:
     """Route structlog (and stdlib logging) to stderr, as console lines or JSON lines, redacted."""
     renderer: structlog.types.Processor = (
@@ -99,3 +112,6 @@ def configure_logging(*, json: bool = False, level: str = "INFO") -> None:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     for handler in set(root.handlers) - before:  # ours only; a host app's handlers stay its own
         handler.setFormatter(RedactingFormatter(logging.BASIC_FORMAT))
+    dispatcher = logging.getLogger("a2a.server.routes.jsonrpc_dispatcher")
+    if not any(isinstance(f, ClientMistakesInOneLine) for f in dispatcher.filters):
+        dispatcher.addFilter(ClientMistakesInOneLine())

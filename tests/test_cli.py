@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from agenthub.hub.server import Hub, free_port
@@ -191,7 +192,7 @@ async def test_serve_mistakes_end_in_one_line(
 
 
 @pytest.mark.parametrize(("event_loop", "module"), [("auto", "uvloop"), ("asyncio", "asyncio")])
-async def test_serve_runs_on_the_event_loop_it_is_told_and_stops_cleanly(
+async def test_serve_runs_on_its_event_loop_logs_client_mistakes_in_a_line_and_stops_cleanly(
     tmp_path: Path, event_loop: str, module: str
 ) -> None:
     port, http_port = free_port(), free_port()
@@ -206,12 +207,18 @@ async def test_serve_runs_on_the_event_loop_it_is_told_and_stops_cleanly(
         assert banner.startswith("hub serving A2A gRPC on 127.0.0.1:"), banner
         code, out, _ = await agenthub("agents", "list", "--hub", f"127.0.0.1:{port}", "--json")
         assert code == 0 and json.loads(out) == []
+        bad = b'{"jsonrpc": "2.0", "id": 1, "method": "SendMessage", "params": {"message": 7}}'
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}") as http:
+            reply = await http.post("/agents/x/", content=bad, headers={"content-type": "application/json"})
+        assert reply.json()["error"]["code"] == -32602  # the caller's mistake, answered as such
     finally:
         process.send_signal(signal.SIGTERM)
         _, err = await asyncio.wait_for(process.communicate(), 30)
     assert process.returncode == 0
     started = next(line for line in err.decode().splitlines() if "hub started" in line)
     assert f"event_loop={module}" in started, started
+    assert "Traceback" not in err.decode()  # a client's malformed params are one warning line
+    assert "a request's params did not parse" in err.decode()
 
 
 async def test_an_unknown_event_loop_is_one_line(tmp_path: Path) -> None:
