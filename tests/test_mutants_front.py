@@ -11,6 +11,7 @@ from a2a.types import TaskState, a2a_pb2_grpc
 
 from agenthub.hub.server import Hub
 from agenthub.sdk import HubClient
+from tests.conftest import eventually
 from tests.test_failures import send_request
 from tests.test_promises_routing import Gate, gated_agent, state_becomes, submit, until
 
@@ -62,5 +63,13 @@ async def test_a_follow_up_naming_its_task_continues_it_in_the_tasks_context(
         assert (accepted.task.id, accepted.task.context_id) == (task.id, task.context_id)
         gate.open()
         assert await until(lambda: gate.started == ["long", "more"])
-        done = await state_becomes(client, "gated", task.id, TaskState.TASK_STATE_COMPLETED)
-        assert done.status.message.parts[0].text == "held: more"
+
+        async def more_answered() -> bool:
+            # Until the follow-up's first status is recorded, the task still shows the first turn's end.
+            parts = (await client.get_task("gated", task.id)).status.message.parts
+            return bool(parts) and parts[0].text == "held: more"
+
+        assert await eventually(more_answered, timeout=30), "the follow-up never became the task's status"
+        done = await client.get_task("gated", task.id)
+        assert done.status.state == TaskState.TASK_STATE_COMPLETED
+        assert done.context_id == task.context_id
