@@ -353,7 +353,9 @@ SinceOpt = Annotated[str, typer.Option(help="only threads active in the last DUR
 FromOpt = Annotated[str, typer.Option("--from", help="only threads active at or after this ISO time")]
 ToOpt = Annotated[str, typer.Option("--to", help="only threads active before this ISO time")]
 AgentOpt = Annotated[str, typer.Option(help="only threads involving this agent")]
-SearchOpt = Annotated[str, typer.Option("--search", help="only threads with a message containing this text")]
+SearchOpt = Annotated[
+    str, typer.Option("--search", help="only threads with a message or artifact containing this text")
+]
 
 
 def thread_filter(

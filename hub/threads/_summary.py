@@ -93,11 +93,15 @@ def listing_sql(where: ThreadFilter) -> tuple[str, list[Any]]:
         clauses.append("context_id IN (SELECT context_id FROM tasks WHERE state = ?)")
         params.append(where.state)
     if where.text:
+        # A message or an artifact: an agent that answers with artifacts says it in no message.
         clauses.append(
-            "EXISTS (SELECT 1 FROM messages m WHERE m.context_id = threads.context_id"
+            "(EXISTS (SELECT 1 FROM messages m WHERE m.context_id = threads.context_id"
             " AND LOWER(m.text) LIKE ? ESCAPE '\\')"
+            " OR EXISTS (SELECT 1 FROM artifacts a WHERE a.context_id = threads.context_id"
+            " AND LOWER(a.text) LIKE ? ESCAPE '\\'))"
         )
-        params.append(f"%{_like_literal(where.text.lower())}%")
+        pattern = f"%{_like_literal(where.text.lower())}%"
+        params += [pattern, pattern]
     if where.since is not None:
         clauses.append("updated_at >= ?")
         params.append(where.since)
