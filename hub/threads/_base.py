@@ -125,7 +125,7 @@ class ThreadFilter:
 
     agent: str | None = None  # threads in which this agent sent or received a message
     state: str | None = None  # threads with a task in this state (e.g. "TASK_STATE_FAILED")
-    text: str | None = None  # threads with a message containing this text (case-insensitive)
+    text: str | None = None  # a message or artifact of the thread contains it (any case)
     since: float | None = None  # last activity at or after (epoch seconds)
     until: float | None = None  # last activity before (epoch seconds)
 
