@@ -32,14 +32,9 @@ def resolve_key(explicit: str | None = None) -> str | None:
         return None
 
 
-class BearerAuth(
-    grpc.aio.UnaryUnaryClientInterceptor,
-    grpc.aio.UnaryStreamClientInterceptor,
-    grpc.aio.StreamUnaryClientInterceptor,
-    grpc.aio.StreamStreamClientInterceptor,
-):
-    """Adds `authorization: Bearer <key>` to every call of a channel (gRPC call credentials need
-    TLS; metadata works on any channel, as the hub's loopback default)."""
+class _Bearer:
+    """Adds `authorization: Bearer <key>` to a call's metadata (gRPC call credentials need TLS;
+    metadata works on any channel, as the hub's loopback default)."""
 
     def __init__(self, key: str) -> None:
         self._pair = ("authorization", f"Bearer {key}")
@@ -49,25 +44,41 @@ class BearerAuth(
         metadata.add(*self._pair)
         return details._replace(metadata=metadata)  # type: ignore[attr-defined, no-any-return]
 
+
+class _UnaryUnaryBearer(_Bearer, grpc.aio.UnaryUnaryClientInterceptor):
     async def intercept_unary_unary(
         self, continuation: Callable[..., Any], details: Any, request: Any
     ) -> Any:
         return await continuation(self._with_key(details), request)
 
+
+class _UnaryStreamBearer(_Bearer, grpc.aio.UnaryStreamClientInterceptor):
     async def intercept_unary_stream(
         self, continuation: Callable[..., Any], details: Any, request: Any
     ) -> Any:
         return await continuation(self._with_key(details), request)
 
+
+class _StreamUnaryBearer(_Bearer, grpc.aio.StreamUnaryClientInterceptor):
     async def intercept_stream_unary(
         self, continuation: Callable[..., Any], details: Any, requests: Any
     ) -> Any:
         return await continuation(self._with_key(details), requests)
 
+
+class _StreamStreamBearer(_Bearer, grpc.aio.StreamStreamClientInterceptor):
     async def intercept_stream_stream(
         self, continuation: Callable[..., Any], details: Any, requests: Any
     ) -> Any:
         return await continuation(self._with_key(details), requests)
+
+
+def bearer_auth(key: str) -> list[grpc.aio.ClientInterceptor]:
+    """Interceptors that send `key` with every call of a channel: one per kind of call, because
+    grpc.aio files an interceptor under the first kind it implements only (one class implementing
+    all four sent the key with unary calls alone; every streaming call went without it)."""
+    kinds = (_UnaryUnaryBearer, _UnaryStreamBearer, _StreamUnaryBearer, _StreamStreamBearer)
+    return [kind(key) for kind in kinds]
 
 
 @dataclass(frozen=True)
@@ -113,7 +124,7 @@ def hub_channel(address: str, key: str | None, tls: ClientTls | None = None) -> 
     """A channel to a hub that sends `key` with every call (none: calls go without credentials),
     over TLS when `tls` (default: `resolve_tls()`, from the environment) says so."""
     tls = tls if tls is not None else resolve_tls()
-    interceptors = [BearerAuth(key)] if key else None
+    interceptors = bearer_auth(key) if key else None
     if not tls.enabled:
         return grpc.aio.insecure_channel(address, interceptors=interceptors)
     return grpc.aio.secure_channel(address, tls.credentials(), interceptors=interceptors)

@@ -545,3 +545,34 @@ async def test_a_refusal_the_log_cannot_audit_is_unavailable_and_the_gate_recove
                 return code == UNAUTH
 
             assert await eventually(audited, timeout=60, interval=0.5)
+
+
+async def test_the_sdk_and_cli_send_their_key_with_streaming_calls_too(secured: Secured) -> None:
+    """HubClient and the CLI authenticate every call, streams included: a streamed send, a
+    replay and a thread export with a key are served (each was UNAUTHENTICATED when the key went
+    with unary calls only), and the same commands without a key are refused with exit 6."""
+    hub, keys = secured.hub, secured.keys
+    async with HubClient(hub.address, key=keys["alice"]) as alice:
+        events = [event async for event in alice.stream("calculator", "What is 2 + 3?")]
+    final = events[-1].status_update.status
+    assert final.state == TaskState.TASK_STATE_COMPLETED
+    assert final.message.parts[0].text == "2 + 3 = 5"
+    context = events[-1].status_update.context_id
+
+    alice_env = {"AGENTHUB_KEY": keys["alice"]}
+    code, out, err = await agenthub_env(alice_env, "send", "calculator", "What is 4 + 4?", "--stream",
+                                        "--hub", hub.address)  # fmt: skip
+    assert (code, err) == (0, ""), err
+    assert "[completed] 4 + 4 = 8" in out.splitlines()
+    code, out, err = await agenthub_env(alice_env, "threads", "export", context, "--hub", hub.address)
+    assert code == 0, err
+    assert {json.loads(line)["envelope"]["context_id"] for line in out.splitlines()} == {context}
+    code, out, err = await agenthub_env({"AGENTHUB_KEY": keys["ops"]}, "replay", "--thread", context,
+                                        "--kind", "request", "--hub", hub.address)  # fmt: skip
+    assert code == 0, err
+    (request,) = [json.loads(line) for line in out.splitlines()]
+    assert request["envelope"]["context_id"] == context
+
+    for command in (["send", "calculator", "1 + 1", "--stream"], ["replay", "--kind", "request"]):
+        code, _, err = await agenthub(*command, "--hub", hub.address)
+        assert code == 6 and err.startswith("error: authentication required"), (command, err)
