@@ -1,5 +1,6 @@
 """An SDK agent's A2A server side: a thin `RequestHandler` over `Agent.handle`, and the port it
-listens on (plain text, or TLS when AGENTHUB_AGENT_TLS_CERT and AGENTHUB_AGENT_TLS_KEY are set).
+listens on (plain text, or TLS when AGENTHUB_AGENT_TLS_CERT and AGENTHUB_AGENT_TLS_KEY are set; with
+AGENTHUB_AGENT_TLS_CLIENT_CA too, only callers with a client certificate from that CA, such as the hub).
 
 Deliberately not a2a-sdk's `DefaultRequestHandler` (task manager, event queues, in-memory store):
 on these machines it caps a server at a sixth of the rate (DESIGN.md). The hub keeps the real
@@ -52,31 +53,47 @@ AgentEvent = Task | Message | TaskStatusUpdateEvent | TaskArtifactUpdateEvent
 @dataclass(frozen=True)
 class ServingTls:
     """The PEM certificate and key an agent serves A2A gRPC with; its card then says `https://`,
-    which is how the hub knows to call it over TLS."""
+    which is how the hub knows to call it over TLS. With `client_ca`, a client certificate chaining
+    to that CA is required (mTLS): only the hub, presenting its AGENTHUB_TLS_CLIENT_CERT, gets in."""
 
     cert: Path
     key: Path
+    client_ca: Path | None = None
 
     @classmethod
     def from_env(cls) -> ServingTls | None:
-        """From $AGENTHUB_AGENT_TLS_CERT and $AGENTHUB_AGENT_TLS_KEY; None (plain text) when unset."""
+        """From $AGENTHUB_AGENT_TLS_CERT, $AGENTHUB_AGENT_TLS_KEY and $AGENTHUB_AGENT_TLS_CLIENT_CA;
+        None (plain text) when unset."""
         cert, key = os.environ.get("AGENTHUB_AGENT_TLS_CERT"), os.environ.get("AGENTHUB_AGENT_TLS_KEY")
+        client_ca = os.environ.get("AGENTHUB_AGENT_TLS_CLIENT_CA") or None
         if not cert and not key:
+            if client_ca:
+                raise ConfigError(
+                    "AGENTHUB_AGENT_TLS_CLIENT_CA needs AGENTHUB_AGENT_TLS_CERT and AGENTHUB_AGENT_TLS_KEY"
+                )
             return None
         if not cert or not key:
             raise ConfigError("AGENTHUB_AGENT_TLS_CERT and AGENTHUB_AGENT_TLS_KEY go together")
-        return cls(Path(cert), Path(key))
+        return cls(Path(cert), Path(key), Path(client_ca) if client_ca else None)
 
 
 def listen(server: grpc.aio.Server, address: str, tls: ServingTls | None) -> int:
-    """Bind `address` for A2A gRPC, over TLS only when `tls` is given; the port bound."""
+    """Bind `address` for A2A gRPC, over TLS only when `tls` is given (requiring a client
+    certificate from its client CA when it has one); the port bound."""
     if tls is None:
         return server.add_insecure_port(address)
     try:
         pair = (tls.key.read_bytes(), tls.cert.read_bytes())
     except OSError as exc:
         raise ConfigError(f"cannot read the agent's TLS certificate or key: {exc}") from None
-    return server.add_secure_port(address, grpc.ssl_server_credentials([pair]))
+    if tls.client_ca is None:
+        return server.add_secure_port(address, grpc.ssl_server_credentials([pair]))
+    try:
+        ca = tls.client_ca.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the agent's TLS client CA: {exc}") from None
+    credentials = grpc.ssl_server_credentials([pair], root_certificates=ca, require_client_auth=True)
+    return server.add_secure_port(address, credentials)
 
 
 def interface_url(endpoint: str, tls: ServingTls | None) -> str:

@@ -6,6 +6,7 @@ AGENTHUB_TLS_CLIENT_CERT and AGENTHUB_TLS_CLIENT_KEY)."""
 from __future__ import annotations
 
 import os
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +99,22 @@ class ClientTls:
         return grpc.ssl_channel_credentials(
             root_certificates=_read(self.ca), private_key=_read(self.key), certificate_chain=_read(self.cert)
         )
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """The same for HTTPS (httpx's `verify=`): servers verified with `ca` (None: the system's
+        roots), `cert`/`key` presented as a client certificate when given."""
+        if (self.cert is None) != (self.key is None):
+            raise ConfigError("a client certificate needs its key: give both (AGENTHUB_TLS_CLIENT_CERT/_KEY)")
+        try:
+            context = ssl.create_default_context(cafile=self.ca)
+            if self.cert is not None:
+                context.load_cert_chain(self.cert, self.key)
+        except OSError as exc:  # ssl.SSLError too: a file that is not PEM
+            raise ConfigError(f"cannot use the TLS files {self._files()}: {exc.strerror or exc}") from None
+        return context
+
+    def _files(self) -> str:
+        return ", ".join(str(p) for p in (self.ca, self.cert, self.key) if p is not None)
 
 
 def resolve_tls(

@@ -9,6 +9,7 @@ again may help. Nothing here produces to the log.
 from __future__ import annotations
 
 import re
+import ssl
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 
@@ -177,7 +178,7 @@ class Connections(Lifecycle):
             self._clients[key] = GrpcConnection(channel, record.tenant)
         else:
             if self._http is None:
-                self._http = httpx.AsyncClient(timeout=httpx.Timeout(30.0, read=None))
+                self._http = agent_http(httpx.Timeout(30.0, read=None))
             self._clients[key] = ClientConnection(card, binding, self._http)
         return self._clients[key]
 
@@ -186,7 +187,7 @@ async def is_up(record: AgentRecord, timeout: float = 1.0) -> bool:
     """Whether the agent answers: gRPC health checks for gRPC agents, its card for the others."""
     if (record.binding or GRPC) != GRPC:
         try:
-            async with httpx.AsyncClient(timeout=timeout) as http:
+            async with agent_http(timeout) as http:
                 return (await http.get(record.card_url)).status_code == 200
         except httpx.HTTPError:
             return False
@@ -213,3 +214,13 @@ def agent_channel(endpoint: str, tls: bool) -> grpc.aio.Channel:
     if not tls:
         return grpc.aio.insecure_channel(endpoint)
     return grpc.aio.secure_channel(endpoint, resolve_tls(True).credentials())
+
+
+def agent_http(timeout: float | httpx.Timeout) -> httpx.AsyncClient:
+    """An HTTP client for agents' JSON-RPC and HTTP+JSON interfaces (and their cards, for health):
+    `https://` verified as `agent_channel` verifies, with `$AGENTHUB_TLS_CA` (else the system's
+    roots), presenting `$AGENTHUB_TLS_CLIENT_CERT`/`_KEY` when set. (Fetching a card to register an
+    agent is not this: it goes through the outbound policy, hub/outbound.py.)"""
+    tls = resolve_tls(True)
+    verify: ssl.SSLContext | bool = tls.ssl_context() if tls.ca or tls.cert or tls.key else True
+    return httpx.AsyncClient(timeout=timeout, verify=verify)
