@@ -96,6 +96,15 @@ async def test_up_runs_the_demo_and_stops_in_order_on_sigterm(tmp_path: Path) ->
         ]
         assert "calculator task" in out and "triage → calculator: What is 12 + 30?" in out
 
+        # The tour's streaming commands, with the key `up` made (its hub requires one).
+        streamed = ("send", "triage", "What is 12 + 30?", "--stream", "--hub", hub)
+        code, out, err = await agenthub_env(key, *streamed)
+        assert (code, out.splitlines()[-1]) == (0, "[completed] 12 + 30 = 42"), err
+        replayed = ("replay", "--thread", context_id, "--kind", "request", "--hub", hub)
+        code, out, err = await agenthub_env(key, *replayed)
+        requests = [json.loads(line)["envelope"] for line in out.splitlines()]
+        assert code == 0 and sorted(r["recipient"] for r in requests) == ["calculator", "triage"], err
+
         assert not any(closed(p) for p in ports.values())
         up.send_signal(signal.SIGTERM)
         deadline, round_ = time.monotonic() + 120, 0
