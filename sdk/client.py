@@ -131,6 +131,19 @@ class HubClient(Lifecycle):
         )
         return record
 
+    async def watch_agents(self) -> AsyncIterator[reg.AgentChange]:
+        """Every registered agent (changes with `endpoint` ""), then every change as it happens
+        until you stop iterating: a replica registered, changed, left (`removed` when the agent
+        went with it), or went down or came back up by the hub's health checks and heartbeats.
+        Each change carries the agent as it is now, with every replica and its state."""
+        stub = registry_pb2_grpc.RegistryServiceStub(self.channel)
+        call = stub.WatchAgents(reg.WatchAgentsRequest())
+        try:
+            async for change in _streamed(call):
+                yield change
+        finally:
+            call.cancel()
+
     # ---- messages ------------------------------------------------------------------------
 
     async def send(

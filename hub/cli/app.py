@@ -10,6 +10,7 @@ taken from the error table in `agenthub.sdk.errors`; never a traceback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ from pydantic import ValidationError
 
 from agenthub.hub.cli import certs, render, trust_commands
 from agenthub.hub.cli.common import DEFAULT_HUB, HubOpt, JsonOpt, fail, run
-from agenthub.sdk.errors import AgentHubError, ConfigError, InvalidRequest
+from agenthub.sdk.errors import AgentHubError, ConfigError, HubUnavailable, InvalidRequest
 from agenthub.sdk.pb import operator_pb2 as op
 from agenthub.sdk.pb import threads_pb2 as thr
 
@@ -236,6 +237,49 @@ def agents_list(hub: HubOpt = DEFAULT_HUB, json: JsonOpt = False) -> None:
             typer.echo("no agents registered")
         else:
             render.console.print(render.agents_table(agents))
+
+    run(main())
+
+
+@agents_app.command("watch")
+def agents_watch(
+    hub: HubOpt = DEFAULT_HUB,
+    json: Annotated[
+        bool, typer.Option("--json", help="print JSON lines: each change with its `event`")
+    ] = False,
+) -> None:
+    """Show the registered agents, then each change as it happens, until Ctrl-C.
+
+    One line per replica: the agents registered now (`listed`), then each replica that is
+    `registered`, goes `down` or comes back `up` (the hub's health checks and heartbeats), or is
+    `removed`."""
+    from agenthub.sdk import HubClient
+
+    async def watch(client: HubClient) -> None:
+        shown = render.AgentWatch()
+        await client.list_agents()  # a hub that cannot be reached says so as every command does
+        try:
+            async for change in client.watch_agents():
+                for line in shown.json_lines(change) if json else shown.lines(change):
+                    typer.echo(line)
+        except HubUnavailable as exc:
+            raise HubUnavailable(f"the hub ended the watch ({exc.message}): did it stop?") from None
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        async with HubClient(hub) as client:
+            watching = asyncio.create_task(watch(client))
+            stopped = asyncio.create_task(stop.wait())
+            await asyncio.wait({watching, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (watching, stopped):
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await stopped
+            with contextlib.suppress(asyncio.CancelledError):
+                await watching  # raises why the stream ended by itself (the hub went away: one line)
 
     run(main())
 

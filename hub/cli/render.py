@@ -70,6 +70,53 @@ def agents_table(agents: list[reg.AgentRecord]) -> Table:
     return table
 
 
+class AgentWatch:
+    """What `agents watch` shows of each registry change: what happened to the replica it names
+    (listed, registered, up, down, removed), told apart by what this watch saw of it before."""
+
+    def __init__(self) -> None:
+        self._seen: dict[tuple[str, str], reg.Replica] = {}
+
+    def events(self, change: reg.AgentChange) -> list[tuple[str, reg.Replica]]:
+        """(event, replica) for each replica the change is about: every replica of an agent listed
+        at the start (a change naming no endpoint), else the one it names."""
+        agent = change.agent
+        replicas = {r.endpoint: r for r in agent.replicas}
+        if not change.endpoint:
+            self._seen.update({(agent.name, e): r for e, r in replicas.items()})
+            return [("listed", r) for r in replicas.values()]
+        key = (agent.name, change.endpoint)
+        before = self._seen.pop(key, None)
+        if change.removed or change.endpoint not in replicas:
+            if change.removed:
+                self._seen = {k: r for k, r in self._seen.items() if k[0] != agent.name}
+            gone = before or reg.Replica(
+                endpoint=change.endpoint, state=agent.state if change.removed else ""
+            )
+            return [("removed", gone)]
+        now = self._seen[key] = replicas[change.endpoint]
+        if before is None or before.registered_at != now.registered_at or before.state == now.state:
+            return [("registered", now)]
+        return [(now.state, now)]
+
+    def lines(self, change: reg.AgentChange) -> list[str]:
+        """The change as lines: time, agent, the replica's state and endpoint, what happened."""
+        return [
+            f"{now_text()}  {change.agent.name:<16} {r.state or '-':<5} {r.endpoint:<22} {event}"
+            for event, r in self.events(change)
+        ]
+
+    def json_lines(self, change: reg.AgentChange) -> list[str]:
+        """The change as JSON lines: the AgentChange with `event` added (one line for each replica
+        of an agent listed at the start, with its endpoint)."""
+        out = []
+        for event, r in self.events(change):
+            fields = as_json(change)
+            fields.setdefault("endpoint", r.endpoint)
+            out.append(json.dumps({"event": event, **fields}))
+        return out
+
+
 def stats_table(stats: op.TopicStatsResponse) -> Table:
     table = Table(box=None, pad_edge=False)
     for column in ("TOPIC", "PARTITIONS", "RECORDS", "GROUP", "COMMITTED", "LAG"):

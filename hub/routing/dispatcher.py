@@ -171,16 +171,19 @@ class Dispatcher(Lifecycle):
         await self._commit()
 
     async def _follow_registry(self) -> None:
-        """A replica that registers again is alive: its circuit closes at once, without a probe.
-        A replica that left takes its circuit with it."""
+        """A replica that registers again, or that health checks or heartbeats find back up, is
+        alive: its circuit closes at once, without a probe. A change naming a replica that is down
+        (its health checks fail) leaves its circuit as it is: an open one keeps probing. A replica
+        that left takes its circuit with it."""
         async for change in self._registry.watch():
             lane = self._lanes.get(change.agent.name)
             if lane is None:
                 continue
-            present = set() if change.removed else {r.endpoint for r in change.agent.replicas}
-            await lane.forget(present)
-            for endpoint in [change.endpoint] if change.endpoint else present:
-                if endpoint in present:
+            replicas = [] if change.removed else list(change.agent.replicas)
+            await lane.forget({r.endpoint for r in replicas})
+            up = {r.endpoint for r in replicas if r.state != "down"}
+            for endpoint in [change.endpoint] if change.endpoint else up:
+                if endpoint in up:
                     lane.alive(endpoint)
 
     # ---- cancellation --------------------------------------------------------------------

@@ -4,7 +4,8 @@ State lives in the compacted topic `<prefix>.registry`, one record per replica (
 `name@endpoint`, empty value = removed), so it survives restarts, every hub instance sees the same
 agents, and two instances adding replicas of one name at once never overwrite each other. Records
 written before replicas existed are keyed by the name alone and read as one replica. Each instance
-replays the topic at start and follows it; liveness (heartbeats, health checks) is kept in memory.
+replays the topic at start and follows it; liveness (heartbeats, health checks) is kept in memory,
+and watchers are told when a replica goes down or comes back up.
 A replica that keeps failing health checks while another replica of its agent is up is removed
 (an agent restarted on a new port leaves no stale replica); the last replica always stays, so
 queued requests wait for its return.
@@ -15,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass, field
 
 import structlog
@@ -274,14 +275,20 @@ class Registry(Lifecycle):
         agent = self.get(name)
         if endpoint and endpoint not in agent.replicas:
             raise AgentNotFound(f"agent {name!r} has no replica at {endpoint!r}: register again")
+        revived: list[Replica] = []
         for replica in agent.replicas.values():
             if not endpoint or replica.endpoint == endpoint:
                 replica.record.last_heartbeat.GetCurrentTime()
+                if not replica.up:
+                    revived.append(replica)
                 replica.record.state = "up"
                 replica.failed_checks = 0
+        self._notify_states(revived)
 
     async def watch(self) -> AsyncIterator[AgentChange]:
-        """Every current agent, then every change, until the caller stops iterating."""
+        """Every current agent (`endpoint` ""), then every change until the caller stops iterating:
+        a replica registered, changed or left, or went down or came back up (health checks and
+        heartbeats report a change of state once, not every check)."""
         queue: asyncio.Queue[AgentChange] = asyncio.Queue()
         for agent in self.list():
             queue.put_nowait(AgentChange(agent=agent.record))
@@ -350,6 +357,15 @@ class Registry(Lifecycle):
         del self._agents[name]
         self._notify(AgentChange(agent=gone[0].record, removed=True, endpoint=gone[0].endpoint))
 
+    def _notify_states(self, replicas: Iterable[Replica]) -> None:
+        """Tell watchers that these replicas went up or down, once every state is set (so each
+        change's agent shows its replicas as they are now). A replica replaced or removed while
+        its check ran is no longer the agent's: its change is not told."""
+        for replica in replicas:
+            agent = self._agents.get(replica.key.decode().split(KEY_SEPARATOR, 1)[0])
+            if agent is not None and agent.replicas.get(replica.endpoint) is replica:
+                self._notify(AgentChange(agent=agent.record, endpoint=replica.endpoint))
+
     def _notify(self, change: AgentChange) -> None:
         for queue in self._watchers:
             queue.put_nowait(change)
@@ -378,8 +394,11 @@ class Registry(Lifecycle):
         places = list(by_place.values())
         results = await asyncio.gather(*(is_up(replicas[0].record) for replicas in places))
         now, clock = int(time.time()), time.monotonic()
+        flipped: list[Replica] = []
         for replicas, up in zip(places, results, strict=True):
             for replica in replicas:
+                if replica.up != up:
+                    flipped.append(replica)
                 replica.record.state = "up" if up else "down"
                 if up:
                     replica.record.last_heartbeat.FromSeconds(now)
@@ -387,6 +406,7 @@ class Registry(Lifecycle):
                     continue
                 replica.down_since = replica.down_since if replica.failed_checks else clock
                 replica.failed_checks += 1
+        self._notify_states(flipped)
         for agent in list(self._agents.values()):
             if any(r.up for r in agent.replicas.values()):
                 for replica in [r for r in agent.replicas.values() if _expired(r, clock)]:
