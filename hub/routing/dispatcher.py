@@ -569,7 +569,8 @@ class Lane:
         return breaker is not None and breaker.is_open
 
     def alive(self, endpoint: str) -> None:
-        """The replica registered again: its circuit closes at once."""
+        """The replica registered again, or came back up by a health check or heartbeat: its circuit
+        closes at once."""
         breaker = self._breakers.get(endpoint)
         if breaker is not None:
             breaker.alive()
