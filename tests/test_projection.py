@@ -96,6 +96,52 @@ async def test_any_arrival_order_gives_the_same_thread(tmp_path: Path) -> None:
     )
 
 
+def redriven_conversation() -> list[Envelope]:
+    """A request whose first delivery failed (dead-lettered), an operator's re-drive of it, and the
+    re-driven call's working and completed events."""
+    request, *_ = conversation()
+    failed = task_events.status_event(TASK, CONTEXT, TaskState.TASK_STATE_FAILED, "agent failed 3 attempts")
+    failed.status_update.status.timestamp.CopyFrom(stamp(1))
+    again = Envelope()
+    again.CopyFrom(request)
+    again.id, again.causation_id, again.attempt = envelopes.derived_id(request.id, "redrive"), request.id, 4
+    again.created_at.CopyFrom(stamp(2))
+    events = [failed]
+    for n, (state, text) in enumerate(
+        [(TaskState.TASK_STATE_WORKING, "calling add"), (TaskState.TASK_STATE_COMPLETED, "1 + 1 = 2")],
+        start=3,
+    ):
+        event = task_events.status_event(TASK, CONTEXT, state, text)
+        event.status_update.status.timestamp.CopyFrom(stamp(n))
+        events.append(event)
+    made = [
+        envelopes.make(
+            Kind.KIND_EVENT, event, context_id=CONTEXT, task_id=TASK, sender="calc", recipient="user",
+            created_at=event.status_update.status.timestamp,
+        )
+        for event in events
+    ]  # fmt: skip
+    return [request, made[0], again, *made[1:]]
+
+
+async def test_a_redriven_task_ends_in_its_last_status_whenever_the_redrive_lands(tmp_path: Path) -> None:
+    """The re-drive (inbox topic) may be recorded after the events of the call it caused (replies
+    topic): the task still ends COMPLETED, with the re-drive in its history at its time."""
+    request, failed, again, *after = redriven_conversation()
+    orders = [[request, failed, *after[:i], again, *after[i:]] for i in range(len(after) + 1)]
+    for n, order in enumerate(orders):
+        async with SqliteThreadStore(tmp_path / f"{n}.db") as store:
+            await record_in(store, order)
+            task = await store.get_task(TASK)
+            assert task is not None
+            assert TaskState.Name(task.task.status.state) == "TASK_STATE_COMPLETED", n
+            assert [s.state for s in task.history] == [
+                "TASK_STATE_SUBMITTED", "TASK_STATE_FAILED", "TASK_STATE_SUBMITTED", "TASK_STATE_WORKING",
+                "TASK_STATE_COMPLETED",
+            ], n  # fmt: skip
+            assert task.history[2].text.startswith("re-driven to calc as attempt 4"), n
+
+
 def chunked_answer() -> list[Envelope]:
     """A user request, then an artifact streamed in three chunks (A2A `append`), then completion."""
     request, *_ = conversation()

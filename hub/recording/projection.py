@@ -50,7 +50,7 @@ def _project_request(envelope: Envelope, record: Record, current: TaskRow | None
         out.statuses.append(StatusRow(envelope.task_id, "TASK_STATE_SUBMITTED", "", at))
     elif envelope.causation_id:  # an operator re-drove it: back in flight, linked to what it re-drives
         resubmitted = TaskStatus(state=TaskState.TASK_STATE_SUBMITTED, timestamp=envelope.created_at)
-        task.task.status.CopyFrom(resubmitted)
+        _keep_newer(task.task.status, resubmitted)
         text = (
             f"re-driven to {envelope.recipient} as attempt {envelope.attempt} (from {envelope.causation_id})"
         )
@@ -94,13 +94,18 @@ def _apply_status(
     if status.HasField("message") and status.message.parts:
         _add_message(envelope, record, task, status.message, out)
         text = content.message_text(status.message)
-    current = task.task.status
-    if not (current.HasField("timestamp") and status.HasField("timestamp")) or (
-        status.timestamp.ToNanoseconds() >= current.timestamp.ToNanoseconds()
-    ):  # an older status recorded late never overwrites a newer one
-        current.CopyFrom(status)
+    _keep_newer(task.task.status, status)
     at = envelopes.seconds_of(status.timestamp) if status.HasField("timestamp") else task.updated_at
     out.statuses.append(StatusRow(task.task_id, TaskState.Name(status.state), text, at))
+
+
+def _keep_newer(current: TaskStatus, status: TaskStatus) -> None:
+    """Make `status` the task's current one unless that is newer: the log's topics are read in
+    parallel, so an older status (a re-driven request's, a late event's) may be recorded last."""
+    if not (current.HasField("timestamp") and status.HasField("timestamp")) or (
+        status.timestamp.ToNanoseconds() >= current.timestamp.ToNanoseconds()
+    ):
+        current.CopyFrom(status)
 
 
 def _add_message(
