@@ -46,6 +46,7 @@ from agenthub.hub.topics import Topics
 from agenthub.hub.trust.gate import Gate
 from agenthub.hub.trust.service import TrustServicer
 from agenthub.sdk._aio import cancel_and_wait
+from agenthub.sdk._server import NO_SHARED_PORT
 from agenthub.sdk.errors import ConfigError
 from agenthub.sdk.pb import (
     operator_pb2,
@@ -249,7 +250,11 @@ class Hub(Lifecycle):
         receive = self.settings.max_message_bytes * 2  # as the HTTP head's body cap
         server = grpc.aio.server(
             interceptors=[GuardInterceptor(self.gate)],
-            options=[("grpc.max_receive_message_length", receive), ("grpc.max_send_message_length", limit)],
+            options=[
+                ("grpc.max_receive_message_length", receive),
+                ("grpc.max_send_message_length", limit),
+                NO_SHARED_PORT,
+            ],
         )
         a2a_pb2_grpc.add_A2AServiceServicer_to_server(HubGrpcHandler(self.handler), server)
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(self.registry), server)
@@ -270,12 +275,13 @@ class Hub(Lifecycle):
         ]
         reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
         address = f"{self.settings.host}:{self.grpc_port}"
-        if self.tls:
-            bound = server.add_secure_port(address, self.tls.grpc_credentials())
-        else:
-            bound = server.add_insecure_port(address)
-        if bound == 0:
-            raise ConfigError(f"cannot listen on {self.settings.host}:{self.grpc_port} (port in use?)")
+        try:
+            if self.tls:
+                server.add_secure_port(address, self.tls.grpc_credentials())
+            else:
+                server.add_insecure_port(address)
+        except RuntimeError:  # grpc's way of saying the bind failed
+            raise ConfigError(f"cannot listen on {address} (port in use?)") from None
         await server.start()
         self._grpc = server
         self._health, self._health_names = health_servicer, ["", *names]

@@ -50,6 +50,12 @@ if TYPE_CHECKING:
 AgentEvent = Task | Message | TaskStatusUpdateEvent | TaskArtifactUpdateEvent
 
 
+# gRPC binds its ports with SO_REUSEPORT by default: a second server on a port already in use
+# would share it silently (the kernel splitting connections between the two). Every server here
+# turns that off, so a busy port is an error.
+NO_SHARED_PORT = ("grpc.so_reuseport", 0)
+
+
 @dataclass(frozen=True)
 class ServingTls:
     """The PEM certificate and key an agent serves A2A gRPC with; its card then says `https://`,
@@ -79,21 +85,29 @@ class ServingTls:
 
 def listen(server: grpc.aio.Server, address: str, tls: ServingTls | None) -> int:
     """Bind `address` for A2A gRPC, over TLS only when `tls` is given (requiring a client
-    certificate from its client CA when it has one); the port bound."""
-    if tls is None:
-        return server.add_insecure_port(address)
+    certificate from its client CA when it has one); the port bound. ConfigError when another
+    server holds the port (make the server with `NO_SHARED_PORT`, or gRPC shares it silently)."""
+    credentials = None if tls is None else _credentials(tls)
+    try:
+        if credentials is None:
+            return server.add_insecure_port(address)
+        return server.add_secure_port(address, credentials)
+    except RuntimeError:  # grpc's way of saying the bind failed
+        raise ConfigError(f"cannot listen on {address} (port in use?)") from None
+
+
+def _credentials(tls: ServingTls) -> grpc.ServerCredentials:
     try:
         pair = (tls.key.read_bytes(), tls.cert.read_bytes())
     except OSError as exc:
         raise ConfigError(f"cannot read the agent's TLS certificate or key: {exc}") from None
     if tls.client_ca is None:
-        return server.add_secure_port(address, grpc.ssl_server_credentials([pair]))
+        return grpc.ssl_server_credentials([pair])
     try:
         ca = tls.client_ca.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read the agent's TLS client CA: {exc}") from None
-    credentials = grpc.ssl_server_credentials([pair], root_certificates=ca, require_client_auth=True)
-    return server.add_secure_port(address, credentials)
+    return grpc.ssl_server_credentials([pair], root_certificates=ca, require_client_auth=True)
 
 
 def interface_url(endpoint: str, tls: ServingTls | None) -> str:

@@ -45,7 +45,14 @@ from agenthub.sdk._aio import Lifecycle, cancel_and_wait
 from agenthub.sdk._events import now, status, text_of
 from agenthub.sdk._mcp import MCPConnection, MCPServer
 from agenthub.sdk._memory import Memory, fit, recall
-from agenthub.sdk._server import AgentEvent, AgentRequestHandler, ServingTls, interface_url, listen
+from agenthub.sdk._server import (
+    NO_SHARED_PORT,
+    AgentEvent,
+    AgentRequestHandler,
+    ServingTls,
+    interface_url,
+    listen,
+)
 from agenthub.sdk._toolloop import Outcome, RetryPolicy, ToolRunner
 from agenthub.sdk.client import HubClient
 from agenthub.sdk.errors import AgentHubError, AgentNotFound, ConfigError, HubUnavailable, ThreadNotFound
@@ -184,7 +191,7 @@ class Agent(Lifecycle):
             self.model = OpenAIModel(ModelSettings.for_agent(self.name))
         await asyncio.gather(*(connection.open() for connection in self.mcp))
         self._check_tool_names()
-        server = grpc.aio.server()
+        server = grpc.aio.server(options=[NO_SHARED_PORT])
         a2a_pb2_grpc.add_A2AServiceServicer_to_server(GrpcHandler(self._handler), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
