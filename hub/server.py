@@ -113,6 +113,9 @@ def stable_instance_id(data_dir: Path) -> str:
     return instance
 
 
+PORT_PICKS = 3  # tries at a free gRPC port when the hub picks it (port 0)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
@@ -274,19 +277,30 @@ class Hub(Lifecycle):
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
         ]
         reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)
-        address = f"{self.settings.host}:{self.grpc_port}"
-        try:
-            if self.tls:
-                server.add_secure_port(address, self.tls.grpc_credentials())
-            else:
-                server.add_insecure_port(address)
-        except RuntimeError:  # grpc's way of saying the bind failed
-            raise ConfigError(f"cannot listen on {address} (port in use?)") from None
+        self._listen(server)
         await server.start()
         self._grpc = server
         self._health, self._health_names = health_servicer, ["", *names]
         await self._report_health(self.readiness.ready)
         self.readiness.on_change(self._report_health)
+
+    def _listen(self, server: grpc.aio.Server) -> None:
+        """Bind the gRPC port. A port the settings name must be free; one the hub picked itself
+        (port 0) that another process took since is picked again, a few times."""
+        for _ in range(PORT_PICKS):
+            address = f"{self.settings.host}:{self.grpc_port}"
+            try:
+                if self.tls:
+                    server.add_secure_port(address, self.tls.grpc_credentials())
+                else:
+                    server.add_insecure_port(address)
+                return
+            except RuntimeError:  # grpc's way of saying the bind failed
+                if self.settings.port:
+                    break
+                self.grpc_port = free_port(self.settings.host)
+                self.cards = CardPublisher(self.settings, self.grpc_port, self.http_port)
+        raise ConfigError(f"cannot listen on {address} (port in use?)")
 
     async def _report_health(self, ready: bool) -> None:
         """gRPC health follows readiness: NOT_SERVING while a part is down or still joining."""

@@ -7,7 +7,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import grpc
+import httpx
 import pytest
+from google.protobuf.json_format import MessageToJson
 
 from agenthub.hub.config import HubSettings
 from agenthub.hub.server import Hub
@@ -40,3 +43,27 @@ async def test_a_hub_or_agent_on_a_port_in_use_refuses_to_start_and_the_first_ke
         assert str(refused.value) == f"cannot listen on {taken} (port in use?)"
 
         assert await client.list_agents() == []  # every call still reaches the first hub
+
+
+async def test_a_hub_whose_picked_port_was_taken_meanwhile_picks_another(
+    tmp_path: Path, hub_settings: Callable[..., HubSettings]
+) -> None:
+    """With port 0 the hub picks a free port when it is made and binds it when it starts; another
+    process may take the port in between (test workers start hubs side by side)."""
+    hub = Hub(hub_settings(tmp_path / "hub"))
+    picked = hub.grpc_port
+    squatter = grpc.aio.server()
+    squatter.add_insecure_port(f"127.0.0.1:{picked}")
+    await squatter.start()
+    try:
+        async with hub, HubClient(hub.address) as client:
+            assert hub.grpc_port != picked
+            card = Agent("probe", description="a card", hub=None, model=ScriptedModel()).card()
+            await client.register(MessageToJson(card, indent=None), "127.0.0.1:9")  # nobody called
+            async with httpx.AsyncClient() as http:
+                card_url = f"{hub.http_url}/agents/probe/.well-known/agent-card.json"
+                card = (await http.get(card_url)).json()
+            grpc_urls = [i["url"] for i in card["supportedInterfaces"] if i["protocolBinding"] == "GRPC"]
+            assert grpc_urls == [hub.address]  # the card says where the hub really listens
+    finally:
+        await squatter.stop(None)
