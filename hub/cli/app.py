@@ -9,9 +9,6 @@ taken from the error table in `agenthub.sdk.errors`; never a traceback.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,7 +17,7 @@ import typer
 from pydantic import ValidationError
 
 from agenthub.hub.cli import certs, render, trust_commands
-from agenthub.hub.cli.common import DEFAULT_HUB, HubOpt, JsonOpt, fail, run
+from agenthub.hub.cli.common import DEFAULT_HUB, HubOpt, JsonOpt, fail, run, until_stopped
 from agenthub.sdk.errors import AgentHubError, ConfigError, HubUnavailable, InvalidRequest
 from agenthub.sdk.pb import operator_pb2 as op
 from agenthub.sdk.pb import threads_pb2 as thr
@@ -150,16 +147,12 @@ def serve(
     )
 
     async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         async with Hub(settings) as hub:
             over = " over TLS" if hub.tls else ""
             typer.echo(
                 f"hub serving A2A gRPC{over} on {hub.address}, agent cards on {hub.http_url}/agents/<name>/"
             )
-            await stop.wait()
+            await until_stopped()
 
     run(main(), settings.event_loop)
 
@@ -266,20 +259,8 @@ def agents_watch(
             raise HubUnavailable(f"the hub ended the watch ({exc.message}): did it stop?") from None
 
     async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         async with HubClient(hub) as client:
-            watching = asyncio.create_task(watch(client))
-            stopped = asyncio.create_task(stop.wait())
-            await asyncio.wait({watching, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            for task in (watching, stopped):
-                task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await stopped
-            with contextlib.suppress(asyncio.CancelledError):
-                await watching  # raises why the stream ended by itself (the hub went away: one line)
+            await until_stopped(watch(client))  # a stream that ends by itself says why: one line
 
     run(main())
 

@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
+import signal
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, NoReturn
 
@@ -31,6 +33,27 @@ def run(coro: Coroutine[Any, Any, Any], event_loop: str = "asyncio") -> Any:
             return runner.run(coro)
     except AgentHubError as exc:
         fail(exc)
+
+
+async def until_stopped(work: Coroutine[Any, Any, None] | None = None) -> None:
+    """Return on SIGINT or SIGTERM (a clean stop: exit 0), cancelling `work`; or when `work` ends by
+    itself, with its error if it failed. Without `work`, wait for the signal alone."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    stopped: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
+    running = asyncio.ensure_future(work) if work is not None else None
+    waits = {stopped} if running is None else {stopped, running}
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in waits:
+            task.cancel()
+        await asyncio.gather(stopped, return_exceptions=True)
+    if running is not None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await running  # ended by itself: its error says why
 
 
 def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
