@@ -9,12 +9,17 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
+from a2a.types import TaskState
 
+from agenthub.hub.config import HubSettings
 from agenthub.hub.server import Hub, free_port
+from agenthub.sdk import HubClient
+from tests.test_promises_routing import Gate, gated_agent, state_becomes, until
 
 AGENTHUB = [sys.executable, "-m", "agenthub.hub.cli"]
 
@@ -237,3 +242,33 @@ async def test_an_unknown_event_loop_is_one_line(tmp_path: Path) -> None:
     assert code == 2 and err.strip().splitlines() == [
         "error: invalid event_loop: Input should be 'auto', 'uvloop' or 'asyncio'"
     ]
+
+
+async def test_a_stream_the_hub_cuts_names_its_task_which_is_not_lost(
+    tmp_path: Path, hub_settings: Callable[..., HubSettings]
+) -> None:
+    """`send --stream` while the hub stops: one line naming the task and its thread (exit 5), and
+    the task, still in the log, completes once a hub runs on that data again."""
+    settings = hub_settings(tmp_path / "hub", port=free_port(), http_port=free_port(), drain_timeout_s=0.5)
+    gate = Gate()
+    hub = Hub(settings)
+    await hub.start()
+    async with gated_agent("gated", hub, gate):
+        try:
+            streaming = await asyncio.create_subprocess_exec(
+                *AGENTHUB, "send", "gated", "long", "--stream", "--hub", hub.address,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            )  # fmt: skip
+            assert await until(lambda: gate.started == ["long"])
+        finally:
+            await hub.stop()
+        out, err = await asyncio.wait_for(streaming.communicate(), 60)
+        assert streaming.returncode == 5, err
+        task_id = out.decode().split()[1]  # "task <id> [submitted]"
+        (line,) = err.decode().splitlines()
+        gate.open()
+        async with Hub(settings) as again, HubClient(again.address) as client:
+            done = await state_becomes(client, "gated", task_id, TaskState.TASK_STATE_COMPLETED)
+            assert done.status.message.parts[0].text == "held: long"
+    assert line.startswith(f"error: the hub closed the stream before task {task_id} ended ("), line
+    assert line.endswith(f"goes on when the hub is back: `agenthub threads show {done.context_id}`"), line

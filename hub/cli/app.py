@@ -10,8 +10,9 @@ taken from the error table in `agenthub.sdk.errors`; never a traceback.
 from __future__ import annotations
 
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from pydantic import ValidationError
@@ -21,6 +22,9 @@ from agenthub.hub.cli.common import DEFAULT_HUB, HubOpt, JsonOpt, fail, run, unt
 from agenthub.sdk.errors import AgentHubError, ConfigError, HubUnavailable, InvalidRequest
 from agenthub.sdk.pb import operator_pb2 as op
 from agenthub.sdk.pb import threads_pb2 as thr
+
+if TYPE_CHECKING:
+    from a2a.types import StreamResponse
 
 app = typer.Typer(
     help="AgentHub: a self-hosted multi-agent A2A hub.",
@@ -352,11 +356,7 @@ def send(
     async def main() -> None:
         async with HubClient(hub) as client:
             if stream:
-                async for event in client.stream(agent, text, context_id=context):
-                    if json:
-                        render.print_json(render.as_json(event))
-                    else:
-                        render.console.print(render.event_line(event), markup=False)
+                await print_stream(client.stream(agent, text, context_id=context), json=json)
                 return
             result = await client.send(agent, text, context_id=context)
         if json:
@@ -368,6 +368,27 @@ def send(
             typer.echo(f"(task {result.id} {state} · thread {result.context_id})", err=True)
 
     run(main())
+
+
+async def print_stream(events: AsyncIterator[StreamResponse], *, json: bool) -> None:
+    """A streamed send's events as they come. A stream the hub cuts (it stopped) after accepting
+    the task says which task, and that it is not lost: it is in the log and goes on."""
+    task = None
+    try:
+        async for event in events:
+            if task is None and event.HasField("task"):
+                task = event.task
+            if json:
+                render.print_json(render.as_json(event))
+            else:
+                render.console.print(render.event_line(event), markup=False)
+    except HubUnavailable as exc:
+        if task is None:
+            raise
+        raise HubUnavailable(
+            f"the hub closed the stream before task {task.id} ended ({exc.message}); the task is in"
+            f" the log and goes on when the hub is back: `agenthub threads show {task.context_id}`"
+        ) from None
 
 
 # ---- threads --------------------------------------------------------------------------------
