@@ -347,7 +347,7 @@ async def test_keys_are_made_listed_and_revoked_on_the_command_line(secured: Sec
     assert code == OK and (me.name, me.role, me.method) == ("erin", "user", "key")
     code, out, _ = await agenthub("keys", "list", "--json", "--hub", hub.address, "--key", admin)
     listed = {k["name"]: k for k in json.loads(out)}
-    assert code == 0 and listed["erin"]["role"] == "user" and erin.split("_")[2] not in out
+    assert code == 0 and listed["erin"]["role"] == "user" and erin.split("_", 2)[2] not in out
     code, out, _ = await agenthub("keys", "revoke", "erin", "--hub", hub.address, "--key", admin)
     assert code == 0 and "revoked key" in out
     assert (await status_of(hub, erin, "trust", "WhoAmI", tr.WhoAmIRequest()))[0] == UNAUTH
