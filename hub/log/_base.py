@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from agenthub.sdk._aio import Lifecycle
@@ -71,12 +71,14 @@ class Consumer(Lifecycle, ABC):
         """Return once the group has given this member its share (at once without a group)."""
 
     @abstractmethod
-    def pause(self, partitions: set[TopicPartition]) -> None:
-        """Stop fetching these partitions (backpressure); their position is kept."""
+    def pause(self, topics: Iterable[str]) -> None:
+        """Stop fetching these topics (backpressure): every partition of them this member holds,
+        now or after a rebalance, until resumed; positions are kept. By topic, not by partition,
+        so a rebalance between a pause and its resume cannot leave a partition paused for good."""
 
     @abstractmethod
-    def resume(self, partitions: set[TopicPartition]) -> None:
-        """Fetch these partitions again."""
+    def resume(self, topics: Iterable[str]) -> None:
+        """Fetch these topics again."""
 
 
 class Log(Lifecycle, ABC):

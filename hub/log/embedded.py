@@ -17,7 +17,7 @@ import re
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -379,7 +379,7 @@ class EmbeddedConsumer(Consumer):
         self._wanted: dict[str, bool] = {}
         self._assigned: set[TopicPartition] | None = None  # None: to be computed again
         self._ready: dict[TopicPartition, None] = {}  # ordered set: fair round-robin
-        self._paused: set[TopicPartition] = set()
+        self._paused: set[str] = set()  # topics
         self._wake = asyncio.Event()
         self._started = False
 
@@ -454,12 +454,13 @@ class EmbeddedConsumer(Consumer):
                 self._positions[tp] = 0 if self._from_beginning else self._log.end(tp)
         return self._positions[tp]
 
-    def pause(self, partitions: set[TopicPartition]) -> None:
-        self._paused |= partitions
+    def pause(self, topics: Iterable[str]) -> None:
+        self._paused |= set(topics)
 
-    def resume(self, partitions: set[TopicPartition]) -> None:
-        self._paused -= partitions
-        self._ready.update(dict.fromkeys(sorted(partitions)))
+    def resume(self, topics: Iterable[str]) -> None:
+        resumed = set(topics)
+        self._paused -= resumed
+        self._ready.update(dict.fromkeys(sorted(tp for tp in self.assignment() if tp.topic in resumed)))
         self._wake.set()
 
     async def getmany(self, timeout_ms: int | None = None, max_records: int = 500) -> list[Record]:
@@ -485,7 +486,7 @@ class EmbeddedConsumer(Consumer):
             if tp not in assigned:
                 self._ready.pop(tp, None)
                 continue
-            if tp in self._paused:
+            if tp.topic in self._paused:
                 continue
             position = self._position(tp)
             records = await self._log.read(tp, position, max_records - len(out))

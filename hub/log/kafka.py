@@ -10,7 +10,7 @@ instances sharing an inbox never deliver one request twice. It must never auto-c
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Literal
 
 import structlog
@@ -296,7 +296,7 @@ class KafkaConsumer(Consumer):
         self._on_revoke = on_revoke
         self._consumer: AIOKafkaConsumer | None = None
         self._listener: _Revocations | None = None
-        self._paused: set[TopicPartition] = set()
+        self._paused: set[str] = set()  # topics
 
     async def start(self) -> None:
         for topic in self._topics:
@@ -344,20 +344,19 @@ class KafkaConsumer(Consumer):
             await self._consumer.stop()
             self._consumer = None
 
-    def pause(self, partitions: set[TopicPartition]) -> None:
-        self._paused |= partitions
+    def pause(self, topics: Iterable[str]) -> None:
+        self._paused |= set(topics)
 
-    def resume(self, partitions: set[TopicPartition]) -> None:
-        self._paused -= partitions
+    def resume(self, topics: Iterable[str]) -> None:
+        resumed = set(topics)
+        self._paused -= resumed
         if self._consumer is not None:
-            owned = self._consumer.assignment()
-            self._consumer.resume(*(tp for tp in map(_theirs, partitions) if tp in owned))
+            self._consumer.resume(*(tp for tp in self._consumer.assignment() if tp.topic in resumed))
 
     def _apply_pauses(self, consumer: AIOKafkaConsumer) -> None:
-        """Pause what the caller asked to pause among the partitions assigned now (a rebalance
-        hands partitions back unpaused)."""
-        owned = consumer.assignment()
-        wanted = {tp for tp in map(_theirs, self._paused) if tp in owned}
+        """Pause the partitions of paused topics assigned now (a rebalance hands partitions back
+        unpaused)."""
+        wanted = {tp for tp in consumer.assignment() if tp.topic in self._paused}
         missing = wanted - consumer.paused()
         if missing:
             consumer.pause(*missing)

@@ -209,7 +209,7 @@ class Notifier(Lifecycle):
         self._tracker = OffsetTracker()
         self._epochs: dict[TopicPartition, int] = {}
         self._consumer: Consumer | None = None
-        self._paused = False
+        self._paused: set[str] = set()  # topics paused while too many updates wait
 
     async def start(self) -> None:
         await self._log.ensure_topic(self._topics.push_attempts)
@@ -299,11 +299,11 @@ class Notifier(Lifecycle):
         """Pause fetching while too many updates wait for slow webhooks; resume at half."""
         assert self._consumer is not None
         if self._tracker.in_flight >= self._max_pending:
-            self._consumer.pause(self._consumer.assignment())  # again: new partitions may have come
-            self._paused = True
+            self._paused |= {tp.topic for tp in self._consumer.assignment()}  # again: new topics came?
+            self._consumer.pause(self._paused)
         elif self._paused and self._tracker.in_flight <= self._max_pending // 2:
-            self._consumer.resume(self._consumer.assignment())
-            self._paused = False
+            self._consumer.resume(self._paused)
+            self._paused = set()
 
     async def _commit(self) -> None:
         offsets = self._tracker.committable()

@@ -135,12 +135,11 @@ class Dispatcher(Lifecycle):
         """Stop (or resume) fetching an agent's inbox: its lane is full or its circuit is open."""
         if self._inbox is None:
             return
-        inbox = self._topics.inbox(agent)
-        partitions = {tp for tp in self._inbox.assignment() if tp.topic == inbox}
+        inbox = {self._topics.inbox(agent)}
         if paused:
-            self._inbox.pause(partitions)
+            self._inbox.pause(inbox)
         else:
-            self._inbox.resume(partitions)
+            self._inbox.resume(inbox)
 
     def holds(self, task_id: str) -> bool:
         """Whether this instance is delivering the task right now (the watchdog leaves it alone)."""
