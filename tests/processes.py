@@ -106,6 +106,9 @@ async def hub_process(
         await hub.start(timeout=30)
         assert hub.process is not None
         yield hub.process
+    except BaseException:  # the hub's own account of a failed test, in pytest's captured output
+        print(f"--- {hub.log_path} (tail) ---\n{hub.log_tail()}")
+        raise
     finally:
         await hub.kill()
 
