@@ -42,7 +42,7 @@ ARTIFACT_LATEST = ("name", "text", "artifact_json", "updated_at", "topic", '"par
 TASK_COLUMNS = "task_id, context_id, agent, parent_task_id, state, created_at, updated_at, task"
 TABLES = ("applied", "messages", "tasks", "task_status", "artifacts", *summary.TABLES)
 T = TypeVar("T")
-ROWS_PER_STATEMENT = 1000  # rows of a multi-row INSERT: 15 columns stay under both databases' 32k parameters
+ROWS_PER_STATEMENT = 512  # rows of a multi-row INSERT (a power of two): 15 columns stay under 32k parameters
 
 
 @dataclass(frozen=True)
@@ -182,8 +182,9 @@ class SqlThreadStore(ThreadStore):
     async def applied_among(self, envelope_ids: Sequence[str]) -> set[str]:
         if not envelope_ids:
             return set()
-        query = f"SELECT envelope_id FROM applied WHERE envelope_id IN ({_marks(envelope_ids)})"
-        return {row[0] for row in await self.reader().fetch(query, tuple(envelope_ids))}
+        ids = _padded(envelope_ids)
+        query = f"SELECT envelope_id FROM applied WHERE envelope_id IN ({_marks(ids)})"
+        return {row[0] for row in await self.reader().fetch(query, ids)}
 
     async def get_task(self, task_id: str) -> TaskRow | None:
         return (await self.get_tasks([task_id])).get(task_id)
@@ -191,7 +192,8 @@ class SqlThreadStore(ThreadStore):
     async def get_tasks(self, task_ids: Sequence[str]) -> dict[str, TaskRow]:
         if not task_ids:
             return {}
-        db, marks, ids = self.reader(), _marks(task_ids), tuple(task_ids)
+        db, ids = self.reader(), _padded(task_ids)
+        marks = _marks(ids)
         tasks = {row[0]: _task_row(row) for row in await db.fetch(
             f"SELECT {TASK_COLUMNS} FROM tasks WHERE task_id IN ({marks})", ids)}  # fmt: skip
         query = (
@@ -228,8 +230,8 @@ class SqlThreadStore(ThreadStore):
         contexts = [row[0] for row in rows[:limit]]
         agents = await db.fetch(
             f"SELECT context_id, name FROM thread_names WHERE role = 'recipient'"
-            f" AND context_id IN ({_marks(contexts)})",
-            contexts,
+            f" AND context_id IN ({_marks(_padded(contexts))})",
+            _padded(contexts),
         ) if contexts else []  # fmt: skip
         return summary.page(rows, agents, limit, offset)
 
@@ -281,8 +283,23 @@ def _marks(values: Sequence[Any]) -> str:
 
 
 def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
+    """`items` in chunks of power-of-two lengths up to `size` (a power of two), largest first.
+
+    A multi-row statement then comes in a dozen shapes instead of one per row count, so the
+    driver's statement cache keeps each shape prepared: with a shape per count it prepared nearly
+    every batch anew and held up to 128 large prepared statements per connection (~30 MB)."""
+    start = 0
+    while start < len(items):
+        length = min(size, 1 << ((len(items) - start).bit_length() - 1))
+        yield items[start : start + length]
+        start += length
+
+
+def _padded(values: Sequence[T]) -> list[T]:
+    """`values` with the last one repeated up to a power-of-two count, for `IN (...)` lists (a
+    repeat changes no result), for the same reason as `_chunks`."""
+    padded = list(values)
+    return padded + padded[-1:] * ((1 << (len(padded) - 1).bit_length()) - len(padded))
 
 
 def _task_row(row: Sequence[Any]) -> TaskRow:
