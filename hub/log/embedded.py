@@ -60,8 +60,8 @@ def _decode_headers(text: str) -> Headers:
 class _Tail:
     """The most recent records of one partition, in memory (`first` is the oldest kept offset)."""
 
-    def __init__(self, keep: int) -> None:
-        self.records: deque[Record] = deque(maxlen=keep)
+    def __init__(self) -> None:
+        self.records: deque[Record] = deque()
 
     @property
     def first(self) -> int:
@@ -81,12 +81,14 @@ class EmbeddedLog(Log):
     Args:
         path: the database file; created with its folder if missing.
         default_partitions: partitions of a topic created without an explicit count (default 4).
-        tail_records: records of each partition kept in memory for consumers (default 2048).
+        tail_records: records kept in memory for consumers, the newest of the whole log whatever
+            their partition (default 8192): a budget for the log, not per partition, so memory
+            does not grow with the number of agents.
     """
 
     outages = (sqlite3.OperationalError, OSError, TimeoutError)
 
-    def __init__(self, path: str | Path, *, default_partitions: int = 4, tail_records: int = 2048) -> None:
+    def __init__(self, path: str | Path, *, default_partitions: int = 4, tail_records: int = 8192) -> None:
         self._path = Path(path)
         self.default_partitions = default_partitions
         self._tail_records = tail_records
@@ -96,6 +98,7 @@ class EmbeddedLog(Log):
         self._reserved: dict[TopicPartition, int] = {}  # next offset handed to a producer
         self._visible: dict[TopicPartition, int] = {}  # next offset after the last committed record
         self._tails: dict[TopicPartition, _Tail] = {}
+        self._kept: deque[_Tail] = deque()  # the tail of each record kept in memory, oldest first
         self._committed: dict[tuple[str, TopicPartition], int] = {}
         self._pending: list[tuple[str, tuple[Any, ...], Record | None]] = []
         self._waiting: list[asyncio.Future[None]] = []
@@ -237,8 +240,11 @@ class EmbeddedLog(Log):
         tp = record.tp
         tail = self._tails.get(tp)
         if tail is None:
-            tail = self._tails[tp] = _Tail(self._tail_records)
+            tail = self._tails[tp] = _Tail()
         tail.records.append(record)
+        self._kept.append(tail)
+        if len(self._kept) > self._tail_records:  # the log's oldest kept record is its tail's oldest
+            self._kept.popleft().records.popleft()
         self._visible[tp] = record.offset + 1
         for consumer in self._consumers:
             if consumer.wants(tp.topic):
