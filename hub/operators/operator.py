@@ -249,15 +249,17 @@ class Operator:
             if n.startswith(f"{self._topics.prefix}.")
         }
         groups = await self._log.group_offsets(list(topics), group_prefix=f"{self._topics.prefix}.")
+        committed_by_topic: dict[str, list[tuple[str, int, int]]] = {}  # topic -> (group, partition, offset)
+        for group, offsets in groups.items():
+            for tp, committed in offsets.items():
+                committed_by_topic.setdefault(tp.topic, []).append((group, tp.partition, committed))
         out = op.TopicStatsResponse()
         for name, partitions in sorted(topics.items()):
             ends = await self._log.end_offsets(name)
             stats = out.topics.add(topic=name, partitions=partitions, records=sum(ends.values()))
-            for group, offsets in sorted(groups.items()):
-                for tp, committed in sorted(offsets.items()):
-                    if tp.topic == name:
-                        lag = max(0, ends.get(tp.partition, 0) - committed)
-                        stats.groups.add(group=group, partition=tp.partition, committed=committed, lag=lag)
+            for group, partition, committed in sorted(committed_by_topic.get(name, ())):
+                lag = max(0, ends.get(partition, 0) - committed)
+                stats.groups.add(group=group, partition=partition, committed=committed, lag=lag)
         return out
 
 
