@@ -92,6 +92,9 @@ class Recorder(Lifecycle):
 
     def expect(self, task_id: str, record: Record) -> None:
         """`record` is the newest record of `task_id` this instance produced or saw."""
+        if self._is_recorded(record):  # a read of the task has nothing to wait for
+            self._expected.pop(task_id, None)
+            return
         self._expected[task_id] = record
         self._expected.move_to_end(task_id)
         if len(self._expected) > EXPECTED_KEPT:
@@ -119,6 +122,16 @@ class Recorder(Lifecycle):
                 for tp, record in list(self._latest.items()):
                     if await self.wait_recorded(record, timeout) and self._latest.get(tp) is record:
                         del self._latest[tp]
+
+    def _forget_met(self) -> None:
+        """Drop the oldest expectations already recorded, so what is remembered is what a read
+        may still have to wait for, not the last `EXPECTED_KEPT` records of a busy hub."""
+        expected = self._expected
+        while expected:
+            task_id, record = next(iter(expected.items()))
+            if not self._is_recorded(record):
+                return
+            del expected[task_id]
 
     def _is_recorded(self, record: Record) -> bool:
         return self._recorded.get(record.tp, 0) > record.offset
@@ -161,6 +174,7 @@ class Recorder(Lifecycle):
             await self._record(records)
             offsets = {r.tp: r.offset + 1 for r in records}
             self._recorded.update(offsets)
+            self._forget_met()
             self._advanced.set()
             self._advanced = asyncio.Event()
             await self._consumer.commit(offsets)
