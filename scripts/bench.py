@@ -4,6 +4,7 @@
     python scripts/bench.py --agents 1,100,1000   # idle CPU, memory and throughput by agent count
     python scripts/bench.py --replay              # replay, rebuild and `threads list` on a filled hub
     python scripts/bench.py --listing 100000      # ListThreads on a store of that many threads
+    python scripts/bench.py --footprint 1000,100000  # hub RSS and threads list: agents, threads
 
 Everything runs on loopback, each server its own process (bench_kit.py): a thin A2A gRPC echo
 agent answering a 256-byte text, hubs (`agenthub serve`) in temporary folders, a Tansu broker
@@ -404,6 +405,35 @@ async def list_latency(client: HubClient, times: int) -> float:
     return statistics.median(latencies) * 1000
 
 
+# ---- footprint: agents and recorded threads --------------------------------------------------------
+
+
+async def footprint(args: argparse.Namespace) -> None:
+    """A hub with `agents` registered agents and `threads` threads recorded by sends spread over all
+    of them: its resident memory, and ListThreads latency over the RPC, at that size."""
+    agents, threads = args.footprint
+    async with kit.echo_agent() as echo, kit.hub({"log": "embedded"}) as hub:
+        names = [f"a{i}" for i in range(agents)]
+        note(f"registering {agents:,} agents")
+        await kit.register(hub.address, names, echo)
+        idle_rss = kit.rss_mb(hub.pid)
+        async with HubClient(hub.address) as client, kit.a2a_caller(hub.address, names) as call:
+            for done in range(0, threads, 10_000):
+                note(f"{done:,} of {threads:,} threads sent; hub RSS {kit.rss_mb(hub.pid):.0f} MB")
+                await kit.measure(call, min(10_000, threads - done), 32, warmup=0)
+            records = await recorded(client)
+            rss = kit.rss_mb(hub.pid)
+            listing = await list_latency(client, args.rounds * 10)
+    print(
+        f"\nembedded + SQLite, {agents:,} agents, {threads:,} threads ({records:,} records) sent at c=32"
+        f" over all agents; load average {os.getloadavg()[0]:.1f}\n"
+    )
+    print("| hub RSS, agents registered | hub RSS, threads recorded | ListThreads, 20 newest (p50) |")
+    print("|---|---|---|")
+    print(f"| {idle_rss:.0f} MB | {rss:.0f} MB | {listing:.1f} ms |")
+    print(f"goals: RSS <= 200 MB: {verdict(rss <= 200)}; threads list < 50 ms: {verdict(listing < 50)}")
+
+
 # ---- threads list on a big store -----------------------------------------------------------------
 
 GROUPED_LISTING = (  # what ListThreads ran before thread summaries: every message grouped per call
@@ -482,6 +512,8 @@ def main() -> None:
                       help="agent counts, e.g. 1,100,1000")  # fmt: skip
     mode.add_argument("--replay", action="store_true", help="replay / rebuild / threads list")
     mode.add_argument("--listing", type=int, metavar="THREADS", help="ListThreads on a store of THREADS")
+    mode.add_argument("--footprint", type=lambda s: [int(n) for n in s.split(",")],
+                      metavar="AGENTS,THREADS", help="hub RSS and threads list at that size")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=3, help="rounds (medians are printed; default 3)")
     parser.add_argument("--requests", type=int, default=2000, help="requests per c=32 run (default 2000)")
     parser.add_argument("--requests-c1", type=int, default=300, help="requests per c=1 run (default 300)")
@@ -497,6 +529,8 @@ def main() -> None:
         asyncio.run(replay(args))
     elif args.listing:
         asyncio.run(listing(args))
+    elif args.footprint:
+        asyncio.run(footprint(args))
     else:
         asyncio.run(table(args))
 
