@@ -227,11 +227,11 @@ class SqlThreadStore(ThreadStore):
         query, params = summary.listing_sql(where)
         db = self.reader()
         rows = await db.fetch(query, (*params, limit + 1, offset))
-        contexts = [row[0] for row in rows[:limit]]
+        contexts = _padded([row[0] for row in rows[:limit]])
         agents = await db.fetch(
             f"SELECT context_id, name FROM thread_names WHERE role = 'recipient'"
-            f" AND context_id IN ({_marks(_padded(contexts))})",
-            _padded(contexts),
+            f" AND context_id IN ({_marks(contexts)})",
+            contexts,
         ) if contexts else []  # fmt: skip
         return summary.page(rows, agents, limit, offset)
 
