@@ -503,17 +503,32 @@ def note(text: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {text}", file=sys.stderr, flush=True)
 
 
+def counts(exactly: int | None = None) -> Callable[[str], list[int]]:
+    """An argparse type: comma-separated positive counts (`exactly` of them if given)."""
+
+    def parse(text: str) -> list[int]:
+        try:
+            values = [int(n) for n in text.split(",")]
+        except ValueError:
+            values = []
+        if not values or min(values) < 1 or (exactly is not None and len(values) != exactly):
+            wanted = f"{exactly} " if exactly else ""
+            raise argparse.ArgumentTypeError(f"expected {wanted}comma-separated counts >= 1, got {text!r}")
+        return values
+
+    return parse
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--agents", type=lambda s: [int(n) for n in s.split(",")],
-                      help="agent counts, e.g. 1,100,1000")  # fmt: skip
+    mode.add_argument("--agents", type=counts(), help="agent counts, e.g. 1,100,1000")
     mode.add_argument("--replay", action="store_true", help="replay / rebuild / threads list")
     mode.add_argument("--listing", type=int, metavar="THREADS", help="ListThreads on a store of THREADS")
-    mode.add_argument("--footprint", type=lambda s: [int(n) for n in s.split(",")],
-                      metavar="AGENTS,THREADS", help="hub RSS and threads list at that size")  # fmt: skip
+    mode.add_argument("--footprint", type=counts(2), metavar="AGENTS,THREADS",
+                      help="hub RSS and threads list at that size")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=3, help="rounds (medians are printed; default 3)")
     parser.add_argument("--requests", type=int, default=2000, help="requests per c=32 run (default 2000)")
     parser.add_argument("--requests-c1", type=int, default=300, help="requests per c=1 run (default 300)")
