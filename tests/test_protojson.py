@@ -58,3 +58,19 @@ def test_prints_envelopes_with_their_payloads_as_protobuf_does(data: st.DataObje
     payload = data.draw(st.sampled_from(PAYLOADS))
     envelope.payload.Pack(data.draw(messages(payload.DESCRIPTOR)))
     assert_same(envelope)
+
+
+@pytest.mark.parametrize(
+    ("seconds", "nanos"),
+    [
+        (0, 0), (-1, 999_999_999), (1_733_500_000, 530_000_000), (1_733_500_000, 530_024_000),
+        (1_733_500_000, 527_661_094), (-62135596800, 0), (253402300799, 999_999_999),
+        (-62135596801, 0), (253402300800, 0), (5, -1), (5, 1_000_000_000),
+    ],
+)  # fmt: skip
+def test_prints_timestamps_as_protobuf_does_at_every_precision_and_edge(seconds: int, nanos: int) -> None:
+    stamp = timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
+    assert_same(stamp)
+    envelope = Envelope(id="e")
+    envelope.created_at.CopyFrom(stamp)
+    assert_same(envelope)  # through a message field, as records carry them

@@ -4,23 +4,28 @@ per field and per call, what kind of field it holds.
 
 `to_json(message)` equals `json_format.MessageToJson(message, indent=None)` (and, with
 `proto_names=True`, `preserving_proto_field_name=True`) byte for byte: the per-field decisions are
-made once per field descriptor and cached; everything unusual (extensions, float fields, enum
-values unknown to their type, well-known types) goes through protobuf's own printer. Never change
+made once per message type: each gets a function, generated and compiled on first use, that reads
+its fields by name (a field is printed when `ListFields` would list it), and timestamps print
+without building a datetime. Everything unusual (extensions, float fields, enum values unknown to
+their type, other well-known types, any error) goes through protobuf's own printer. Never change
 what it prints: tests compare it with `MessageToJson` on fuzzed messages of every type we render.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime
 import json
+import keyword
 from collections.abc import Callable
 from typing import Any
 
-from google.protobuf import json_format, message_factory, symbol_database
+from google.protobuf import json_format, message_factory, symbol_database, timestamp_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 Convert = Callable[[Any], Any]
+Fill = Callable[[Any, dict[str, Any]], dict[str, Any]]  # adds a message's fields to a JSON object
 _INT64 = frozenset({FieldDescriptor.CPPTYPE_INT64, FieldDescriptor.CPPTYPE_UINT64})
 _IDENTITY = frozenset({FieldDescriptor.CPPTYPE_INT32, FieldDescriptor.CPPTYPE_UINT32})
 
@@ -32,6 +37,8 @@ class _Printer(json_format._Printer):
         super().__init__(preserving_proto_field_name=proto_names)
         self._fields: dict[FieldDescriptor, tuple[str, Convert] | None] = {}
         self._messages: dict[Descriptor, bool] = {}  # descriptor -> a regular (not well-known) type
+        self._fills: dict[Descriptor, Fill] = {}
+        self._converters: dict[Descriptor, Convert] = {}
         self._any_types: dict[str, type[Message]] = {}
 
     def _is_regular(self, descriptor: Descriptor) -> bool:
@@ -45,9 +52,67 @@ class _Printer(json_format._Printer):
         return regular
 
     def _MessageToJsonObject(self, message: Message) -> Any:
-        if self._is_regular(message.DESCRIPTOR):
-            return self._RegularMessageToJsonObject(message, {})
-        return super()._MessageToJsonObject(message)
+        return self._converter(message.DESCRIPTOR)(message)
+
+    def _converter(self, descriptor: Descriptor) -> Convert:
+        """How a message of this type becomes JSON, decided once per type."""
+        convert = self._converters.get(descriptor)
+        if convert is None:
+            convert = self._converters[descriptor] = self._new_converter(descriptor)
+        return convert
+
+    def _new_converter(self, descriptor: Descriptor) -> Convert:
+        if descriptor.full_name == TIMESTAMP:
+            return lambda message: timestamp_json(message.seconds, message.nanos)
+        if descriptor.full_name == ANY:
+            return self._AnyMessageToJsonObject
+        if not self._is_regular(descriptor):
+            return lambda message: json_format._Printer._MessageToJsonObject(self, message)
+        return lambda message: self._fill(message, descriptor)
+
+    def _fill(self, message: Message, descriptor: Descriptor, type_url: str | None = None) -> dict[str, Any]:
+        """A regular message's JSON object (an Any's, with its type URL first), by the type's compiled
+        function; on any error, by protobuf's way, which raises what protobuf raises."""
+        fill = self._fills.get(descriptor) or self._compile(descriptor)
+        try:
+            return fill(message, {} if type_url is None else {"@type": type_url})
+        except (ValueError, json_format.SerializeToJsonError):
+            return self._RegularMessageToJsonObject(message, {} if type_url is None else {"@type": type_url})
+
+    def _compile(self, descriptor: Descriptor) -> Fill:
+        """A function printing the fields `ListFields` lists, in its order (by number), straight
+        from the attributes; protobuf's way for types with extensions or implicit float fields
+        (whose presence is their bit pattern: -0.0 is listed)."""
+        fields = sorted(descriptor.fields, key=lambda f: f.number)
+        floats = (FieldDescriptor.CPPTYPE_FLOAT, FieldDescriptor.CPPTYPE_DOUBLE)
+        if descriptor.extension_ranges or any(
+            f.cpp_type in floats and not f.has_presence and not f.is_repeated for f in fields
+        ):
+            fill: Fill = self._RegularMessageToJsonObject
+        else:
+            namespace: dict[str, Any] = {}
+            body = [self._statement(field, f"c{i}", namespace) for i, field in enumerate(fields)]
+            source = "\n".join(["def fill(m, js):", *body, "    return js"])
+            exec(compile(source, f"<protojson {descriptor.full_name}>", "exec"), namespace)
+            fill = namespace["fill"]
+        self._fills[descriptor] = fill
+        return fill
+
+    def _statement(self, field: FieldDescriptor, convert: str, namespace: dict[str, Any]) -> str:
+        """The generated lines printing one field (its converter goes into `namespace`)."""
+        plan = self._plan(field)
+        assert plan is not None  # only extensions lack a plan, and they are not in `fields`
+        name, namespace[convert] = plan
+        value = f"m.{field.name}" if field.name.isidentifier() and not keyword.iskeyword(field.name) else (
+            f"getattr(m, {field.name!r})"
+        )  # fmt: skip
+        if field.has_presence and not field.is_repeated:
+            return f"    if m.HasField({field.name!r}): js[{name!r}] = {convert}({value})"
+        plain = field.cpp_type in _IDENTITY or (
+            field.cpp_type == FieldDescriptor.CPPTYPE_STRING and field.type != FieldDescriptor.TYPE_BYTES
+        )
+        converted = "v" if plain and not field.is_repeated else f"{convert}(v)"
+        return f"    v = {value}\n    if v: js[{name!r}] = {converted}"
 
     def _RegularMessageToJsonObject(self, message: Message, js: dict[str, Any]) -> dict[str, Any]:
         plans = self._fields
@@ -94,7 +159,7 @@ class _Printer(json_format._Printer):
         """How one value of `field` becomes JSON, as `_FieldToJsonObject` does it."""
         kind = field.cpp_type
         if kind == FieldDescriptor.CPPTYPE_MESSAGE:
-            return self._MessageToJsonObject
+            return self._converter(field.message_type)
         if kind == FieldDescriptor.CPPTYPE_STRING:
             if field.type == FieldDescriptor.TYPE_BYTES:
                 return lambda value: base64.b64encode(value).decode("utf-8")
@@ -133,11 +198,40 @@ class _Printer(json_format._Printer):
         inner.ParseFromString(message.value)  # type: ignore[attr-defined]
         if not self._is_regular(inner.DESCRIPTOR):
             return super()._AnyMessageToJsonObject(message)
-        return self._RegularMessageToJsonObject(inner, {"@type": type_url})
+        return self._fill(inner, inner.DESCRIPTOR, type_url)
 
 
 def _same(value: Any) -> Any:
     return value
+
+
+TIMESTAMP = "google.protobuf.Timestamp"
+ANY = "google.protobuf.Any"
+_EPOCH = datetime.datetime(1970, 1, 1)
+_SECONDS = range(-62135596800, 253402300800)  # the years 1 to 9999, as protobuf checks them
+_DAY = 86_400
+_seconds_json: dict[int, str] = {}  # recent whole seconds, printed
+
+
+def timestamp_json(seconds: int, nanos: int) -> str:
+    """`Timestamp.ToJsonString()` of these seconds and nanos, printing each second only once: records
+    of one second share it, and protobuf builds a datetime every time."""
+    if seconds not in _SECONDS or not 0 <= nanos < 1_000_000_000:
+        return timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos).ToJsonString()  # its error
+    whole = _seconds_json.get(seconds)
+    if whole is None:
+        if len(_seconds_json) >= 4096:
+            _seconds_json.clear()
+        whole = _seconds_json[seconds] = (
+            _EPOCH + datetime.timedelta(seconds // _DAY, seconds % _DAY)
+        ).isoformat()
+    if not nanos:
+        return f"{whole}Z"
+    if not nanos % 1_000_000:
+        return f"{whole}.{nanos // 1_000_000:03d}Z"
+    if not nanos % 1_000:
+        return f"{whole}.{nanos // 1_000:06d}Z"
+    return f"{whole}.{nanos:09d}Z"
 
 
 _PRINTERS = {False: _Printer(proto_names=False), True: _Printer(proto_names=True)}
