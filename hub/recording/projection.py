@@ -16,14 +16,27 @@ from agenthub.hub.recording import content
 from agenthub.hub.threads._base import ArtifactRow, MessageRow, Projection, StatusRow, TaskRow
 from agenthub.sdk.pb.envelope_pb2 import Envelope, Kind
 
+# Enum values read once: every `TaskState.X` is a Python-level lookup in protobuf's enum wrapper,
+# visible in a rebuild's profile at a few of them per record.
+_REQUEST, _EVENT = Kind.KIND_REQUEST, Kind.KIND_EVENT
+_SUBMITTED, _COMPLETED = TaskState.TASK_STATE_SUBMITTED, TaskState.TASK_STATE_COMPLETED
+_USER, _AGENT = Role.ROLE_USER, Role.ROLE_AGENT
+_STATE_NAMES = {value.number: value.name for value in TaskState.DESCRIPTOR.values}
+
+
+def state_name(state: int) -> str:
+    """`TaskState.Name(state)` (ValueError for a number no state has), without the enum wrapper."""
+    return _STATE_NAMES.get(state) or TaskState.Name(state)
+
 
 def project(envelope: Envelope, record: Record, current: TaskRow | None, *, json: bool = True) -> Projection:
     """The changes recording `envelope` makes, given the current state of its task (`json=False`:
     the caller wants only the task, so rows skip their JSON, the costly part)."""
     projection = Projection(envelope_id=envelope.id, json=json)
-    if envelope.kind == Kind.KIND_REQUEST:
+    kind = envelope.kind
+    if kind == _REQUEST:
         _project_request(envelope, record, current, projection)
-    elif envelope.kind == Kind.KIND_EVENT:
+    elif kind == _EVENT:
         _project_event(envelope, record, current, projection)
     return projection
 
@@ -38,18 +51,16 @@ def _project_request(envelope: Envelope, record: Record, current: TaskRow | None
     task = current or _new_task(envelope, at)
     history = task.task.history
     if not any(m.message_id == message.message_id for m in history):
-        if any(m.role == Role.ROLE_USER for m in history):
+        if any(m.role == _USER for m in history):
             history.append(message)
         else:  # the agent's answer was recorded first: the request still opens the task
             history.insert(0, message)
     if current is None:
-        task.task.status.CopyFrom(
-            TaskStatus(state=TaskState.TASK_STATE_SUBMITTED, timestamp=envelope.created_at)
-        )
+        task.task.status.CopyFrom(TaskStatus(state=_SUBMITTED, timestamp=envelope.created_at))
     if not any(s.state == "TASK_STATE_SUBMITTED" for s in task.history):
         out.statuses.append(StatusRow(envelope.task_id, "TASK_STATE_SUBMITTED", "", at))
     elif envelope.causation_id:  # an operator re-drove it: back in flight, linked to what it re-drives
-        resubmitted = TaskStatus(state=TaskState.TASK_STATE_SUBMITTED, timestamp=envelope.created_at)
+        resubmitted = TaskStatus(state=_SUBMITTED, timestamp=envelope.created_at)
         _keep_newer(task.task.status, resubmitted)
         text = (
             f"re-driven to {envelope.recipient} as attempt {envelope.attempt} (from {envelope.causation_id})"
@@ -75,12 +86,12 @@ def _project_event(envelope: Envelope, record: Record, current: TaskRow | None, 
         for artifact in event.task.artifacts:
             _apply_artifact(envelope, record, task, artifact, out)
         for message in event.task.history:
-            if message.role == Role.ROLE_AGENT:
+            if message.role == _AGENT:
                 _add_message(envelope, record, task, message, out)
         if event.task.status.state != task.task.status.state:
             _apply_status(envelope, record, task, event.task.status, out)
     elif kind == "message":
-        status = TaskStatus(state=TaskState.TASK_STATE_COMPLETED, timestamp=envelope.created_at)
+        status = TaskStatus(state=_COMPLETED, timestamp=envelope.created_at)
         status.message.CopyFrom(event.message)
         _apply_status(envelope, record, task, status, out)
     task.updated_at = max(task.updated_at, at)
@@ -96,7 +107,7 @@ def _apply_status(
         text = content.message_text(status.message)
     _keep_newer(task.task.status, status)
     at = envelopes.seconds_of(status.timestamp) if status.HasField("timestamp") else task.updated_at
-    out.statuses.append(StatusRow(task.task_id, TaskState.Name(status.state), text, at))
+    out.statuses.append(StatusRow(task.task_id, state_name(status.state), text, at))
 
 
 def _keep_newer(current: TaskStatus, status: TaskStatus) -> None:
@@ -181,7 +192,7 @@ def _row(envelope: Envelope, record: Record, message: Message, out: Projection) 
         parent_task_id=envelope.parent_task_id,
         sender=envelope.sender,
         recipient=envelope.recipient,
-        role="agent" if message.role == Role.ROLE_AGENT else "user",
+        role="agent" if message.role == _AGENT else "user",
         text=content.message_text(message),
         message_json=content.kept_json(message) if out.json else "",
         created_at=envelopes.seconds_of(envelope.created_at),
