@@ -42,6 +42,7 @@ ARTIFACT_LATEST = ("name", "text", "artifact_json", "updated_at", "topic", '"par
 TASK_COLUMNS = "task_id, context_id, agent, parent_task_id, state, created_at, updated_at, task"
 TABLES = ("applied", "messages", "tasks", "task_status", "artifacts", *summary.TABLES)
 T = TypeVar("T")
+_STATE_NAMES = {value.number: value.name for value in TaskState.DESCRIPTOR.values}
 ROWS_PER_STATEMENT = 512  # rows of a multi-row INSERT (a power of two): 15 columns stay under 32k parameters
 
 
@@ -158,14 +159,20 @@ class SqlThreadStore(ThreadStore):
         )  # fmt: skip
 
     async def _upsert_tasks(self, db: Executor, tasks: list[TaskRow]) -> None:
+        """Upsert each task once, by task id (a batch's records of one task share one `TaskRow`,
+        so writing it once per record wrote the same row, serialised anew, several times), in
+        task id order: concurrent writers lock the rows in the same order."""
+        latest = list({id(t): t for t in tasks}.values())  # same row object: written once
+        latest.sort(key=_task_id)  # stable: rows of one id (distinct objects) keep their order
         earliest = self.dialect.least.format(a="tasks.created_at", b="excluded.created_at")
         await db.executemany(
             f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
             " ON CONFLICT (task_id) DO UPDATE SET"
             f" state = excluded.state, updated_at = excluded.updated_at, task = excluded.task,"
             f" created_at = {earliest}",
-            [(t.task_id, t.context_id, t.agent, t.parent_task_id, TaskState.Name(t.task.status.state),
-              t.created_at, t.updated_at, t.task.SerializeToString(deterministic=True)) for t in tasks],
+            [(task.id, task.context_id, t.agent, t.parent_task_id, _state_name(task.status.state),
+              t.created_at, t.updated_at, task.SerializeToString(deterministic=True))
+             for t in latest for task in (t.task,)],
         )  # fmt: skip
 
     async def wipe(self) -> None:
@@ -300,6 +307,15 @@ def _padded(values: Sequence[T]) -> list[T]:
     repeat changes no result), for the same reason as `_chunks`."""
     padded = list(values)
     return padded + padded[-1:] * ((1 << (len(padded) - 1).bit_length()) - len(padded))
+
+
+def _task_id(task: TaskRow) -> str:
+    return task.task.id
+
+
+def _state_name(state: int) -> str:
+    """`TaskState.Name(state)` without protobuf's enum wrapper (a lookup per call)."""
+    return _STATE_NAMES.get(state) or TaskState.Name(state)
 
 
 def _task_row(row: Sequence[Any]) -> TaskRow:
