@@ -12,7 +12,6 @@ them from anywhere else: a rebuild wipes and refills them with the messages.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from agenthub.hub.threads._base import ThreadFilter, ThreadPage, ThreadSummary
@@ -35,30 +34,28 @@ BACKFILL = """
 """
 
 
-@dataclass
-class _Delta:
-    """What one transaction adds to one thread."""
-
-    started_at: float
-    first_seq: int
-    first_text: str
-    updated_at: float
-    count: int = 0
-
-
 def deltas(inserted: Sequence[Sequence[Any]]) -> tuple[list[tuple[Any, ...]], list[tuple[str, str, str]]]:
     """Summary rows and name rows for the messages an insert added (rows shaped as `RETURNED`),
     each sorted by thread so concurrent writers lock rows in the same order."""
-    threads: dict[str, _Delta] = {}
+    # Per thread: [started_at, first_seq, first_text, updated_at, count] (a list, not an object:
+    # this runs once per recorded message).
+    threads: dict[str, list[Any]] = {}
     names: set[tuple[str, str, str]] = set()
+    add = names.add
     for context_id, seq, created_at, sender, recipient, text in inserted:
-        delta = threads.setdefault(context_id, _Delta(created_at, seq, text, created_at))
-        if (created_at, seq) < (delta.started_at, delta.first_seq):
-            delta.started_at, delta.first_seq, delta.first_text = created_at, seq, text
-        delta.updated_at = max(delta.updated_at, created_at)
-        delta.count += 1
-        names.update(((context_id, sender, "sender"), (context_id, recipient, "recipient")))
-    rows = [(c, d.started_at, d.updated_at, d.count, d.first_seq, d.first_text) for c, d in threads.items()]
+        delta = threads.get(context_id)
+        if delta is None:
+            threads[context_id] = [created_at, seq, text, created_at, 1]
+        else:
+            if created_at < delta[0] or (created_at == delta[0] and seq < delta[1]):
+                delta[0], delta[1], delta[2] = created_at, seq, text
+            if created_at > delta[3]:
+                delta[3] = created_at
+            delta[4] += 1
+        add((context_id, sender, "sender"))
+        add((context_id, recipient, "recipient"))
+    rows = [(c, started, updated, count, seq, text)
+            for c, (started, seq, text, updated, count) in threads.items()]  # fmt: skip
     return sorted(rows), sorted(names)
 
 
