@@ -24,7 +24,10 @@ OMITTED = "agenthub_omitted"  # metadata key of the marker that replaces a big b
 
 def describe(part: Part) -> str:
     """One part as text: its text, its data as JSON, or a marker naming a file."""
-    kind = part.WhichOneof("content")
+    return _describe(part, part.WhichOneof("content"))
+
+
+def _describe(part: Part, kind: str | None) -> str:
     if kind == "text":
         return part.text
     if kind == "data":
@@ -39,8 +42,11 @@ def describe(part: Part) -> str:
 def message_text(message: Message) -> str:
     """A message as text: its text parts (one a line), each file part's marker, and its data parts
     when it has no text (a tool call's status text already says what its data part holds)."""
-    has_text = any(p.WhichOneof("content") == "text" for p in message.parts)
-    return "\n".join(describe(p) for p in message.parts if p.WhichOneof("content") != "data" or not has_text)
+    parts = [(p, p.WhichOneof("content")) for p in message.parts]  # each part's kind asked once
+    if len(parts) == 1 and parts[0][1] == "text":  # most messages: one text part
+        return parts[0][0].text
+    has_text = any(kind == "text" for _, kind in parts)
+    return "\n".join(_describe(p, kind) for p, kind in parts if kind != "data" or not has_text)
 
 
 def artifact_text(artifact: Artifact) -> str:
@@ -54,7 +60,7 @@ def artifact_text(artifact: Artifact) -> str:
         if kind == "text" and previous == "text":
             out[-1] += part.text
         else:
-            out.append(describe(part))
+            out.append(_describe(part, kind))
         previous = kind or ""
     return "\n".join(out)
 

@@ -103,8 +103,7 @@ def _apply_status(
 ) -> None:
     text = ""
     if status.HasField("message") and status.message.parts:
-        _add_message(envelope, record, task, status.message, out)
-        text = content.message_text(status.message)
+        text = _add_message(envelope, record, task, status.message, out).text
     _keep_newer(task.task.status, status)
     at = envelopes.seconds_of(status.timestamp) if status.HasField("timestamp") else task.updated_at
     out.statuses.append(StatusRow(task.task_id, state_name(status.state), text, at))
@@ -121,7 +120,7 @@ def _keep_newer(current: TaskStatus, status: TaskStatus) -> None:
 
 def _add_message(
     envelope: Envelope, record: Record, task: TaskRow, message: Message, out: Projection
-) -> None:
+) -> MessageRow:
     copy = Message()
     copy.CopyFrom(message)
     copy.task_id, copy.context_id = task.task_id, task.context_id
@@ -129,7 +128,9 @@ def _add_message(
         copy.message_id = envelopes.derived_id(envelope.id, f"message-{len(out.messages)}")
     if not any(m.message_id == copy.message_id for m in task.task.history):
         task.task.history.append(copy)
-    out.messages.append(_row(envelope, record, copy, out))
+    row = _row(envelope, record, copy, out)
+    out.messages.append(row)
+    return row
 
 
 def _apply_artifact(
