@@ -9,6 +9,7 @@ a thread by the envelopes' creation time (stamped where each hop happened), not 
 from __future__ import annotations
 
 from a2a.types import Artifact, Message, Role, SendMessageRequest, StreamResponse, Task, TaskState, TaskStatus
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from agenthub.hub import envelopes, task_events
 from agenthub.hub.log._base import Record
@@ -22,6 +23,7 @@ _REQUEST, _EVENT = Kind.KIND_REQUEST, Kind.KIND_EVENT
 _SUBMITTED, _COMPLETED = TaskState.TASK_STATE_SUBMITTED, TaskState.TASK_STATE_COMPLETED
 _USER, _AGENT = Role.ROLE_USER, Role.ROLE_AGENT
 _STATE_NAMES = {value.number: value.name for value in TaskState.DESCRIPTOR.values}
+_MIN_SECONDS, _MAX_SECONDS = -62135596800, 253402300799  # Timestamp's valid range (0001 to 9999)
 
 
 def state_name(state: int) -> str:
@@ -49,8 +51,8 @@ def _project_request(envelope: Envelope, record: Record, current: TaskRow | None
     out.messages.append(_row(envelope, record, message, out))
     at = envelopes.seconds_of(envelope.created_at)
     task = current or _new_task(envelope, at)
-    history = task.task.history
-    if not any(m.message_id == message.message_id for m in history):
+    history, message_id = task.task.history, message.message_id
+    if not any(m.message_id == message_id for m in history):
         if any(m.role == _USER for m in history):
             history.append(message)
         else:  # the agent's answer was recorded first: the request still opens the task
@@ -113,9 +115,18 @@ def _keep_newer(current: TaskStatus, status: TaskStatus) -> None:
     """Make `status` the task's current one unless that is newer: the log's topics are read in
     parallel, so an older status (a re-driven request's, a late event's) may be recorded last."""
     if not (current.HasField("timestamp") and status.HasField("timestamp")) or (
-        status.timestamp.ToNanoseconds() >= current.timestamp.ToNanoseconds()
+        _nanos(status.timestamp) >= _nanos(current.timestamp)
     ):
         current.CopyFrom(status)
+
+
+def _nanos(stamp: Timestamp) -> int:
+    """`stamp.ToNanoseconds()` (ValueError for a timestamp out of range) without its checks'
+    Python-level function calls in the usual case."""
+    seconds, nanos = stamp.seconds, stamp.nanos
+    if _MIN_SECONDS <= seconds <= _MAX_SECONDS and 0 <= nanos < 1_000_000_000:
+        return seconds * 1_000_000_000 + nanos
+    return stamp.ToNanoseconds()  # raises as protobuf does
 
 
 def _add_message(
@@ -126,8 +137,9 @@ def _add_message(
     copy.task_id, copy.context_id = task.task_id, task.context_id
     if not copy.message_id:
         copy.message_id = envelopes.derived_id(envelope.id, f"message-{len(out.messages)}")
-    if not any(m.message_id == copy.message_id for m in task.task.history):
-        task.task.history.append(copy)
+    history, message_id = task.task.history, copy.message_id
+    if not any(m.message_id == message_id for m in history):
+        history.append(copy)
     row = _row(envelope, record, copy, out)
     out.messages.append(row)
     return row
