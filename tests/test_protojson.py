@@ -8,7 +8,15 @@ from collections.abc import Callable
 
 import pytest
 from a2a.types import a2a_pb2
-from google.protobuf import descriptor_pb2, duration_pb2, struct_pb2, timestamp_pb2, wrappers_pb2
+from google.protobuf import (
+    descriptor_pb2,
+    descriptor_pool,
+    duration_pb2,
+    message_factory,
+    struct_pb2,
+    timestamp_pb2,
+    wrappers_pb2,
+)
 from google.protobuf.json_format import MessageToJson
 from google.protobuf.message import Message
 from hypothesis import HealthCheck, given, settings
@@ -63,14 +71,40 @@ def test_prints_envelopes_with_their_payloads_as_protobuf_does(data: st.DataObje
 @pytest.mark.parametrize(
     ("seconds", "nanos"),
     [
-        (0, 0), (-1, 999_999_999), (1_733_500_000, 530_000_000), (1_733_500_000, 530_024_000),
-        (1_733_500_000, 527_661_094), (-62135596800, 0), (253402300799, 999_999_999),
-        (-62135596801, 0), (253402300800, 0), (5, -1), (5, 1_000_000_000),
+        (0, 0),
+        (-1, 999_999_999),
+        (1_733_500_000, 530_000_000),
+        (1_733_500_000, 530_024_000),
+        (1_733_500_000, 527_661_094),
+        (-62135596800, 0),
+        (253402300799, 999_999_999),
+        (-62135596801, 0),
+        (253402300800, 0),
+        (5, -1),
+        (5, 1_000_000_000),
     ],
-)  # fmt: skip
+)
 def test_prints_timestamps_as_protobuf_does_at_every_precision_and_edge(seconds: int, nanos: int) -> None:
     stamp = timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos)
     assert_same(stamp)
     envelope = Envelope(id="e")
     envelope.created_at.CopyFrom(stamp)
     assert_same(envelope)  # through a message field, as records carry them
+
+
+def test_prints_a_type_that_holds_itself() -> None:
+    """A type is compiled while it compiles when it holds itself, directly or in a list."""
+    proto = descriptor_pb2.FieldDescriptorProto
+    file = descriptor_pb2.FileDescriptorProto(name="tree.proto", package="tree", syntax="proto3")
+    node = file.message_type.add(name="Node")
+    node.field.add(name="label", number=1, type=proto.TYPE_STRING, label=proto.LABEL_OPTIONAL)
+    node.field.add(name="children", number=2, type=proto.TYPE_MESSAGE, type_name=".tree.Node",
+                   label=proto.LABEL_REPEATED)  # fmt: skip
+    node.field.add(name="parent", number=3, type=proto.TYPE_MESSAGE, type_name=".tree.Node",
+                   label=proto.LABEL_OPTIONAL)  # fmt: skip
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(file)
+    tree = message_factory.GetMessageClass(pool.FindMessageTypeByName("tree.Node"))(label="a")
+    tree.children.add(label="b").children.add(label="c")  # type: ignore[attr-defined]
+    tree.parent.label = "p"  # type: ignore[attr-defined]
+    assert_same(tree)

@@ -18,14 +18,14 @@ import datetime
 import json
 import keyword
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from google.protobuf import json_format, message_factory, symbol_database, timestamp_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 Convert = Callable[[Any], Any]
-Fill = Callable[[Any, dict[str, Any]], dict[str, Any]]  # adds a message's fields to a JSON object
+Fill = Callable[..., dict[str, Any]]  # (message, JSON object to fill = a new one) -> the object
 _INT64 = frozenset({FieldDescriptor.CPPTYPE_INT64, FieldDescriptor.CPPTYPE_UINT64})
 _IDENTITY = frozenset({FieldDescriptor.CPPTYPE_INT32, FieldDescriptor.CPPTYPE_UINT32})
 
@@ -37,8 +37,8 @@ class _Printer(json_format._Printer):
         super().__init__(preserving_proto_field_name=proto_names)
         self._fields: dict[FieldDescriptor, tuple[str, Convert] | None] = {}
         self._messages: dict[Descriptor, bool] = {}  # descriptor -> a regular (not well-known) type
-        self._fills: dict[Descriptor, Fill] = {}
         self._converters: dict[Descriptor, Convert] = {}
+        self._compiling: set[Descriptor] = set()
         self._any_types: dict[str, type[Message]] = {}
 
     def _is_regular(self, descriptor: Descriptor) -> bool:
@@ -55,9 +55,12 @@ class _Printer(json_format._Printer):
         return self._converter(message.DESCRIPTOR)(message)
 
     def _converter(self, descriptor: Descriptor) -> Convert:
-        """How a message of this type becomes JSON, decided once per type."""
+        """How a message of this type becomes JSON, decided (and compiled) once per type; a
+        regular type's converter also takes the JSON object to fill (an Any's, with its type)."""
         convert = self._converters.get(descriptor)
         if convert is None:
+            if descriptor in self._compiling:  # a type that holds itself: found when called
+                return lambda message: self._converters[descriptor](message)
             convert = self._converters[descriptor] = self._new_converter(descriptor)
         return convert
 
@@ -68,34 +71,41 @@ class _Printer(json_format._Printer):
             return self._AnyMessageToJsonObject
         if not self._is_regular(descriptor):
             return lambda message: json_format._Printer._MessageToJsonObject(self, message)
-        return lambda message: self._fill(message, descriptor)
-
-    def _fill(self, message: Message, descriptor: Descriptor, type_url: str | None = None) -> dict[str, Any]:
-        """A regular message's JSON object (an Any's, with its type URL first), by the type's compiled
-        function; on any error, by protobuf's way, which raises what protobuf raises."""
-        fill = self._fills.get(descriptor) or self._compile(descriptor)
+        self._compiling.add(descriptor)
         try:
-            return fill(message, {} if type_url is None else {"@type": type_url})
-        except (ValueError, json_format.SerializeToJsonError):
-            return self._RegularMessageToJsonObject(message, {} if type_url is None else {"@type": type_url})
+            return self._compile(descriptor)
+        finally:
+            self._compiling.discard(descriptor)
 
     def _compile(self, descriptor: Descriptor) -> Fill:
         """A function printing the fields `ListFields` lists, in its order (by number), straight
-        from the attributes; protobuf's way for types with extensions or implicit float fields
-        (whose presence is their bit pattern: -0.0 is listed)."""
+        from the attributes, and on any error falling back to protobuf's way (which raises what
+        protobuf raises); protobuf's way for types with extensions or implicit float fields (whose
+        presence is their bit pattern: -0.0 is listed)."""
         fields = sorted(descriptor.fields, key=lambda f: f.number)
         floats = (FieldDescriptor.CPPTYPE_FLOAT, FieldDescriptor.CPPTYPE_DOUBLE)
         if descriptor.extension_ranges or any(
             f.cpp_type in floats and not f.has_presence and not f.is_repeated for f in fields
         ):
-            fill: Fill = self._RegularMessageToJsonObject
-        else:
-            namespace: dict[str, Any] = {}
-            body = [self._statement(field, f"c{i}", namespace) for i, field in enumerate(fields)]
-            source = "\n".join(["def fill(m, js):", *body, "    return js"])
-            exec(compile(source, f"<protojson {descriptor.full_name}>", "exec"), namespace)
-            fill = namespace["fill"]
-        self._fills[descriptor] = fill
+            return lambda message, js=None: self._RegularMessageToJsonObject(message, js or {})
+        namespace: dict[str, Any] = {
+            "slow": self._RegularMessageToJsonObject,
+            "failures": (ValueError, json_format.SerializeToJsonError),
+            "timestamp_json": timestamp_json,
+        }
+        body = [self._statement(field, f"c{i}", namespace) for i, field in enumerate(fields)]
+        source = "\n".join([
+            "def fill(m, js=None):",
+            "    if js is None:",
+            "        js = {}",
+            "    try:",
+            *body,
+            "    except failures:",
+            "        return slow(m, {'@type': js['@type']} if '@type' in js else {})",
+            "    return js",
+        ])  # fmt: skip
+        exec(compile(source, f"<protojson {descriptor.full_name}>", "exec"), namespace)
+        fill: Fill = namespace["fill"]
         return fill
 
     def _statement(self, field: FieldDescriptor, convert: str, namespace: dict[str, Any]) -> str:
@@ -107,12 +117,17 @@ class _Printer(json_format._Printer):
             f"getattr(m, {field.name!r})"
         )  # fmt: skip
         if field.has_presence and not field.is_repeated:
-            return f"    if m.HasField({field.name!r}): js[{name!r}] = {convert}({value})"
+            if field.message_type is not None and field.message_type.full_name == TIMESTAMP:
+                converted = "timestamp_json(v.seconds, v.nanos)"
+            else:
+                converted = f"{convert}(v)"
+            set_value = f"            v = {value}\n            js[{name!r}] = {converted}"
+            return f"        if m.HasField({field.name!r}):\n{set_value}"
         plain = field.cpp_type in _IDENTITY or (
             field.cpp_type == FieldDescriptor.CPPTYPE_STRING and field.type != FieldDescriptor.TYPE_BYTES
         )
         converted = "v" if plain and not field.is_repeated else f"{convert}(v)"
-        return f"    v = {value}\n    if v: js[{name!r}] = {converted}"
+        return f"        v = {value}\n        if v:\n            js[{name!r}] = {converted}"
 
     def _RegularMessageToJsonObject(self, message: Message, js: dict[str, Any]) -> dict[str, Any]:
         plans = self._fields
@@ -198,7 +213,8 @@ class _Printer(json_format._Printer):
         inner.ParseFromString(message.value)  # type: ignore[attr-defined]
         if not self._is_regular(inner.DESCRIPTOR):
             return super()._AnyMessageToJsonObject(message)
-        return self._fill(inner, inner.DESCRIPTOR, type_url)
+        fill = cast(Fill, self._converter(inner.DESCRIPTOR))
+        return fill(inner, {"@type": type_url})
 
 
 def _same(value: Any) -> Any:
@@ -239,4 +255,10 @@ _PRINTERS = {False: _Printer(proto_names=False), True: _Printer(proto_names=True
 
 def to_json(message: Message, *, proto_names: bool = False) -> str:
     """`json_format.MessageToJson(message, indent=None, preserving_proto_field_name=proto_names)`."""
-    return json.dumps(_PRINTERS[proto_names]._MessageToJsonObject(message), indent=None)
+    return json.dumps(to_object(message, proto_names=proto_names), indent=None)
+
+
+def to_object(message: Message, *, proto_names: bool = False) -> Any:
+    """`json_format.MessageToDict(message, preserving_proto_field_name=proto_names)`: the JSON value
+    `to_json` prints, for a caller that puts it into a larger document."""
+    return _PRINTERS[proto_names]._MessageToJsonObject(message)
