@@ -12,7 +12,6 @@ It must never be opened by two processes at once: it is the zero-setup backend, 
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import sqlite3
 import time
@@ -22,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+import orjson
 import structlog
 
 from agenthub.hub.log._base import Consumer, Headers, Log, OnRevoke, Record, TopicPartition, partition_for
@@ -50,11 +50,11 @@ _READ = (
 
 
 def _encode_headers(headers: Headers) -> str:
-    return json.dumps([[k, v.decode("latin-1")] for k, v in headers])
+    return orjson.dumps([[k, v.decode("latin-1")] for k, v in headers]).decode()
 
 
 def _decode_headers(text: str) -> Headers:
-    return tuple((k, v.encode("latin-1")) for k, v in json.loads(text))
+    return tuple([(k, v.encode("latin-1")) for k, v in orjson.loads(text)])
 
 
 class _Tail:
