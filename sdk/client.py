@@ -229,6 +229,12 @@ class HubClient(Lifecycle):
             else:
                 yield event
 
+    def replay_lines(self, selection: op.Selection, *, batch: int = 256) -> AsyncIterator[op.ReplayEvent]:
+        """`replay` with the records as JSON lines, `batch` to an event's `lines` (as `agenthub
+        replay` prints them: the hub renders them, the cheapest way to dump a topic), and progress."""
+        stub = operator_pb2_grpc.OperatorServiceStub(self.channel)
+        return _streamed(stub.Replay(op.ReplayRequest(selection=selection, batch=batch, lines=True)))
+
     def rebuild(
         self, selection: op.Selection, *, apply: bool = False, from_scratch: bool = False
     ) -> AsyncIterator[op.Progress]:

@@ -11,7 +11,6 @@ from types import TracebackType
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from agenthub.hub.operators.export import replay_line
 from agenthub.sdk.pb import operator_pb2 as op
 
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -62,13 +61,13 @@ def summary(what: str, p: op.Progress, *, stopped: bool = False) -> str:
 
 
 async def print_records(events: AsyncIterator[op.ReplayEvent]) -> None:
-    """Replayed records as JSON lines on stdout."""
+    """Replayed records, as the hub rendered them in JSON lines, on stdout."""
     with ProgressBar("replay") as bar:
         async for event in events:
-            if event.HasField("record"):
-                sys.stdout.write(replay_line(event.record) + "\n")
-            else:
+            if event.HasField("progress"):
                 bar.update(event.progress)
+            else:
+                sys.stdout.buffer.write(event.lines)
     sys.stdout.flush()
 
 

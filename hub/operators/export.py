@@ -13,7 +13,7 @@ from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 
-from agenthub.hub.operators.operator import Counter, Operator, replayed
+from agenthub.hub.operators.operator import Counter, Operator, record_json
 from agenthub.hub.routing.registry import Registry
 from agenthub.hub.threads._base import ArtifactRow, MessageRow, TaskRow, ThreadFilter, ThreadStore
 from agenthub.sdk.errors import ThreadNotFound
@@ -40,36 +40,9 @@ async def thread_ids(store: ThreadStore, context_id: str, where: ThreadFilter) -
 async def envelope_lines(operator: Operator, ids: list[str]) -> AsyncIterator[str]:
     """Every envelope of the threads, in log order per partition, as replay prints them."""
     wanted = set(ids)
-    async for item in operator.scan(op.Selection(), Counter(0)):
+    async for item in operator.scanned(op.Selection(), Counter(0)):
         if item is not None and item.envelope is not None and item.envelope.context_id in wanted:
-            yield replay_line(replayed(item))
-
-
-def replay_json(record: op.ReplayedRecord) -> dict[str, Any]:
-    """The stable JSONL schema of a replayed record (documented in the README)."""
-    return {
-        **_head(record),
-        "envelope": json.loads(record.envelope_json) if record.envelope_json else None,
-        **({"error": record.error} if record.error else {}),
-    }
-
-
-def replay_line(record: op.ReplayedRecord) -> str:
-    """`replay_json` as one JSON line, with the envelope's JSON (compact already) put in as it came
-    rather than parsed and printed again: most of a line is its envelope."""
-    error = f', "error": {json.dumps(record.error)}' if record.error else ""
-    return f'{json.dumps(_head(record))[:-1]}, "envelope": {record.envelope_json or "null"}{error}}}'
-
-
-def _head(record: op.ReplayedRecord) -> dict[str, Any]:
-    return {
-        "topic": record.topic,
-        "partition": record.partition,
-        "offset": record.offset,
-        "timestamp": record.timestamp.ToJsonString(),
-        "key": record.key,
-        "headers": dict(record.headers),
-    }
+            yield record_json(item).decode()
 
 
 async def chat_lines(store: ThreadStore, registry: Registry, ids: list[str]) -> AsyncIterator[str]:

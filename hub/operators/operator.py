@@ -9,15 +9,19 @@ re-driving twice sends it once.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import Any
 
+import orjson
+from google.protobuf.json_format import SerializeToJsonError
 from google.protobuf.message import DecodeError
 
 from agenthub.hub import envelopes
 from agenthub.hub.log._base import Log, Record, TopicPartition
-from agenthub.hub.recording.protojson import to_json
+from agenthub.hub.recording.protojson import timestamp_json, to_object
 from agenthub.hub.recording.recorder import record_envelopes
 from agenthub.hub.routing.registry import Registry
 from agenthub.hub.threads._base import ThreadStore
@@ -123,44 +127,55 @@ class Operator:
             stop = min(stop, await self._log.offset_for_time(tp, selection.to_time.ToMilliseconds()))
         return Range(tp, start, max(start, stop))
 
-    async def scan(self, selection: op.Selection, counter: Counter) -> AsyncIterator[Scanned | None]:
-        """The selected records that pass the filters, in partition order; None = progress is due."""
+    async def scan(self, selection: op.Selection, counter: Counter) -> AsyncIterator[list[Scanned] | None]:
+        """The selected records that pass the filters, in partition order, a log read at a time
+        (a list per read, so a record costs no trip through the generator); None = progress is due."""
         for part in await self.ranges(selection):
             position = part.start
             while position < part.end:
                 batch = await self._log.read(part.tp, position, min(READ_CHUNK, part.end - position))
                 if not batch:
                     break
-                for record in batch:
-                    counter.progress.scanned += 1
-                    scanned = _decoded(record)
-                    if _matches(scanned, selection):
-                        counter.progress.matched += 1
-                        yield scanned
-                    if counter.due():
-                        yield None
+                selected = [item for item in map(_decoded, batch) if _matches(item, selection)]
+                counter.progress.scanned += len(batch)
+                counter.progress.matched += len(selected)
+                if selected:
+                    yield selected
+                if counter.due():
+                    yield None
                 position = batch[-1].offset + 1
 
-    async def replay(self, selection: op.Selection, batch: int = 1) -> AsyncIterator[op.ReplayEvent]:
-        """Every selected record, decoded, `batch` to an event (one: each in `record`), with
-        progress along the way and at the end; a progress event never overtakes a record."""
+    async def scanned(self, selection: op.Selection, counter: Counter) -> AsyncIterator[Scanned | None]:
+        """`scan` one record at a time, for work done per record anyway."""
+        async for items in self.scan(selection, counter):
+            if items is None:
+                yield None
+            else:
+                for item in items:
+                    yield item
+
+    async def replay(
+        self, selection: op.Selection, batch: int = 1, *, lines: bool = False
+    ) -> AsyncIterator[op.ReplayEvent]:
+        """Every selected record, decoded, `batch` to an event (one: each in `record`), or as JSON
+        lines when `lines`, with progress along the way and at the end; a progress event never
+        overtakes a record."""
         counter = Counter(await _total(self, selection))
-        pending = op.ReplayedRecords()
-        async for item in self.scan(selection, counter):
-            if item is not None and batch <= 1:
-                yield op.ReplayEvent(record=replayed(item))
+        size = max(batch, 1)
+        pending: list[Scanned] = []
+        async for items in self.scan(selection, counter):
+            if items is not None:
+                pending += items
+                while len(pending) >= size:
+                    yield _replay_event(pending[:size], batch, lines)
+                    pending = pending[size:]
                 continue
-            if item is not None:
-                pending.records.append(replayed(item))
-                if len(pending.records) < batch:
-                    continue
-            if pending.records:
-                yield op.ReplayEvent(records=pending)
-                pending = op.ReplayedRecords()
-            if item is None:
-                yield op.ReplayEvent(progress=counter.progress)
-        if pending.records:
-            yield op.ReplayEvent(records=pending)
+            if pending:
+                yield _replay_event(pending, batch, lines)
+                pending = []
+            yield op.ReplayEvent(progress=counter.progress)
+        if pending:
+            yield _replay_event(pending, batch, lines)
         yield op.ReplayEvent(progress=counter.finished())
 
     # ---- writing ---------------------------------------------------------------------------
@@ -173,14 +188,14 @@ class Operator:
         if apply and from_scratch:
             await self._store.wipe()
         chunk: list[Scanned] = []
-        async for item in self.scan(selection, counter):
-            if item is None:
+        async for items in self.scan(selection, counter):
+            if items is None:
                 yield counter.progress
-            elif item.envelope is not None:
-                chunk.append(item)
-                if len(chunk) >= REBUILD_CHUNK:
-                    await self._rebuild_chunk(chunk, counter, apply=apply, from_scratch=from_scratch)
-                    chunk = []
+                continue
+            chunk += [item for item in items if item.envelope is not None]
+            if len(chunk) >= REBUILD_CHUNK:
+                await self._rebuild_chunk(chunk, counter, apply=apply, from_scratch=from_scratch)
+                chunk = []
         if chunk:
             await self._rebuild_chunk(chunk, counter, apply=apply, from_scratch=from_scratch)
         yield counter.finished()
@@ -205,7 +220,7 @@ class Operator:
         """Send selected requests (or dead letters) to `agent`'s inbox again, as new attempts."""
         self._registry.get(agent)  # AgentNotFound for a name nobody registered
         counter = Counter(await _total(self, selection), dry_run=not apply)
-        async for item in self.scan(selection, counter):
+        async for item in self.scanned(selection, counter):
             if item is None:
                 yield counter.progress
             elif item.envelope is not None and item.envelope.kind in REDRIVABLE:
@@ -307,15 +322,56 @@ def _matches(item: Scanned, selection: op.Selection) -> bool:
     )
 
 
+def _replay_event(items: list[Scanned], batch: int, lines: bool) -> op.ReplayEvent:
+    """One stream message for scanned records: as JSON lines, one record (no batching), or several."""
+    if lines:
+        return op.ReplayEvent(lines=b"".join(record_json(item) + b"\n" for item in items))
+    if batch <= 1:
+        return op.ReplayEvent(record=replayed(items[0]))
+    return op.ReplayEvent(records=op.ReplayedRecords(records=[replayed(item) for item in items]))
+
+
+def record_json(item: Scanned) -> bytes:
+    """A scanned record as one line of the replay JSONL schema (compact JSON, UTF-8): what `agenthub
+    replay` prints and a raw thread export holds; `replayed()` in one JSON object."""
+    record, ms = item.record, item.record.timestamp_ms
+    envelope, error = _printed(item)
+    line = {
+        "topic": record.topic,
+        "partition": record.partition,
+        "offset": record.offset,
+        "timestamp": timestamp_json(ms // 1000, ms % 1000 * 1_000_000),
+        "key": (record.key or b"").decode(errors="replace"),
+        "headers": {k: v.decode(errors="replace") for k, v in record.headers},
+        "envelope": envelope,
+    }
+    if error:
+        line["error"] = error
+    return orjson.dumps(line)
+
+
 def replayed(item: Scanned) -> op.ReplayedRecord:
     """A scanned record as the operator service and `agenthub replay` show it."""
     record = item.record
     out = op.ReplayedRecord(
         topic=record.topic, partition=record.partition, offset=record.offset,
-        key=(record.key or b"").decode(errors="replace"), error=item.error,
+        key=(record.key or b"").decode(errors="replace"),
         headers={k: v.decode(errors="replace") for k, v in record.headers},
     )  # fmt: skip
     out.timestamp.FromMilliseconds(record.timestamp_ms)
-    if item.envelope is not None:
-        out.envelope_json = to_json(item.envelope, proto_names=True)
+    envelope, out.error = _printed(item)
+    if envelope is not None:
+        out.envelope_json = json.dumps(envelope)
     return out
+
+
+def _printed(item: Scanned) -> tuple[Any, str]:
+    """A scanned record's envelope as a JSON value, and why there is none: an envelope that
+    protobuf cannot print as JSON (a timestamp out of range in an agent's payload) is reported
+    like a record that is not an envelope, rather than ending the replay."""
+    if item.envelope is None:
+        return None, item.error
+    try:
+        return to_object(item.envelope, proto_names=True), ""
+    except (SerializeToJsonError, ValueError) as exc:
+        return None, f"envelope not printable as JSON: {exc}"

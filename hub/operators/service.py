@@ -43,7 +43,8 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
     async def Replay(
         self, request: op.ReplayRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[op.ReplayEvent]:
-        async for event in self._operator.replay(checked(request.selection), min(request.batch, MAX_BATCH)):
+        selection, batch = checked(request.selection), min(request.batch, MAX_BATCH)
+        async for event in self._operator.replay(selection, batch, lines=request.lines):
             yield event
 
     async def Rebuild(

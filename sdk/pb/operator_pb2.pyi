@@ -80,12 +80,14 @@ class Progress(_message.Message):
     def __init__(self, scanned: _Optional[int] = ..., total: _Optional[int] = ..., matched: _Optional[int] = ..., written: _Optional[int] = ..., skipped: _Optional[int] = ..., done: _Optional[bool] = ..., dry_run: _Optional[bool] = ...) -> None: ...
 
 class ReplayRequest(_message.Message):
-    __slots__ = ("selection", "batch")
+    __slots__ = ("selection", "batch", "lines")
     SELECTION_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
+    LINES_FIELD_NUMBER: _ClassVar[int]
     selection: Selection
     batch: int
-    def __init__(self, selection: _Optional[_Union[Selection, _Mapping]] = ..., batch: _Optional[int] = ...) -> None: ...
+    lines: bool
+    def __init__(self, selection: _Optional[_Union[Selection, _Mapping]] = ..., batch: _Optional[int] = ..., lines: _Optional[bool] = ...) -> None: ...
 
 class ReplayedRecords(_message.Message):
     __slots__ = ("records",)
@@ -94,14 +96,16 @@ class ReplayedRecords(_message.Message):
     def __init__(self, records: _Optional[_Iterable[_Union[ReplayedRecord, _Mapping]]] = ...) -> None: ...
 
 class ReplayEvent(_message.Message):
-    __slots__ = ("record", "progress", "records")
+    __slots__ = ("record", "progress", "records", "lines")
     RECORD_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
+    LINES_FIELD_NUMBER: _ClassVar[int]
     record: ReplayedRecord
     progress: Progress
     records: ReplayedRecords
-    def __init__(self, record: _Optional[_Union[ReplayedRecord, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., records: _Optional[_Union[ReplayedRecords, _Mapping]] = ...) -> None: ...
+    lines: bytes
+    def __init__(self, record: _Optional[_Union[ReplayedRecord, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., records: _Optional[_Union[ReplayedRecords, _Mapping]] = ..., lines: _Optional[bytes] = ...) -> None: ...
 
 class RebuildRequest(_message.Message):
     __slots__ = ("selection", "apply", "from_scratch")

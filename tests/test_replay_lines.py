@@ -1,0 +1,72 @@
+"""Replay's JSON lines (what `agenthub replay` prints and a raw thread export holds, rendered by the
+hub) say exactly what the ReplayedRecord messages of the same records say, for any envelope, key
+and headers, and for records that are not envelopes."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from a2a.types import a2a_pb2
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agenthub.hub.log._base import Record
+from agenthub.hub.operators.operator import Scanned, _decoded, record_json, replayed
+from agenthub.sdk.pb import operator_pb2 as op
+from agenthub.sdk.pb.envelope_pb2 import Envelope
+from tests.fuzzing import messages
+
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+TEXT = st.text(max_size=12)
+HEADERS = st.lists(st.tuples(TEXT, st.binary(max_size=12)), max_size=4).map(tuple)
+
+
+def as_record_says(record: op.ReplayedRecord) -> dict[str, Any]:
+    """The line the replay JSONL schema makes of a ReplayedRecord."""
+    line = {
+        "topic": record.topic, "partition": record.partition, "offset": record.offset,
+        "timestamp": record.timestamp.ToJsonString(), "key": record.key, "headers": dict(record.headers),
+        "envelope": json.loads(record.envelope_json) if record.envelope_json else None,
+    }  # fmt: skip
+    return {**line, "error": record.error} if record.error else line
+
+
+def assert_same(item: Scanned) -> None:
+    line = record_json(item)
+    assert b"\n" not in line  # one record, one line
+    assert json.loads(line) == as_record_says(replayed(item))
+
+
+@FUZZ
+@given(
+    data=st.data(),
+    key=st.none() | st.binary(max_size=12),
+    headers=HEADERS,
+    offset=st.integers(0, 2**40),
+    timestamp_ms=st.integers(-(2**40), 2**45),
+)
+def test_a_line_says_what_the_replayed_record_says(
+    data: st.DataObject, key: bytes | None, headers: Any, offset: int, timestamp_ms: int
+) -> None:
+    envelope = data.draw(messages(Envelope.DESCRIPTOR))
+    envelope.payload.Pack(data.draw(messages(a2a_pb2.SendMessageRequest.DESCRIPTOR)))
+    record = Record("agenthub.inbox.é", 3, offset, key, envelope.SerializeToString(), timestamp_ms, headers)
+    assert_same(_decoded(record))
+
+
+def test_a_record_that_is_not_an_envelope_has_its_error_and_no_envelope() -> None:
+    item = _decoded(Record("agenthub.inbox.a", 0, 7, b"k", b"\xff\xff\xff", 1_733_500_000_123, ()))
+    assert item.envelope is None and item.error
+    assert_same(item)
+    assert json.loads(record_json(item))["envelope"] is None
+
+
+def test_an_envelope_protobuf_cannot_print_is_reported_not_fatal() -> None:
+    """An agent's payload may carry a timestamp out of range: the record is shown with the reason."""
+    envelope = Envelope(id="e1")
+    envelope.created_at.nanos = -1
+    item = _decoded(Record("agenthub.replies.x", 0, 1, None, envelope.SerializeToString(), 5, ()))
+    assert_same(item)
+    line = json.loads(record_json(item))
+    assert line["envelope"] is None and line["error"].startswith("envelope not printable as JSON: ")
