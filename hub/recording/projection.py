@@ -8,7 +8,10 @@ a thread by the envelopes' creation time (stamped where each hop happened), not 
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from a2a.types import Artifact, Message, Role, SendMessageRequest, StreamResponse, Task, TaskState, TaskStatus
+from google.protobuf.message import Message as ProtoMessage
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from agenthub.hub import envelopes, task_events
@@ -23,6 +26,7 @@ _REQUEST, _EVENT = Kind.KIND_REQUEST, Kind.KIND_EVENT
 _SUBMITTED, _COMPLETED = TaskState.TASK_STATE_SUBMITTED, TaskState.TASK_STATE_COMPLETED
 _USER, _AGENT = Role.ROLE_USER, Role.ROLE_AGENT
 _STATE_NAMES = {value.number: value.name for value in TaskState.DESCRIPTOR.values}
+M = TypeVar("M", bound=ProtoMessage)
 _MIN_SECONDS, _MAX_SECONDS = -62135596800, 253402300799  # Timestamp's valid range (0001 to 9999)
 
 
@@ -44,7 +48,7 @@ def project(envelope: Envelope, record: Record, current: TaskRow | None, *, json
 
 
 def _project_request(envelope: Envelope, record: Record, current: TaskRow | None, out: Projection) -> None:
-    request = envelopes.unpack(envelope, SendMessageRequest)
+    request = _unpack(envelope, SendMessageRequest)
     message = Message()
     message.CopyFrom(request.message)
     message.task_id, message.context_id = envelope.task_id, envelope.context_id
@@ -74,7 +78,7 @@ def _project_request(envelope: Envelope, record: Record, current: TaskRow | None
 
 
 def _project_event(envelope: Envelope, record: Record, current: TaskRow | None, out: Projection) -> None:
-    event = envelopes.unpack(envelope, StreamResponse)
+    event = _unpack(envelope, StreamResponse)
     at = envelopes.seconds_of(envelope.created_at)
     task = current or _new_task(envelope, at, agent=envelope.sender)
     task_events.keep_agent_ids(task.task, envelope.agent_task_id, envelope.agent_context_id)
@@ -109,6 +113,17 @@ def _apply_status(
     _keep_newer(task.task.status, status)
     at = envelopes.seconds_of(status.timestamp) if status.HasField("timestamp") else task.updated_at
     out.statuses.append(StatusRow(task.task_id, state_name(status.state), text, at))
+
+
+def _unpack(envelope: Envelope, cls: type[M]) -> M:
+    """`envelopes.unpack` (ValueError for another payload type) without `Any.Unpack`'s Python-level
+    type name checks in the usual case."""
+    payload = envelope.payload
+    if payload.type_url.rpartition("/")[2] != cls.DESCRIPTOR.full_name:
+        return envelopes.unpack(envelope, cls)  # says what the envelope holds instead
+    message = cls()
+    message.ParseFromString(payload.value)
+    return message
 
 
 def _keep_newer(current: TaskStatus, status: TaskStatus) -> None:
