@@ -229,11 +229,11 @@ class HubClient(Lifecycle):
             else:
                 yield event
 
-    def replay_lines(self, selection: op.Selection, *, batch: int = 256) -> AsyncIterator[op.ReplayEvent]:
-        """`replay` with the records as JSON lines, `batch` to an event's `lines` (as `agenthub
-        replay` prints them: the hub renders them, the cheapest way to dump a topic), and progress."""
+    def replay_raw(self, selection: op.Selection, *, batch: int = 256) -> AsyncIterator[op.ReplayEvent]:
+        """`replay` with the records as they are in the log, `batch` to an event's `raw`, and
+        progress: for a client that renders records itself (as `agenthub replay` does)."""
         stub = operator_pb2_grpc.OperatorServiceStub(self.channel)
-        return _streamed(stub.Replay(op.ReplayRequest(selection=selection, batch=batch, lines=True)))
+        return _streamed(stub.Replay(op.ReplayRequest(selection=selection, batch=batch, raw=True)))
 
     def rebuild(
         self, selection: op.Selection, *, apply: bool = False, from_scratch: bool = False

@@ -1,6 +1,6 @@
-"""Replay's JSON lines (what `agenthub replay` prints and a raw thread export holds, rendered by the
-hub) say exactly what the ReplayedRecord messages of the same records say, for any envelope, key
-and headers, and for records that are not envelopes."""
+"""Replay's JSON lines (what `agenthub replay` prints from raw records, and a raw thread export
+holds) say exactly what the ReplayedRecord messages of the same records say, for any envelope, key
+and headers, and for records that are not envelopes; a raw record carries its record whole."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agenthub.hub.log._base import Record
-from agenthub.hub.operators.operator import Scanned, _decoded, record_json, replayed
+from agenthub.hub.operators.records import Scanned, from_raw, raw_records, record_json, replayed
 from agenthub.sdk.pb import operator_pb2 as op
 from agenthub.sdk.pb.envelope_pb2 import Envelope
 from tests.fuzzing import messages
@@ -52,11 +52,13 @@ def test_a_line_says_what_the_replayed_record_says(
     envelope = data.draw(messages(Envelope.DESCRIPTOR))
     envelope.payload.Pack(data.draw(messages(a2a_pb2.SendMessageRequest.DESCRIPTOR)))
     record = Record("agenthub.inbox.é", 3, offset, key, envelope.SerializeToString(), timestamp_ms, headers)
-    assert_same(_decoded(record))
+    assert_same(Scanned(record))
+    carried = op.RawRecords.FromString(raw_records([record]).SerializeToString())  # as the wire has it
+    assert from_raw(carried.records[0]) == record  # a key of b"" stays b"", no key stays None
 
 
 def test_a_record_that_is_not_an_envelope_has_its_error_and_no_envelope() -> None:
-    item = _decoded(Record("agenthub.inbox.a", 0, 7, b"k", b"\xff\xff\xff", 1_733_500_000_123, ()))
+    item = Scanned(Record("agenthub.inbox.a", 0, 7, b"k", b"\xff\xff\xff", 1_733_500_000_123, ()))
     assert item.envelope is None and item.error
     assert_same(item)
     assert json.loads(record_json(item))["envelope"] is None
@@ -66,7 +68,7 @@ def test_an_envelope_protobuf_cannot_print_is_reported_not_fatal() -> None:
     """An agent's payload may carry a timestamp out of range: the record is shown with the reason."""
     envelope = Envelope(id="e1")
     envelope.created_at.nanos = -1
-    item = _decoded(Record("agenthub.replies.x", 0, 1, None, envelope.SerializeToString(), 5, ()))
+    item = Scanned(Record("agenthub.replies.x", 0, 1, None, envelope.SerializeToString(), 5, ()))
     assert_same(item)
     line = json.loads(record_json(item))
     assert line["envelope"] is None and line["error"].startswith("envelope not printable as JSON: ")

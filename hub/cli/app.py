@@ -583,7 +583,7 @@ def replay(
             elif redrive:
                 writes, what = client.redrive(selection, redrive, apply=apply), f"redrive to {redrive}"
             else:
-                await replaying.print_records(client.replay_lines(selection))
+                await replaying.print_records(client.replay_raw(selection))
                 return
             if json:
                 last = op.Progress()

@@ -11,6 +11,7 @@ from types import TracebackType
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from agenthub.hub.operators.records import Scanned, from_raw, record_json
 from agenthub.sdk.pb import operator_pb2 as op
 
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -61,13 +62,14 @@ def summary(what: str, p: op.Progress, *, stopped: bool = False) -> str:
 
 
 async def print_records(events: AsyncIterator[op.ReplayEvent]) -> None:
-    """Replayed records, as the hub rendered them in JSON lines, on stdout."""
+    """Replayed records, as they are in the log, as JSON lines on stdout."""
     with ProgressBar("replay") as bar:
         async for event in events:
             if event.HasField("progress"):
                 bar.update(event.progress)
             else:
-                sys.stdout.buffer.write(event.lines)
+                lines = [record_json(Scanned(from_raw(raw))) for raw in event.raw.records]
+                sys.stdout.buffer.write(b"\n".join(lines) + b"\n")
     sys.stdout.flush()
 
 

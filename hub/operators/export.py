@@ -13,7 +13,8 @@ from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 
-from agenthub.hub.operators.operator import Counter, Operator, record_json
+from agenthub.hub.operators.operator import Counter, Operator
+from agenthub.hub.operators.records import record_json
 from agenthub.hub.routing.registry import Registry
 from agenthub.hub.threads._base import ArtifactRow, MessageRow, TaskRow, ThreadFilter, ThreadStore
 from agenthub.sdk.errors import ThreadNotFound

@@ -9,19 +9,13 @@ re-driving twice sends it once.
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import Any
-
-import orjson
-from google.protobuf.json_format import SerializeToJsonError
-from google.protobuf.message import DecodeError
 
 from agenthub.hub import envelopes
-from agenthub.hub.log._base import Log, Record, TopicPartition
-from agenthub.hub.recording.protojson import timestamp_json, to_object
+from agenthub.hub.log._base import Log, TopicPartition
+from agenthub.hub.operators.records import Scanned, raw_records, replayed
 from agenthub.hub.recording.recorder import record_envelopes
 from agenthub.hub.routing.registry import Registry
 from agenthub.hub.threads._base import ThreadStore
@@ -49,15 +43,6 @@ class Range:
     tp: TopicPartition
     start: int
     end: int
-
-
-@dataclass
-class Scanned:
-    """One record read back, with its envelope (None when it cannot be decoded)."""
-
-    record: Record
-    envelope: Envelope | None
-    error: str = ""
 
 
 class Counter:
@@ -130,13 +115,14 @@ class Operator:
     async def scan(self, selection: op.Selection, counter: Counter) -> AsyncIterator[list[Scanned] | None]:
         """The selected records that pass the filters, in partition order, a log read at a time
         (a list per read, so a record costs no trip through the generator); None = progress is due."""
+        matches = _matcher(selection)
         for part in await self.ranges(selection):
             position = part.start
             while position < part.end:
                 batch = await self._log.read(part.tp, position, min(READ_CHUNK, part.end - position))
                 if not batch:
                     break
-                selected = [item for item in map(_decoded, batch) if _matches(item, selection)]
+                selected = [item for item in map(Scanned, batch) if matches(item)]
                 counter.progress.scanned += len(batch)
                 counter.progress.matched += len(selected)
                 if selected:
@@ -155,10 +141,10 @@ class Operator:
                     yield item
 
     async def replay(
-        self, selection: op.Selection, batch: int = 1, *, lines: bool = False
+        self, selection: op.Selection, batch: int = 1, *, raw: bool = False
     ) -> AsyncIterator[op.ReplayEvent]:
-        """Every selected record, decoded, `batch` to an event (one: each in `record`), or as JSON
-        lines when `lines`, with progress along the way and at the end; a progress event never
+        """Every selected record, decoded, `batch` to an event (one: each in `record`), or as it is
+        in the log when `raw`, with progress along the way and at the end; a progress event never
         overtakes a record."""
         counter = Counter(await _total(self, selection))
         size = max(batch, 1)
@@ -167,15 +153,15 @@ class Operator:
             if items is not None:
                 pending += items
                 while len(pending) >= size:
-                    yield _replay_event(pending[:size], batch, lines)
+                    yield _replay_event(pending[:size], batch, raw)
                     pending = pending[size:]
                 continue
             if pending:
-                yield _replay_event(pending, batch, lines)
+                yield _replay_event(pending, batch, raw)
                 pending = []
             yield op.ReplayEvent(progress=counter.progress)
         if pending:
-            yield _replay_event(pending, batch, lines)
+            yield _replay_event(pending, batch, raw)
         yield op.ReplayEvent(progress=counter.finished())
 
     # ---- writing ---------------------------------------------------------------------------
@@ -296,82 +282,38 @@ def _check(selection: op.Selection) -> None:
         raise InvalidRequest(f"inverted time range: {start} is after {end}")
 
 
-def _decoded(record: Record) -> Scanned:
-    try:
-        return Scanned(record, envelopes.decode(record))
-    except DecodeError as exc:
-        return Scanned(record, None, f"not an envelope: {exc}")
+def _matcher(selection: op.Selection) -> Callable[[Scanned], bool]:
+    """Whether a scanned record passes the selection's filters, with the filters read once: by the
+    record's time, then by its envelope, decoded only when a filter needs it (a record that is
+    not an envelope passes no envelope filter)."""
+    since = selection.from_time.ToMilliseconds() if selection.HasField("from_time") else None
+    until = selection.to_time.ToMilliseconds() if selection.HasField("to_time") else None
+    context_id, agent, sender = selection.context_id, selection.agent, selection.sender
+    kind = KINDS[selection.kind] if selection.kind else None
+    by_envelope = bool(context_id or agent or sender or kind is not None)
 
-
-def _matches(item: Scanned, selection: op.Selection) -> bool:
-    envelope = item.envelope
-    if envelope is None:  # unreadable records only show up in unfiltered reads
-        return not (selection.context_id or selection.agent or selection.sender or selection.kind)
-    return (
-        (not selection.context_id or envelope.context_id == selection.context_id)
-        and (not selection.agent or selection.agent in (envelope.sender, envelope.recipient))
-        and (not selection.sender or envelope.sender == selection.sender)
-        and (not selection.kind or envelope.kind == KINDS[selection.kind])
-        and (
-            not selection.HasField("from_time")
-            or item.record.timestamp_ms >= selection.from_time.ToMilliseconds()
+    def matches(item: Scanned) -> bool:
+        at = item.record.timestamp_ms
+        if (since is not None and at < since) or (until is not None and at >= until):
+            return False
+        if not by_envelope:
+            return True
+        envelope = item.envelope
+        return envelope is not None and (
+            (not context_id or envelope.context_id == context_id)
+            and (not agent or agent in (envelope.sender, envelope.recipient))
+            and (not sender or envelope.sender == sender)
+            and (kind is None or envelope.kind == kind)
         )
-        and (
-            not selection.HasField("to_time") or item.record.timestamp_ms < selection.to_time.ToMilliseconds()
-        )
-    )
+
+    return matches
 
 
-def _replay_event(items: list[Scanned], batch: int, lines: bool) -> op.ReplayEvent:
-    """One stream message for scanned records: as JSON lines, one record (no batching), or several."""
-    if lines:
-        return op.ReplayEvent(lines=b"".join(record_json(item) + b"\n" for item in items))
+def _replay_event(items: list[Scanned], batch: int, raw: bool) -> op.ReplayEvent:
+    """One stream message for scanned records: as they are in the log, one record shown (no
+    batching), or several."""
+    if raw:
+        return op.ReplayEvent(raw=raw_records([item.record for item in items]))
     if batch <= 1:
         return op.ReplayEvent(record=replayed(items[0]))
     return op.ReplayEvent(records=op.ReplayedRecords(records=[replayed(item) for item in items]))
-
-
-def record_json(item: Scanned) -> bytes:
-    """A scanned record as one line of the replay JSONL schema (compact JSON, UTF-8): what `agenthub
-    replay` prints and a raw thread export holds; `replayed()` in one JSON object."""
-    record, ms = item.record, item.record.timestamp_ms
-    envelope, error = _printed(item)
-    line = {
-        "topic": record.topic,
-        "partition": record.partition,
-        "offset": record.offset,
-        "timestamp": timestamp_json(ms // 1000, ms % 1000 * 1_000_000),
-        "key": (record.key or b"").decode(errors="replace"),
-        "headers": {k: v.decode(errors="replace") for k, v in record.headers},
-        "envelope": envelope,
-    }
-    if error:
-        line["error"] = error
-    return orjson.dumps(line)
-
-
-def replayed(item: Scanned) -> op.ReplayedRecord:
-    """A scanned record as the operator service and `agenthub replay` show it."""
-    record = item.record
-    out = op.ReplayedRecord(
-        topic=record.topic, partition=record.partition, offset=record.offset,
-        key=(record.key or b"").decode(errors="replace"),
-        headers={k: v.decode(errors="replace") for k, v in record.headers},
-    )  # fmt: skip
-    out.timestamp.FromMilliseconds(record.timestamp_ms)
-    envelope, out.error = _printed(item)
-    if envelope is not None:
-        out.envelope_json = json.dumps(envelope)
-    return out
-
-
-def _printed(item: Scanned) -> tuple[Any, str]:
-    """A scanned record's envelope as a JSON value, and why there is none: an envelope that
-    protobuf cannot print as JSON (a timestamp out of range in an agent's payload) is reported
-    like a record that is not an envelope, rather than ending the replay."""
-    if item.envelope is None:
-        return None, item.error
-    try:
-        return to_object(item.envelope, proto_names=True), ""
-    except (SerializeToJsonError, ValueError) as exc:
-        return None, f"envelope not printable as JSON: {exc}"

@@ -44,7 +44,7 @@ class OperatorServicer(operator_pb2_grpc.OperatorServiceServicer):
         self, request: op.ReplayRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[op.ReplayEvent]:
         selection, batch = checked(request.selection), min(request.batch, MAX_BATCH)
-        async for event in self._operator.replay(selection, batch, lines=request.lines):
+        async for event in self._operator.replay(selection, batch, raw=request.raw):
             yield event
 
     async def Rebuild(

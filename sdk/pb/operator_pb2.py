@@ -26,7 +26,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61genthub/v1/operator.proto\x12\x0b\x61genthub.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xae\x02\n\tSelection\x12\x0e\n\x06topics\x18\x01 \x03(\t\x12\x16\n\tpartition\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0b\x66rom_offset\x18\x03 \x01(\x03H\x01\x88\x01\x01\x12\x16\n\tto_offset\x18\x04 \x01(\x03H\x02\x88\x01\x01\x12-\n\tfrom_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07to_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncontext_id\x18\x07 \x01(\t\x12\r\n\x05\x61gent\x18\x08 \x01(\t\x12\x0e\n\x06sender\x18\t \x01(\t\x12\x0c\n\x04kind\x18\n \x01(\tB\x0c\n\n_partitionB\x0e\n\x0c_from_offsetB\x0c\n\n_to_offset\"\x8f\x02\n\x0eReplayedRecord\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12-\n\ttimestamp\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03key\x18\x05 \x01(\t\x12\x39\n\x07headers\x18\x06 \x03(\x0b\x32(.agenthub.v1.ReplayedRecord.HeadersEntry\x12\x15\n\renvelope_json\x18\x07 \x01(\t\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"|\n\x08Progress\x12\x0f\n\x07scanned\x18\x01 \x01(\x03\x12\r\n\x05total\x18\x02 \x01(\x03\x12\x0f\n\x07matched\x18\x03 \x01(\x03\x12\x0f\n\x07written\x18\x04 \x01(\x03\x12\x0f\n\x07skipped\x18\x05 \x01(\x03\x12\x0c\n\x04\x64one\x18\x06 \x01(\x08\x12\x0f\n\x07\x64ry_run\x18\x07 \x01(\x08\"X\n\rReplayRequest\x12)\n\tselection\x18\x01 \x01(\x0b\x32\x16.agenthub.v1.Selection\x12\r\n\x05\x62\x61tch\x18\x02 \x01(\x05\x12\r\n\x05lines\x18\x03 \x01(\x08\"?\n\x0fReplayedRecords\x12,\n\x07records\x18\x01 \x03(\x0b\x32\x1b.agenthub.v1.ReplayedRecord\"\xb1\x01\n\x0bReplayEvent\x12-\n\x06record\x18\x01 \x01(\x0b\x32\x1b.agenthub.v1.ReplayedRecordH\x00\x12)\n\x08progress\x18\x02 \x01(\x0b\x32\x15.agenthub.v1.ProgressH\x00\x12/\n\x07records\x18\x03 \x01(\x0b\x32\x1c.agenthub.v1.ReplayedRecordsH\x00\x12\x0f\n\x05lines\x18\x04 \x01(\x0cH\x00\x42\x06\n\x04item\"`\n\x0eRebuildRequest\x12)\n\tselection\x18\x01 \x01(\x0b\x32\x16.agenthub.v1.Selection\x12\r\n\x05\x61pply\x18\x02 \x01(\x08\x12\x14\n\x0c\x66rom_scratch\x18\x03 \x01(\x08\"Y\n\x0eRedriveRequest\x12)\n\tselection\x18\x01 \x01(\x0b\x32\x16.agenthub.v1.Selection\x12\r\n\x05\x61gent\x18\x02 \x01(\t\x12\r\n\x05\x61pply\x18\x03 \x01(\x08\"\x13\n\x11TopicStatsRequest\"O\n\x0bGroupOffset\x12\r\n\x05group\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x11\n\tcommitted\x18\x03 \x01(\x03\x12\x0b\n\x03lag\x18\x04 \x01(\x03\"j\n\nTopicStats\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x12\n\npartitions\x18\x02 \x01(\x05\x12\x0f\n\x07records\x18\x03 \x01(\x03\x12(\n\x06groups\x18\x04 \x03(\x0b\x32\x18.agenthub.v1.GroupOffset\"=\n\x12TopicStatsResponse\x12\'\n\x06topics\x18\x01 \x03(\x0b\x32\x17.agenthub.v1.TopicStats2\xa4\x02\n\x0fOperatorService\x12@\n\x06Replay\x12\x1a.agenthub.v1.ReplayRequest\x1a\x18.agenthub.v1.ReplayEvent0\x01\x12?\n\x07Rebuild\x12\x1b.agenthub.v1.RebuildRequest\x1a\x15.agenthub.v1.Progress0\x01\x12?\n\x07Redrive\x12\x1b.agenthub.v1.RedriveRequest\x1a\x15.agenthub.v1.Progress0\x01\x12M\n\nTopicStats\x12\x1e.agenthub.v1.TopicStatsRequest\x1a\x1f.agenthub.v1.TopicStatsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x61genthub/v1/operator.proto\x12\x0b\x61genthub.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xae\x02\n\tSelection\x12\x0e\n\x06topics\x18\x01 \x03(\t\x12\x16\n\tpartition\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x18\n\x0b\x66rom_offset\x18\x03 \x01(\x03H\x01\x88\x01\x01\x12\x16\n\tto_offset\x18\x04 \x01(\x03H\x02\x88\x01\x01\x12-\n\tfrom_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07to_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncontext_id\x18\x07 \x01(\t\x12\r\n\x05\x61gent\x18\x08 \x01(\t\x12\x0e\n\x06sender\x18\t \x01(\t\x12\x0c\n\x04kind\x18\n \x01(\tB\x0c\n\n_partitionB\x0e\n\x0c_from_offsetB\x0c\n\n_to_offset\"\x8f\x02\n\x0eReplayedRecord\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12-\n\ttimestamp\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0b\n\x03key\x18\x05 \x01(\t\x12\x39\n\x07headers\x18\x06 \x03(\x0b\x32(.agenthub.v1.ReplayedRecord.HeadersEntry\x12\x15\n\renvelope_json\x18\x07 \x01(\t\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"|\n\x08Progress\x12\x0f\n\x07scanned\x18\x01 \x01(\x03\x12\r\n\x05total\x18\x02 \x01(\x03\x12\x0f\n\x07matched\x18\x03 \x01(\x03\x12\x0f\n\x07written\x18\x04 \x01(\x03\x12\x0f\n\x07skipped\x18\x05 \x01(\x03\x12\x0c\n\x04\x64one\x18\x06 \x01(\x08\x12\x0f\n\x07\x64ry_run\x18\x07 \x01(\x08\"V\n\rReplayRequest\x12)\n\tselection\x18\x01 \x01(\x0b\x32\x16.agenthub.v1.Selection\x12\r\n\x05\x62\x61tch\x18\x02 \x01(\x05\x12\x0b\n\x03raw\x18\x03 \x01(\x08\"?\n\x0fReplayedRecords\x12,\n\x07records\x18\x01 \x03(\x0b\x32\x1b.agenthub.v1.ReplayedRecord\"\xa8\x01\n\tRawRecord\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x0e\n\x06offset\x18\x03 \x01(\x03\x12\x14\n\x0ctimestamp_ms\x18\x04 \x01(\x03\x12\x10\n\x03key\x18\x05 \x01(\x0cH\x00\x88\x01\x01\x12\r\n\x05value\x18\x06 \x01(\x0c\x12\x13\n\x0bheader_keys\x18\x07 \x03(\t\x12\x15\n\rheader_values\x18\x08 \x03(\x0c\x42\x06\n\x04_key\"5\n\nRawRecords\x12\'\n\x07records\x18\x01 \x03(\x0b\x32\x16.agenthub.v1.RawRecord\"\xc8\x01\n\x0bReplayEvent\x12-\n\x06record\x18\x01 \x01(\x0b\x32\x1b.agenthub.v1.ReplayedRecordH\x00\x12)\n\x08progress\x18\x02 \x01(\x0b\x32\x15.agenthub.v1.ProgressH\x00\x12/\n\x07records\x18\x03 \x01(\x0b\x32\x1c.agenthub.v1.ReplayedRecordsH\x00\x12&\n\x03raw\x18\x04 \x01(\x0b\x32\x17.agenthub.v1.RawRecordsH\x00\x42\x06\n\x04item\"`\n\x0eRebuildRequest\x12)\n\tselection\x18\x01 \x01(\x0b\x32\x16.agenthub.v1.Selection\x12\r\n\x05\x61pply\x18\x02 \x01(\x08\x12\x14\n\x0c\x66rom_scratch\x18\x03 \x01(\x08\"Y\n\x0eRedriveRequest\x12)\n\tselection\x18\x01 \x01(\x0b\x32\x16.agenthub.v1.Selection\x12\r\n\x05\x61gent\x18\x02 \x01(\t\x12\r\n\x05\x61pply\x18\x03 \x01(\x08\"\x13\n\x11TopicStatsRequest\"O\n\x0bGroupOffset\x12\r\n\x05group\x18\x01 \x01(\t\x12\x11\n\tpartition\x18\x02 \x01(\x05\x12\x11\n\tcommitted\x18\x03 \x01(\x03\x12\x0b\n\x03lag\x18\x04 \x01(\x03\"j\n\nTopicStats\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x12\n\npartitions\x18\x02 \x01(\x05\x12\x0f\n\x07records\x18\x03 \x01(\x03\x12(\n\x06groups\x18\x04 \x03(\x0b\x32\x18.agenthub.v1.GroupOffset\"=\n\x12TopicStatsResponse\x12\'\n\x06topics\x18\x01 \x03(\x0b\x32\x17.agenthub.v1.TopicStats2\xa4\x02\n\x0fOperatorService\x12@\n\x06Replay\x12\x1a.agenthub.v1.ReplayRequest\x1a\x18.agenthub.v1.ReplayEvent0\x01\x12?\n\x07Rebuild\x12\x1b.agenthub.v1.RebuildRequest\x1a\x15.agenthub.v1.Progress0\x01\x12?\n\x07Redrive\x12\x1b.agenthub.v1.RedriveRequest\x1a\x15.agenthub.v1.Progress0\x01\x12M\n\nTopicStats\x12\x1e.agenthub.v1.TopicStatsRequest\x1a\x1f.agenthub.v1.TopicStatsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,23 +44,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PROGRESS']._serialized_start=655
   _globals['_PROGRESS']._serialized_end=779
   _globals['_REPLAYREQUEST']._serialized_start=781
-  _globals['_REPLAYREQUEST']._serialized_end=869
-  _globals['_REPLAYEDRECORDS']._serialized_start=871
-  _globals['_REPLAYEDRECORDS']._serialized_end=934
-  _globals['_REPLAYEVENT']._serialized_start=937
-  _globals['_REPLAYEVENT']._serialized_end=1114
-  _globals['_REBUILDREQUEST']._serialized_start=1116
-  _globals['_REBUILDREQUEST']._serialized_end=1212
-  _globals['_REDRIVEREQUEST']._serialized_start=1214
-  _globals['_REDRIVEREQUEST']._serialized_end=1303
-  _globals['_TOPICSTATSREQUEST']._serialized_start=1305
-  _globals['_TOPICSTATSREQUEST']._serialized_end=1324
-  _globals['_GROUPOFFSET']._serialized_start=1326
-  _globals['_GROUPOFFSET']._serialized_end=1405
-  _globals['_TOPICSTATS']._serialized_start=1407
-  _globals['_TOPICSTATS']._serialized_end=1513
-  _globals['_TOPICSTATSRESPONSE']._serialized_start=1515
-  _globals['_TOPICSTATSRESPONSE']._serialized_end=1576
-  _globals['_OPERATORSERVICE']._serialized_start=1579
-  _globals['_OPERATORSERVICE']._serialized_end=1871
+  _globals['_REPLAYREQUEST']._serialized_end=867
+  _globals['_REPLAYEDRECORDS']._serialized_start=869
+  _globals['_REPLAYEDRECORDS']._serialized_end=932
+  _globals['_RAWRECORD']._serialized_start=935
+  _globals['_RAWRECORD']._serialized_end=1103
+  _globals['_RAWRECORDS']._serialized_start=1105
+  _globals['_RAWRECORDS']._serialized_end=1158
+  _globals['_REPLAYEVENT']._serialized_start=1161
+  _globals['_REPLAYEVENT']._serialized_end=1361
+  _globals['_REBUILDREQUEST']._serialized_start=1363
+  _globals['_REBUILDREQUEST']._serialized_end=1459
+  _globals['_REDRIVEREQUEST']._serialized_start=1461
+  _globals['_REDRIVEREQUEST']._serialized_end=1550
+  _globals['_TOPICSTATSREQUEST']._serialized_start=1552
+  _globals['_TOPICSTATSREQUEST']._serialized_end=1571
+  _globals['_GROUPOFFSET']._serialized_start=1573
+  _globals['_GROUPOFFSET']._serialized_end=1652
+  _globals['_TOPICSTATS']._serialized_start=1654
+  _globals['_TOPICSTATS']._serialized_end=1760
+  _globals['_TOPICSTATSRESPONSE']._serialized_start=1762
+  _globals['_TOPICSTATSRESPONSE']._serialized_end=1823
+  _globals['_OPERATORSERVICE']._serialized_start=1826
+  _globals['_OPERATORSERVICE']._serialized_end=2118
 # @@protoc_insertion_point(module_scope)

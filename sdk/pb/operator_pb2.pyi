@@ -80,14 +80,14 @@ class Progress(_message.Message):
     def __init__(self, scanned: _Optional[int] = ..., total: _Optional[int] = ..., matched: _Optional[int] = ..., written: _Optional[int] = ..., skipped: _Optional[int] = ..., done: _Optional[bool] = ..., dry_run: _Optional[bool] = ...) -> None: ...
 
 class ReplayRequest(_message.Message):
-    __slots__ = ("selection", "batch", "lines")
+    __slots__ = ("selection", "batch", "raw")
     SELECTION_FIELD_NUMBER: _ClassVar[int]
     BATCH_FIELD_NUMBER: _ClassVar[int]
-    LINES_FIELD_NUMBER: _ClassVar[int]
+    RAW_FIELD_NUMBER: _ClassVar[int]
     selection: Selection
     batch: int
-    lines: bool
-    def __init__(self, selection: _Optional[_Union[Selection, _Mapping]] = ..., batch: _Optional[int] = ..., lines: _Optional[bool] = ...) -> None: ...
+    raw: bool
+    def __init__(self, selection: _Optional[_Union[Selection, _Mapping]] = ..., batch: _Optional[int] = ..., raw: _Optional[bool] = ...) -> None: ...
 
 class ReplayedRecords(_message.Message):
     __slots__ = ("records",)
@@ -95,17 +95,43 @@ class ReplayedRecords(_message.Message):
     records: _containers.RepeatedCompositeFieldContainer[ReplayedRecord]
     def __init__(self, records: _Optional[_Iterable[_Union[ReplayedRecord, _Mapping]]] = ...) -> None: ...
 
+class RawRecord(_message.Message):
+    __slots__ = ("topic", "partition", "offset", "timestamp_ms", "key", "value", "header_keys", "header_values")
+    TOPIC_FIELD_NUMBER: _ClassVar[int]
+    PARTITION_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    HEADER_KEYS_FIELD_NUMBER: _ClassVar[int]
+    HEADER_VALUES_FIELD_NUMBER: _ClassVar[int]
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes
+    value: bytes
+    header_keys: _containers.RepeatedScalarFieldContainer[str]
+    header_values: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, topic: _Optional[str] = ..., partition: _Optional[int] = ..., offset: _Optional[int] = ..., timestamp_ms: _Optional[int] = ..., key: _Optional[bytes] = ..., value: _Optional[bytes] = ..., header_keys: _Optional[_Iterable[str]] = ..., header_values: _Optional[_Iterable[bytes]] = ...) -> None: ...
+
+class RawRecords(_message.Message):
+    __slots__ = ("records",)
+    RECORDS_FIELD_NUMBER: _ClassVar[int]
+    records: _containers.RepeatedCompositeFieldContainer[RawRecord]
+    def __init__(self, records: _Optional[_Iterable[_Union[RawRecord, _Mapping]]] = ...) -> None: ...
+
 class ReplayEvent(_message.Message):
-    __slots__ = ("record", "progress", "records", "lines")
+    __slots__ = ("record", "progress", "records", "raw")
     RECORD_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     RECORDS_FIELD_NUMBER: _ClassVar[int]
-    LINES_FIELD_NUMBER: _ClassVar[int]
+    RAW_FIELD_NUMBER: _ClassVar[int]
     record: ReplayedRecord
     progress: Progress
     records: ReplayedRecords
-    lines: bytes
-    def __init__(self, record: _Optional[_Union[ReplayedRecord, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., records: _Optional[_Union[ReplayedRecords, _Mapping]] = ..., lines: _Optional[bytes] = ...) -> None: ...
+    raw: RawRecords
+    def __init__(self, record: _Optional[_Union[ReplayedRecord, _Mapping]] = ..., progress: _Optional[_Union[Progress, _Mapping]] = ..., records: _Optional[_Union[ReplayedRecords, _Mapping]] = ..., raw: _Optional[_Union[RawRecords, _Mapping]] = ...) -> None: ...
 
 class RebuildRequest(_message.Message):
     __slots__ = ("selection", "apply", "from_scratch")
