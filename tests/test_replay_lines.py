@@ -5,14 +5,18 @@ and headers, and for records that are not envelopes; a raw record carries its re
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
+import pytest
 from a2a.types import a2a_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agenthub.hub.cli import replaying
 from agenthub.hub.log._base import Record
 from agenthub.hub.operators.records import Scanned, from_raw, raw_records, record_json, replayed
+from agenthub.sdk.errors import HubUnavailable
 from agenthub.sdk.pb import operator_pb2 as op
 from agenthub.sdk.pb.envelope_pb2 import Envelope
 from tests.fuzzing import messages
@@ -72,3 +76,25 @@ def test_an_envelope_protobuf_cannot_print_is_reported_not_fatal() -> None:
     assert_same(item)
     line = json.loads(record_json(item))
     assert line["envelope"] is None and line["error"].startswith("envelope not printable as JSON: ")
+
+
+async def events(*items: op.ReplayEvent) -> AsyncIterator[op.ReplayEvent]:
+    for item in items:
+        yield item
+
+
+async def test_the_cli_prints_raw_records_as_lines_and_refuses_a_hub_that_sends_them_rendered(
+    capfdbinary: pytest.CaptureFixture[bytes],
+) -> None:
+    records = [
+        Record("agenthub.inbox.a", 0, n, b"k", Envelope(id=f"e{n}").SerializeToString(), 5, ())
+        for n in range(3)
+    ]
+    await replaying.print_records(
+        events(op.ReplayEvent(raw=raw_records(records)), op.ReplayEvent(progress=op.Progress(done=True)))
+    )
+    printed = capfdbinary.readouterr().out.splitlines()
+    assert printed == [record_json(Scanned(r)) for r in records]
+    old_hub = events(op.ReplayEvent(records=op.ReplayedRecords(records=[replayed(Scanned(records[0]))])))
+    with pytest.raises(HubUnavailable, match="predates raw replay"):
+        await replaying.print_records(old_hub)
