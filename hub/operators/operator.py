@@ -152,9 +152,10 @@ class Operator:
         async for items in self.scan(selection, counter):
             if items is not None:
                 pending += items
-                while len(pending) >= size:
-                    yield _replay_event(pending[:size], batch, raw)
-                    pending = pending[size:]
+                full = len(pending) - len(pending) % size
+                for start in range(0, full, size):
+                    yield _replay_event(pending[start : start + size], batch, raw)
+                pending = pending[full:]
                 continue
             if pending:
                 yield _replay_event(pending, batch, raw)
