@@ -6,16 +6,23 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from pathlib import Path
+from typing import Any, cast
 
 import pytest
 from a2a.types import a2a_pb2
+from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agenthub.hub.cli import replaying
 from agenthub.hub.log._base import Record
+from agenthub.hub.log.embedded import EmbeddedLog
+from agenthub.hub.operators.operator import Counter, Operator
 from agenthub.hub.operators.records import Scanned, from_raw, raw_records, record_json, replayed
+from agenthub.hub.routing.registry import Registry
+from agenthub.hub.threads._base import ThreadStore
+from agenthub.hub.topics import Topics
 from agenthub.sdk.errors import HubUnavailable
 from agenthub.sdk.pb import operator_pb2 as op
 from agenthub.sdk.pb.envelope_pb2 import Envelope
@@ -98,3 +105,31 @@ async def test_the_cli_prints_raw_records_as_lines_and_refuses_a_hub_that_sends_
     old_hub = events(op.ReplayEvent(records=op.ReplayedRecords(records=[replayed(Scanned(records[0]))])))
     with pytest.raises(HubUnavailable, match="predates raw replay"):
         await replaying.print_records(old_hub)
+
+
+async def test_a_scan_decodes_envelopes_only_for_envelope_filters_and_times_every_record(
+    tmp_path: Path,
+) -> None:
+    """Without envelope filters a record that is not an envelope is read back, and nothing is
+    decoded; with one it is left out; a time filter applies to every record, envelope or not."""
+    async with EmbeddedLog(tmp_path / "log.db") as log:
+        await log.ensure_topic("agenthub.inbox.a", 1)
+        good = await log.produce("agenthub.inbox.a", Envelope(id="e1", sender="ann").SerializeToString())
+        bad = await log.produce("agenthub.inbox.a", b"\xff\xff\xff")
+        operator = Operator(
+            log, cast(ThreadStore, None), cast(Registry, None), Topics(), "agenthub.replies.x"
+        )
+
+        async def scanned(**selection: Any) -> list[Scanned]:
+            found: list[Scanned] = []
+            async for items in operator.scan(op.Selection(**selection), Counter(0)):
+                found += items or []
+            return found
+
+        everything = await scanned()
+        assert [i.record.offset for i in everything] == [good.offset, bad.offset]
+        assert all("_decoded" not in vars(item) for item in everything)  # nothing was decoded
+        assert [i.record.offset for i in await scanned(sender="ann")] == [good.offset]
+        later = Timestamp()
+        later.FromMilliseconds(max(good.timestamp_ms, bad.timestamp_ms) + 1)
+        assert await scanned(from_time=later) == []
