@@ -11,7 +11,7 @@ from types import TracebackType
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from agenthub.hub.operators.records import Scanned, from_raw, record_json
+from agenthub.hub.operators.records import raw_json
 from agenthub.sdk.errors import HubUnavailable
 from agenthub.sdk.pb import operator_pb2 as op
 
@@ -69,7 +69,7 @@ async def print_records(events: AsyncIterator[op.ReplayEvent]) -> None:
             if event.HasField("progress"):
                 bar.update(event.progress)
             elif event.HasField("raw"):
-                lines = [record_json(Scanned(from_raw(raw))) for raw in event.raw.records]
+                lines = [raw_json(raw) for raw in event.raw.records]
                 sys.stdout.buffer.write(b"\n".join(lines) + b"\n")
             else:  # a hub that ignores `raw` sends records rendered its way: say so, print nothing wrong
                 raise HubUnavailable("this hub predates raw replay: upgrade it to the CLI's version")

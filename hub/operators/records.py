@@ -49,17 +49,38 @@ class Scanned:
 
 
 def record_json(item: Scanned) -> bytes:
-    """A scanned record as one line of the replay JSONL schema (compact JSON, UTF-8): what `agenthub
-    replay` prints and a raw thread export holds; `replayed()` in one JSON object."""
-    record, ms = item.record, item.record.timestamp_ms
-    envelope, error = _printed(item)
+    """A scanned record as one line of the replay JSONL schema (compact JSON, UTF-8): what a raw
+    thread export holds; `replayed()` in one JSON object."""
+    r = item.record
+    headers = {k: v.decode(errors="replace") for k, v in r.headers}
+    return _line(r.topic, r.partition, r.offset, r.timestamp_ms, r.key, headers, *_shown(item))
+
+
+def raw_json(raw: op.RawRecord) -> bytes:
+    """`record_json` of the record a raw record carries, read from the message itself: how
+    `agenthub replay` prints every record."""
+    envelope = Envelope()
+    try:
+        envelope.ParseFromString(raw.value)
+    except DecodeError as exc:
+        shown: tuple[Any, str] = (None, f"not an envelope: {exc}")
+    else:
+        shown = _printed(envelope)
+    headers = dict(zip(raw.header_keys, [v.decode(errors="replace") for v in raw.header_values], strict=True))
+    return _line(raw.topic, raw.partition, raw.offset, raw.timestamp_ms, raw.key, headers, *shown)
+
+
+def _line(
+    topic: str, partition: int, offset: int, ms: int, key: bytes | None, headers: dict[str, str],
+    envelope: Any, error: str,
+) -> bytes:  # fmt: skip
     line = {
-        "topic": record.topic,
-        "partition": record.partition,
-        "offset": record.offset,
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
         "timestamp": timestamp_json(ms // 1000, ms % 1000 * 1_000_000),
-        "key": (record.key or b"").decode(errors="replace"),
-        "headers": {k: v.decode(errors="replace") for k, v in record.headers},
+        "key": (key or b"").decode(errors="replace"),
+        "headers": headers,
         "envelope": envelope,
     }
     if error:
@@ -76,20 +97,23 @@ def replayed(item: Scanned) -> op.ReplayedRecord:
         headers={k: v.decode(errors="replace") for k, v in record.headers},
     )  # fmt: skip
     out.timestamp.FromMilliseconds(record.timestamp_ms)
-    envelope, out.error = _printed(item)
+    envelope, out.error = _shown(item)
     if envelope is not None:
         out.envelope_json = json.dumps(envelope)
     return out
 
 
-def _printed(item: Scanned) -> tuple[Any, str]:
-    """A scanned record's envelope as a JSON value, and why there is none: an envelope that
-    protobuf cannot print as JSON (a timestamp out of range in an agent's payload) is reported
-    like a record that is not an envelope, rather than ending the replay."""
-    if item.envelope is None:
-        return None, item.error
+def _shown(item: Scanned) -> tuple[Any, str]:
+    """A scanned record's envelope as a JSON value, or None and why."""
+    return (None, item.error) if item.envelope is None else _printed(item.envelope)
+
+
+def _printed(envelope: Envelope) -> tuple[Any, str]:
+    """An envelope as a JSON value, or None and why: one that protobuf cannot print as JSON (a
+    timestamp out of range in an agent's payload) is reported like a record that is not an
+    envelope, rather than ending the replay."""
     try:
-        return to_object(item.envelope, proto_names=True), ""
+        return to_object(envelope, proto_names=True), ""
     except (SerializeToJsonError, ValueError) as exc:
         return None, f"envelope not printable as JSON: {exc}"
 
@@ -105,10 +129,3 @@ def raw_records(records: list[Record]) -> op.RawRecords:
             header_values=[v for _, v in r.headers],
         )  # fmt: skip
     return out
-
-
-def from_raw(raw: op.RawRecord) -> Record:
-    """The record a `RawRecord` carries."""
-    headers = tuple(zip(raw.header_keys, raw.header_values, strict=True))
-    key = raw.key if raw.HasField("key") else None
-    return Record(raw.topic, raw.partition, raw.offset, key, raw.value, raw.timestamp_ms, headers)

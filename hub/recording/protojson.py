@@ -39,7 +39,7 @@ class _Printer(json_format._Printer):
         self._messages: dict[Descriptor, bool] = {}  # descriptor -> a regular (not well-known) type
         self._converters: dict[Descriptor, Convert] = {}
         self._compiling: set[Descriptor] = set()
-        self._any_types: dict[str, type[Message]] = {}
+        self._any_types: dict[str, tuple[type[Message], Fill | None]] = {}  # type URL -> class, filler
 
     def _is_regular(self, descriptor: Descriptor) -> bool:
         """Whether messages of this type print field by field (not a wrapper or well-known type)."""
@@ -200,20 +200,21 @@ class _Printer(json_format._Printer):
 
     def _AnyMessageToJsonObject(self, message: Message) -> Any:
         type_url = message.type_url  # type: ignore[attr-defined]
-        cls = self._any_types.get(type_url)
-        if cls is None:
+        known = self._any_types.get(type_url)
+        if known is None:
             if not message.ListFields():
                 return {}
             try:
                 descriptor = symbol_database.Default().pool.FindMessageTypeByName(type_url.split("/")[-1])
             except KeyError:
                 return super()._AnyMessageToJsonObject(message)  # raises protobuf's own error
-            cls = self._any_types[type_url] = message_factory.GetMessageClass(descriptor)
+            fill = cast(Fill, self._converter(descriptor)) if self._is_regular(descriptor) else None
+            known = self._any_types[type_url] = (message_factory.GetMessageClass(descriptor), fill)
+        cls, fill = known
+        if fill is None:  # a well-known type inside: protobuf's way
+            return super()._AnyMessageToJsonObject(message)
         inner = cls()
         inner.ParseFromString(message.value)  # type: ignore[attr-defined]
-        if not self._is_regular(inner.DESCRIPTOR):
-            return super()._AnyMessageToJsonObject(message)
-        fill = cast(Fill, self._converter(inner.DESCRIPTOR))
         return fill(inner, {"@type": type_url})
 
 
