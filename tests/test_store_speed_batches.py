@@ -7,6 +7,7 @@ Python-level helpers, and must say exactly what those helpers say, errors includ
 
 from __future__ import annotations
 
+import gc
 import random
 from pathlib import Path
 
@@ -128,3 +129,18 @@ def test_message_text_is_the_same_whatever_the_parts() -> None:
             content.describe(p) for p, k in zip(parts, kinds, strict=True) if k != "data" or not has_text
         )
         assert content.message_text(message) == plain
+
+
+def test_collection_is_paused_for_a_batch_only_and_left_alone_when_someone_else_paused_it() -> None:
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), projection.paused_gc():
+        assert not gc.isenabled()
+        raise RuntimeError("a batch that fails")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with projection.paused_gc():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

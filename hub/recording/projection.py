@@ -8,6 +8,9 @@ a thread by the envelopes' creation time (stamped where each hop happened), not 
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 from a2a.types import Artifact, Message, Role, SendMessageRequest, StreamResponse, Task, TaskState, TaskStatus
@@ -28,6 +31,26 @@ _USER, _AGENT = Role.ROLE_USER, Role.ROLE_AGENT
 _STATE_NAMES = {value.number: value.name for value in TaskState.DESCRIPTOR.values}
 M = TypeVar("M", bound=ProtoMessage)
 _MIN_SECONDS, _MAX_SECONDS = -62135596800, 253402300799  # Timestamp's valid range (0001 to 9999)
+
+
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """No cyclic garbage collection while a batch is recorded (then as before).
+
+    Recording a batch makes tens of thousands of objects that live until its transaction ends:
+    collections in between found them all alive, promoted them, and so brought on full
+    collections of the hub's whole heap. In a hub rebuilding 20,000 records that was about a
+    quarter of its CPU. Their memory is still freed as soon as they are dropped (reference
+    counting); only cycles wait for the next collection, after the batch. If something else
+    disabled collection, it is left to it."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def state_name(state: int) -> str:

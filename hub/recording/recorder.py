@@ -22,7 +22,7 @@ from google.protobuf.message import DecodeError
 from agenthub.hub import envelopes
 from agenthub.hub.log._base import Consumer, Lifecycle, Log, Record, TopicPartition
 from agenthub.hub.loops import Readiness, SupervisedLoop, describe, retry_until_ok
-from agenthub.hub.recording.projection import project
+from agenthub.hub.recording.projection import paused_gc, project
 from agenthub.hub.threads._base import Projection, ThreadStore
 from agenthub.hub.threads.outage import STORE_OUTAGES
 from agenthub.hub.topics import Topics
@@ -234,23 +234,24 @@ async def record_envelopes(
     store: ThreadStore, readable: Sequence[tuple[Record, Envelope]]
 ) -> tuple[int, list[Unprojectable]]:
     """`record_batch` for records already decoded (a rebuild has decoded them to filter them)."""
-    refused: list[Unprojectable] = []
-    seen = await store.applied_among([envelope.id for _, envelope in readable])
-    current = await store.get_tasks(
-        sorted({e.task_id for _, e in readable if e.task_id and e.id not in seen})
-    )
-    projections: list[Projection] = []
-    for record, envelope in readable:
-        if envelope.id in seen:
-            continue
-        seen.add(envelope.id)
-        try:
-            projection = project(envelope, record, current.get(envelope.task_id))
-        except ValueError as exc:
-            refused.append(Unprojectable(record, f"unreadable payload: {exc}"))
-            continue
-        if projection.task is not None:  # later records of the batch build on this one
-            projection.task.history.extend(projection.statuses)
-            current[envelope.task_id] = projection.task
-        projections.append(projection)
-    return await store.apply(projections), refused
+    with paused_gc():  # the batch's objects live until it is applied: no collections meanwhile
+        refused: list[Unprojectable] = []
+        seen = await store.applied_among([envelope.id for _, envelope in readable])
+        current = await store.get_tasks(
+            sorted({e.task_id for _, e in readable if e.task_id and e.id not in seen})
+        )
+        projections: list[Projection] = []
+        for record, envelope in readable:
+            if envelope.id in seen:
+                continue
+            seen.add(envelope.id)
+            try:
+                projection = project(envelope, record, current.get(envelope.task_id))
+            except ValueError as exc:
+                refused.append(Unprojectable(record, f"unreadable payload: {exc}"))
+                continue
+            if projection.task is not None:  # later records of the batch build on this one
+                projection.task.history.extend(projection.statuses)
+                current[envelope.task_id] = projection.task
+            projections.append(projection)
+        return await store.apply(projections), refused
