@@ -19,7 +19,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from agenthub.hub import envelopes
 from agenthub.hub.recording import content, projection
 from agenthub.hub.threads import _summary, postgres, sqlite
-from agenthub.hub.threads._base import Projection, TaskRow, ThreadStore
+from agenthub.hub.threads._base import Projection, TaskRow, ThreadStore, state_name
 from agenthub.sdk.pb.envelope_pb2 import Kind
 
 
@@ -95,9 +95,9 @@ def test_status_times_compare_as_protobuf_says_out_of_range_included(seconds: in
 
 def test_state_names_are_protobufs_and_an_unknown_state_is_still_an_error() -> None:
     for value in TaskState.DESCRIPTOR.values:
-        assert projection.state_name(value.number) == TaskState.Name(value.number)
+        assert state_name(value.number) == TaskState.Name(value.number)
     with pytest.raises(ValueError):
-        projection.state_name(999)
+        state_name(999)
 
 
 def test_a_payload_of_another_type_is_refused_as_before() -> None:

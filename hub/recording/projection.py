@@ -20,7 +20,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from agenthub.hub import envelopes, task_events
 from agenthub.hub.log._base import Record
 from agenthub.hub.recording import content
-from agenthub.hub.threads._base import ArtifactRow, MessageRow, Projection, StatusRow, TaskRow
+from agenthub.hub.threads._base import ArtifactRow, MessageRow, Projection, StatusRow, TaskRow, state_name
 from agenthub.sdk.pb.envelope_pb2 import Envelope, Kind
 
 # Enum values read once: every `TaskState.X` is a Python-level lookup in protobuf's enum wrapper,
@@ -28,7 +28,6 @@ from agenthub.sdk.pb.envelope_pb2 import Envelope, Kind
 _REQUEST, _EVENT = Kind.KIND_REQUEST, Kind.KIND_EVENT
 _SUBMITTED, _COMPLETED = TaskState.TASK_STATE_SUBMITTED, TaskState.TASK_STATE_COMPLETED
 _USER, _AGENT = Role.ROLE_USER, Role.ROLE_AGENT
-_STATE_NAMES = {value.number: value.name for value in TaskState.DESCRIPTOR.values}
 M = TypeVar("M", bound=ProtoMessage)
 _MIN_SECONDS, _MAX_SECONDS = -62135596800, 253402300799  # Timestamp's valid range (0001 to 9999)
 
@@ -51,11 +50,6 @@ def paused_gc() -> Iterator[None]:
         yield
     finally:
         gc.enable()
-
-
-def state_name(state: int) -> str:
-    """`TaskState.Name(state)` (ValueError for a number no state has), without the enum wrapper."""
-    return _STATE_NAMES.get(state) or TaskState.Name(state)
 
 
 def project(envelope: Envelope, record: Record, current: TaskRow | None, *, json: bool = True) -> Projection:

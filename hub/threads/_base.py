@@ -14,9 +14,17 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from a2a.types import Task
+from a2a.types import Task, TaskState
 
 from agenthub.hub.log._base import Lifecycle
+
+_STATE_NAMES = {value.number: value.name for value in TaskState.DESCRIPTOR.values}
+
+
+def state_name(state: int) -> str:
+    """`TaskState.Name(state)`, as the store keeps states (ValueError for a number no state has),
+    without protobuf's enum wrapper: a Python-level lookup per call, several per recorded record."""
+    return _STATE_NAMES.get(state) or TaskState.Name(state)
 
 
 @dataclass

@@ -14,7 +14,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from a2a.types import Task, TaskState
+from a2a.types import Task
 
 from agenthub.hub.threads import _summary as summary
 from agenthub.hub.threads._base import (
@@ -27,6 +27,7 @@ from agenthub.hub.threads._base import (
     ThreadFilter,
     ThreadPage,
     ThreadStore,
+    state_name,
 )
 
 MESSAGE_COLUMNS = (
@@ -42,7 +43,6 @@ ARTIFACT_LATEST = ("name", "text", "artifact_json", "updated_at", "topic", '"par
 TASK_COLUMNS = "task_id, context_id, agent, parent_task_id, state, created_at, updated_at, task"
 TABLES = ("applied", "messages", "tasks", "task_status", "artifacts", *summary.TABLES)
 T = TypeVar("T")
-_STATE_NAMES = {value.number: value.name for value in TaskState.DESCRIPTOR.values}
 ROWS_PER_STATEMENT = 512  # rows of a multi-row INSERT (a power of two): 15 columns stay under 32k parameters
 
 
@@ -170,7 +170,7 @@ class SqlThreadStore(ThreadStore):
             " ON CONFLICT (task_id) DO UPDATE SET"
             f" state = excluded.state, updated_at = excluded.updated_at, task = excluded.task,"
             f" created_at = {earliest}",
-            [(task.id, task.context_id, t.agent, t.parent_task_id, _state_name(task.status.state),
+            [(task.id, task.context_id, t.agent, t.parent_task_id, state_name(task.status.state),
               t.created_at, t.updated_at, task.SerializeToString(deterministic=True))
              for t in latest for task in (t.task,)],
         )  # fmt: skip
@@ -307,11 +307,6 @@ def _padded(values: Sequence[T]) -> list[T]:
     repeat changes no result), for the same reason as `_chunks`."""
     padded = list(values)
     return padded + padded[-1:] * ((1 << (len(padded) - 1).bit_length()) - len(padded))
-
-
-def _state_name(state: int) -> str:
-    """`TaskState.Name(state)` without protobuf's enum wrapper (a lookup per call)."""
-    return _STATE_NAMES.get(state) or TaskState.Name(state)
 
 
 def _task_row(row: Sequence[Any]) -> TaskRow:
