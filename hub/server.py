@@ -113,7 +113,7 @@ def stable_instance_id(data_dir: Path) -> str:
     return instance
 
 
-PORT_PICKS = 3  # tries at a free gRPC port when the hub picks it (port 0)
+PORT_PICKS = 3  # tries at a free port when the hub picks it (port 0)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -339,6 +339,7 @@ class Hub(Lifecycle):
         self.readiness.up("consumer groups")
 
     async def _start_http(self) -> None:
+        listener = self._http_listener()  # first: picking another port makes new cards
         app = http_app(
             self.handler,
             self.registry,
@@ -353,11 +354,32 @@ class Hub(Lifecycle):
             app, host=self.settings.host, port=self.http_port, log_level="warning", lifespan="off", **tls
         )
         self._http = uvicorn.Server(config)
-        self._http_task = asyncio.create_task(self._http.serve(), name="hub-http")
+        self._http_task = asyncio.create_task(self._http.serve(sockets=[listener]), name="hub-http")
         while not self._http.started:
             if self._http_task.done():
-                raise ConfigError(f"cannot listen on {self.settings.host}:{self.http_port} (port in use?)")
+                raise ConfigError(f"cannot serve HTTP on {self.settings.host}:{self.http_port}")
             await asyncio.sleep(0.01)
+
+    def _http_listener(self) -> socket.socket:
+        """Bind the HTTP port here, as `_listen` does the gRPC one: a port the hub picked that another
+        process took since is picked again, and a busy port is a ConfigError. Left to uvicorn, a
+        failed bind ends in `sys.exit` inside its task, which stops the whole event loop."""
+        for _ in range(PORT_PICKS):
+            family, kind, proto, _, address = socket.getaddrinfo(
+                self.settings.host, self.http_port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+            )[0]
+            listener = socket.socket(family, kind, proto)
+            try:
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+                listener.bind(address)
+                return listener
+            except OSError:
+                listener.close()
+                if self.settings.http_port:
+                    break
+                self.http_port = free_port(self.settings.host)
+                self.cards = CardPublisher(self.settings, self.grpc_port, self.http_port)
+        raise ConfigError(f"cannot listen on {self.settings.host}:{self.http_port} (port in use?)")
 
     async def stop(self) -> None:
         if self._http is not None and self._http_task is not None:

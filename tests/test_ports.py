@@ -4,6 +4,7 @@ the connections, so half the calls would find nothing registered."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
@@ -67,3 +68,26 @@ async def test_a_hub_whose_picked_port_was_taken_meanwhile_picks_another(
             assert grpc_urls == [hub.address]  # the card says where the hub really listens
     finally:
         await squatter.stop(None)
+
+
+async def test_a_taken_http_port_is_a_clear_error_and_a_picked_one_is_picked_again(
+    tmp_path: Path, hub_settings: Callable[..., HubSettings]
+) -> None:
+    """The HTTP head binds like the gRPC one. uvicorn, left to bind, ended a failed bind with
+    `sys.exit` inside its task, which stopped the whole event loop (in the suite: every later test
+    of that worker errored)."""
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        with pytest.raises(ConfigError) as refused:
+            async with Hub(hub_settings(tmp_path / "named", http_port=taken)):
+                pass
+        assert str(refused.value) == f"cannot listen on 127.0.0.1:{taken} (port in use?)"
+
+        hub = Hub(hub_settings(tmp_path / "picked"))
+        hub.http_port = taken  # as if another process took the port the hub picked
+        async with hub, httpx.AsyncClient() as http:
+            assert hub.http_port != taken
+            answer = await http.get(f"{hub.http_url}/readyz")  # the head listens where the hub says
+            assert answer.status_code in (200, 503) and "ready" in answer.json()  # 503: still joining
