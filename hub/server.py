@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import socket
 import uuid
 from pathlib import Path
@@ -114,12 +115,32 @@ def stable_instance_id(data_dir: Path) -> str:
 
 
 PORT_PICKS = 3  # tries at a free port when the hub picks it (port 0)
+PORT_TRIES = 20  # random ports tried below the ephemeral range before asking the kernel for one
+FIRST_PICKED_PORT = 10_000
+EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
 
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port free on `host` now, for a server to bind soon. Picked below the kernel's ephemeral
+    range when it can be: outgoing connections take their ports from that range, so one of them
+    could take a port the kernel handed out between this pick and the bind (test suites, drills
+    and benchmarks start many servers beside many clients)."""
+    low = _ephemeral_low()
+    for _ in range(PORT_TRIES if low > FIRST_PICKED_PORT else 0):
+        with socket.socket() as sock, contextlib.suppress(OSError):
+            sock.bind((host, random.randrange(FIRST_PICKED_PORT, low)))
+            return int(sock.getsockname()[1])
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's range for outgoing connections (Linux), else 0."""
+    try:
+        return int(EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 def check_exposure(settings: HubSettings) -> None:

@@ -13,8 +13,9 @@ import httpx
 import pytest
 from google.protobuf.json_format import MessageToJson
 
+from agenthub.hub import server
 from agenthub.hub.config import HubSettings
-from agenthub.hub.server import Hub
+from agenthub.hub.server import Hub, free_port
 from agenthub.sdk import Agent, HubClient, ScriptedModel
 from agenthub.sdk.errors import ConfigError
 from tests.test_cli import agenthub
@@ -91,3 +92,14 @@ async def test_a_taken_http_port_is_a_clear_error_and_a_picked_one_is_picked_aga
             assert hub.http_port != taken
             answer = await http.get(f"{hub.http_url}/readyz")  # the head listens where the hub says
             assert answer.status_code in (200, 503) and "ready" in answer.json()  # 503: still joining
+
+
+def test_a_picked_port_is_free_and_below_the_range_outgoing_connections_use() -> None:
+    """An outgoing connection takes its port from the ephemeral range: a port picked there can be
+    gone by the time its server binds it (two CI runs lost an agent and a hub fixture that way)."""
+    low = server._ephemeral_low()
+    for _ in range(20):
+        port = free_port()
+        assert low <= server.FIRST_PICKED_PORT or server.FIRST_PICKED_PORT <= port < low
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))  # free, as promised
