@@ -103,12 +103,13 @@ def test_state_names_are_protobufs_and_an_unknown_state_is_still_an_error() -> N
 def test_a_payload_of_another_type_is_refused_as_before() -> None:
     request = SendMessageRequest(message=Message(message_id="m1", parts=[Part(text="hi")]))
     envelope = envelopes.make(Kind.KIND_REQUEST, request, task_id="t1", context_id="ctx")
-    assert projection._unpack(envelope, SendMessageRequest) == request
-    with pytest.raises(ValueError) as mine:
-        projection._unpack(envelope, StreamResponse)
-    with pytest.raises(ValueError) as theirs:
+    assert envelopes.unpack(envelope, SendMessageRequest) == request
+    with pytest.raises(ValueError) as refused:
         envelopes.unpack(envelope, StreamResponse)
-    assert str(mine.value) == str(theirs.value)
+    assert (
+        str(refused.value) == f"envelope {envelope.id} holds {envelope.payload.type_url}, not StreamResponse"
+    )
+    assert not envelope.payload.Unpack(StreamResponse())  # as Any.Unpack, the check it stands for, says
 
 
 def test_message_text_is_the_same_whatever_the_parts() -> None:

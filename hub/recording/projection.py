@@ -11,15 +11,14 @@ from __future__ import annotations
 import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TypeVar
 
 from a2a.types import Artifact, Message, Role, SendMessageRequest, StreamResponse, Task, TaskState, TaskStatus
-from google.protobuf.message import Message as ProtoMessage
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from agenthub.hub import envelopes, task_events
 from agenthub.hub.log._base import Record
 from agenthub.hub.recording import content
+from agenthub.hub.recording.protojson import TIMESTAMP_SECONDS
 from agenthub.hub.threads._base import ArtifactRow, MessageRow, Projection, StatusRow, TaskRow, state_name
 from agenthub.sdk.pb.envelope_pb2 import Envelope, Kind
 
@@ -28,8 +27,6 @@ from agenthub.sdk.pb.envelope_pb2 import Envelope, Kind
 _REQUEST, _EVENT = Kind.KIND_REQUEST, Kind.KIND_EVENT
 _SUBMITTED, _COMPLETED = TaskState.TASK_STATE_SUBMITTED, TaskState.TASK_STATE_COMPLETED
 _USER, _AGENT = Role.ROLE_USER, Role.ROLE_AGENT
-M = TypeVar("M", bound=ProtoMessage)
-_MIN_SECONDS, _MAX_SECONDS = -62135596800, 253402300799  # Timestamp's valid range (0001 to 9999)
 
 
 @contextmanager
@@ -65,7 +62,7 @@ def project(envelope: Envelope, record: Record, current: TaskRow | None, *, json
 
 
 def _project_request(envelope: Envelope, record: Record, current: TaskRow | None, out: Projection) -> None:
-    request = _unpack(envelope, SendMessageRequest)
+    request = envelopes.unpack(envelope, SendMessageRequest)
     message = Message()
     message.CopyFrom(request.message)
     message.task_id, message.context_id = envelope.task_id, envelope.context_id
@@ -95,7 +92,7 @@ def _project_request(envelope: Envelope, record: Record, current: TaskRow | None
 
 
 def _project_event(envelope: Envelope, record: Record, current: TaskRow | None, out: Projection) -> None:
-    event = _unpack(envelope, StreamResponse)
+    event = envelopes.unpack(envelope, StreamResponse)
     at = envelopes.seconds_of(envelope.created_at)
     task = current or _new_task(envelope, at, agent=envelope.sender)
     task_events.keep_agent_ids(task.task, envelope.agent_task_id, envelope.agent_context_id)
@@ -132,17 +129,6 @@ def _apply_status(
     out.statuses.append(StatusRow(task.task_id, state_name(status.state), text, at))
 
 
-def _unpack(envelope: Envelope, cls: type[M]) -> M:
-    """`envelopes.unpack` (ValueError for another payload type) without `Any.Unpack`'s Python-level
-    type name checks in the usual case."""
-    payload = envelope.payload
-    if payload.type_url.rpartition("/")[2] != cls.DESCRIPTOR.full_name:
-        return envelopes.unpack(envelope, cls)  # says what the envelope holds instead
-    message = cls()
-    message.ParseFromString(payload.value)
-    return message
-
-
 def _keep_newer(current: TaskStatus, status: TaskStatus) -> None:
     """Make `status` the task's current one unless that is newer: the log's topics are read in
     parallel, so an older status (a re-driven request's, a late event's) may be recorded last."""
@@ -156,7 +142,7 @@ def _nanos(stamp: Timestamp) -> int:
     """`stamp.ToNanoseconds()` (ValueError for a timestamp out of range) without its checks'
     Python-level function calls in the usual case."""
     seconds, nanos = stamp.seconds, stamp.nanos
-    if _MIN_SECONDS <= seconds <= _MAX_SECONDS and 0 <= nanos < 1_000_000_000:
+    if seconds in TIMESTAMP_SECONDS and 0 <= nanos < 1_000_000_000:
         return seconds * 1_000_000_000 + nanos
     return stamp.ToNanoseconds()  # raises as protobuf does
 

@@ -225,7 +225,7 @@ def _same(value: Any) -> Any:
 TIMESTAMP = "google.protobuf.Timestamp"
 ANY = "google.protobuf.Any"
 _EPOCH = datetime.datetime(1970, 1, 1)
-_SECONDS = range(-62135596800, 253402300800)  # the years 1 to 9999, as protobuf checks them
+TIMESTAMP_SECONDS = range(-62135596800, 253402300800)  # the years 1 to 9999, as protobuf checks them
 _DAY = 86_400
 _seconds_json: dict[int, str] = {}  # recent whole seconds, printed
 
@@ -233,7 +233,7 @@ _seconds_json: dict[int, str] = {}  # recent whole seconds, printed
 def timestamp_json(seconds: int, nanos: int) -> str:
     """`Timestamp.ToJsonString()` of these seconds and nanos, printing each second only once: records
     of one second share it, and protobuf builds a datetime every time."""
-    if seconds not in _SECONDS or not 0 <= nanos < 1_000_000_000:
+    if seconds not in TIMESTAMP_SECONDS or not 0 <= nanos < 1_000_000_000:
         return timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos).ToJsonString()  # its error
     whole = _seconds_json.get(seconds)
     if whole is None:
