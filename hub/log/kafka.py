@@ -245,6 +245,7 @@ class KafkaLog(Log):
             out: list[Record] = []
             if start >= end:
                 return out
+            _revive_fetcher(reader, None)
             reader.assign([theirs])
             reader.seek(theirs, start)
             while len(out) < limit and start + len(out) < end:
@@ -257,6 +258,25 @@ def _record(r: ConsumerRecord[bytes, bytes]) -> Record:
     """Our Record from an aiokafka ConsumerRecord."""
     value = r.value if r.value is not None else b""
     return Record(r.topic, r.partition, r.offset, r.key, value, r.timestamp, tuple(r.headers))
+
+
+def _revive_fetcher(consumer: AIOKafkaConsumer, group: str | None) -> None:
+    """Start aiokafka's fetch task again if it died.
+
+    The task that fills the consumer's buffer can end on an error of aiokafka's own (an assertion
+    on an assignment that a rebalance replaced while the task waited for it). aiokafka keeps that
+    error in `Fetcher.error_future` and never raises it: getmany then returns nothing for ever, and
+    stop() raises it. A new task resumes from the positions the consumer has (nothing consumed is
+    read twice, nothing unread is skipped); it starts by dropping whatever the dead one left.
+    """
+    fetcher = consumer._fetcher
+    task = fetcher.error_future
+    if not task.done() or fetcher._closed:
+        return
+    error = None if task.cancelled() else task.exception()
+    cause = error.__cause__ if error is not None and error.__cause__ is not None else error
+    log.warning("kafka fetch task died; starting it again", group=group, error=repr(cause))
+    fetcher._fetch_task = asyncio.get_running_loop().create_task(fetcher._fetch_requests_routine())
 
 
 class _Revocations(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -341,6 +361,7 @@ class KafkaConsumer(Consumer):
 
     async def stop(self) -> None:
         if self._consumer is not None:
+            _revive_fetcher(self._consumer, self._group)  # a dead fetch task makes stop() raise
             await self._consumer.stop()
             self._consumer = None
 
@@ -363,6 +384,7 @@ class KafkaConsumer(Consumer):
 
     async def getmany(self, timeout_ms: int | None = None, max_records: int = 500) -> list[Record]:
         assert self._consumer is not None, "consumer is not started"
+        _revive_fetcher(self._consumer, self._group)
         if self._paused:
             self._apply_pauses(self._consumer)
         batches = await self._consumer.getmany(timeout_ms=timeout_ms or 0, max_records=max_records)
