@@ -12,10 +12,12 @@ from google.protobuf.json_format import MessageToJson
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from agenthub.hub.server import Hub, free_port
+from agenthub.hub.threads._sql import READ_INDEXES
 from agenthub.sdk import Agent, AgentHubError, HubClient, ScriptedModel
 from agenthub.sdk.pb import operator_pb2 as op
 from agenthub.sdk.pb import threads_pb2 as thr
 from tests.conftest import eventually
+from tests.test_bulk_load import read_indexes
 from tests.test_cli import agenthub
 from tests.test_delivery import echo
 
@@ -64,6 +66,7 @@ async def test_rebuilt_store_equals_the_live_one(hub: Hub, client: HubClient) ->
     rebuilt = await last(client.rebuild(op.Selection(), apply=True, from_scratch=True))
     assert rebuilt.written == rebuilt.total
     assert await store_rows(hub) == live
+    assert await read_indexes(hub.store) == READ_INDEXES, "the bulk load left an index out"
 
     again = await last(client.rebuild(op.Selection(), apply=True))
     assert (again.written, again.skipped) == (0, again.total), "rebuilding twice must change nothing"

@@ -9,6 +9,7 @@ re-driving twice sends it once.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -172,19 +173,21 @@ class Operator:
     ) -> AsyncIterator[op.Progress]:
         """Record the selected records into the thread store (what it lacks), optionally from scratch."""
         counter = Counter(await _total(self, selection), dry_run=not apply)
-        if apply and from_scratch:
-            await self._store.wipe()
-        chunk: list[Scanned] = []
-        async for items in self.scan(selection, counter):
-            if items is None:
-                yield counter.progress
-                continue
-            chunk += [item for item in items if item.envelope is not None]
-            if len(chunk) >= REBUILD_CHUNK:
+        bulk = apply and from_scratch
+        async with self._store.bulk_load() if bulk else contextlib.nullcontext():
+            if bulk:
+                await self._store.wipe()
+            chunk: list[Scanned] = []
+            async for items in self.scan(selection, counter):
+                if items is None:
+                    yield counter.progress
+                    continue
+                chunk += [item for item in items if item.envelope is not None]
+                if len(chunk) >= REBUILD_CHUNK:
+                    await self._rebuild_chunk(chunk, counter, apply=apply, from_scratch=from_scratch)
+                    chunk = []
+            if chunk:
                 await self._rebuild_chunk(chunk, counter, apply=apply, from_scratch=from_scratch)
-                chunk = []
-        if chunk:
-            await self._rebuild_chunk(chunk, counter, apply=apply, from_scratch=from_scratch)
         yield counter.finished()
 
     async def _rebuild_chunk(

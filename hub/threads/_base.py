@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -180,6 +181,11 @@ class ThreadStore(Lifecycle, ABC):
     @abstractmethod
     async def wipe(self) -> None:
         """Forget everything recorded (before a rebuild from the log); keeps the store id."""
+
+    @abstractmethod
+    def bulk_load(self) -> AbstractAsyncContextManager[None]:
+        """Write a large amount at once (a rebuild from scratch) with the indexes that only serve
+        reads dropped, and built again, sorted, when the block ends; reads meanwhile are slower."""
 
     @abstractmethod
     def rows(self) -> AsyncIterator[tuple[str, tuple[Any, ...]]]:

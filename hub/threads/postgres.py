@@ -134,6 +134,7 @@ class PostgresThreadStore(SqlThreadStore):
                 await conn.execute(script)
                 await conn.execute("INSERT INTO schema_migrations VALUES ($1)", version)
             await self._load_store_id(_Connection(conn), uuid.uuid4().hex[:12])
+            await self._create_read_indexes(_Connection(conn))  # a bulk load that never ended left them out
 
     async def stop(self) -> None:
         if self._pool is not None:

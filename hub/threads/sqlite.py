@@ -120,6 +120,7 @@ class SqliteThreadStore(SqlThreadStore):
         await self._migrate(self._db)
         async with self.transaction() as db:
             await self._load_store_id(db, uuid.uuid4().hex[:12])
+            await self._create_read_indexes(db)  # a bulk load that never ended left them out
         # Readers get their own connection: on the writer's they would see a batch half-applied.
         self._read_db = await _connect(self._path)
 
