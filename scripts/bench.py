@@ -259,26 +259,33 @@ class AgentsRow:
 
 
 async def by_agents(args: argparse.Namespace) -> None:
-    rows: list[AgentsRow] = []
-    async with kit.echo_agent() as echo:
+    """Every count's hub is up at once, so the c=32 rounds alternate between them: measured one
+    after the other, the ratio between counts moved 0.77-1.23x with the machine's load."""
+    async with kit.echo_agent() as echo, contextlib.AsyncExitStack() as stack:
+        callers, idle, rss = [], [], []
         for count in args.agents:
             note(f"{count} agents: registering")
-            async with kit.hub({"log": "embedded"}) as hub:
-                names = [f"a{i}" for i in range(count)]
-                await kit.register(hub.address, names, echo)
-                async with kit.a2a_caller(hub.address, names) as call:
-                    await kit.measure(call, max(count, 200), 32, warmup=0)  # every agent used once
-                    note(f"{count} agents: idle for {args.idle_s:.0f} s")
-                    await asyncio.sleep(3)  # let periodic commits and recording settle
-                    idle = await kit.idle_cpu_percent(hub.pid, args.idle_s)
-                    rss = kit.rss_mb(hub.pid)
-                    note(f"{count} agents: traffic")
-                    many = [await kit.measure(call, args.requests, 32) for _ in range(args.rounds)]
-                    one = await kit.measure(call, args.requests_c1, 1)
-                rows.append(AgentsRow(count, idle, rss, kit.median_of(many), one))
+            hub = await stack.enter_async_context(kit.hub({"log": "embedded"}))
+            names = [f"a{i}" for i in range(count)]
+            await kit.register(hub.address, names, echo)
+            call = await stack.enter_async_context(kit.a2a_caller(hub.address, names))
+            await kit.measure(call, max(count, 200), 32, warmup=0)  # every agent used once
+            note(f"{count} agents: idle for {args.idle_s:.0f} s")
+            await asyncio.sleep(3)  # let periodic commits and recording settle
+            idle.append(await kit.idle_cpu_percent(hub.pid, args.idle_s))
+            rss.append(kit.rss_mb(hub.pid))
+            callers.append(call)
+        many: list[list[kit.Result]] = [[] for _ in callers]
+        for round_ in range(args.rounds):
+            for runs, call, count in zip(many, callers, args.agents, strict=True):
+                note(f"round {round_ + 1}/{args.rounds}: {count} agents")
+                runs.append(await kit.measure(call, args.requests, 32))
+        one = [await kit.measure(call, args.requests_c1, 1) for call in callers]
+    medians = map(kit.median_of, many)
+    rows = [AgentsRow(*row) for row in zip(args.agents, idle, rss, medians, one, strict=True)]
     print(
         f"\nembedded + SQLite, echo agent behind every name, requests spread over all agents;"
-        f" idle over {args.idle_s:.0f} s; c=32 median of {args.rounds} runs of {args.requests}\n"
+        f" idle over {args.idle_s:.0f} s; c=32 median of {args.rounds} alternating runs of {args.requests}\n"
     )
     print("| agents | idle hub CPU (% of a core) | hub RSS | c=32 msg/s | vs 1st row | c=1 p50 |")
     print("|---|---|---|---|---|---|")
