@@ -3,12 +3,10 @@ HTTP+JSON, and answers every message with "plain: <text>". Tests register it wit
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
 import grpc
-import uvicorn
 from a2a.helpers.proto_helpers import new_task_from_user_message, new_text_message
 from a2a.server.agent_execution import AgentExecutor, RequestContext
 from a2a.server.events import EventQueue
@@ -22,6 +20,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from agenthub.hub.server import free_port
+from tests.serving import bound, port_of, serving
 
 
 class PlainEcho(AgentExecutor):
@@ -104,8 +103,8 @@ async def serve_plain_agent(
     """Serve the plain agent (card and HTTP bindings, plus gRPC when asked) on free loopback ports;
     yields its base URL. Another `executor` (and `name`) serves another plain a2a-sdk agent; with
     `require_authorization`, every call but the card must carry that Authorization value."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
+    sock = bound()
+    base = f"http://127.0.0.1:{port_of(sock)}"
     grpc_address = f"127.0.0.1:{free_port()}"
     agent_card = card(base, bindings, grpc_address)
     agent_card.name = name
@@ -127,15 +126,8 @@ async def serve_plain_agent(
     )
     if require_authorization:
         app.add_middleware(HttpRequireAuthorization, expected=require_authorization)
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110 - uvicorn offers a flag, not an event
-        await asyncio.sleep(0.01)
     try:
-        yield base
+        async with serving(app, sock):
+            yield base
     finally:
-        server.should_exit = True
-        await task
         await grpc_server.stop(grace=None)

@@ -5,13 +5,11 @@ Its health checks are refused too while it is down, so a circuit breaker's probe
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import grpc
-import uvicorn
 from a2a.server.request_handlers import DefaultRequestHandler, GrpcHandler
 from a2a.server.routes.agent_card_routes import create_agent_card_routes
 from a2a.server.tasks import InMemoryTaskStore
@@ -20,6 +18,7 @@ from starlette.applications import Starlette
 
 from agenthub.hub.server import free_port
 from tests.plain_agent import PlainEcho, card
+from tests.serving import bound, port_of, serving
 
 
 class Outage(grpc.aio.ServerInterceptor):
@@ -67,8 +66,8 @@ class Switchable:
 @contextlib.asynccontextmanager
 async def serve_switchable_agent(name: str = "switchable") -> AsyncIterator[Switchable]:
     """The echo agent on its gRPC binding (the card served over HTTP), up until told otherwise."""
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
+    sock = bound()
+    base = f"http://127.0.0.1:{port_of(sock)}"
     grpc_address = f"127.0.0.1:{free_port()}"
     agent_card = card(base, ("GRPC",), grpc_address)
     agent_card.name = name
@@ -78,21 +77,8 @@ async def serve_switchable_agent(name: str = "switchable") -> AsyncIterator[Swit
     a2a_pb2_grpc.add_A2AServiceServicer_to_server(GrpcHandler(handler), grpc_server)
     grpc_server.add_insecure_port(grpc_address)
     await grpc_server.start()
-    server = uvicorn.Server(
-        uvicorn.Config(
-            Starlette(routes=create_agent_card_routes(agent_card)),
-            host="127.0.0.1",
-            port=port,
-            log_level="warning",
-            lifespan="off",
-        )
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110 - uvicorn offers a flag, not an event
-        await asyncio.sleep(0.01)
     try:
-        yield Switchable(base, outage)
+        async with serving(Starlette(routes=create_agent_card_routes(agent_card)), sock):
+            yield Switchable(base, outage)
     finally:
-        server.should_exit = True
-        await task
         await grpc_server.stop(grace=None)

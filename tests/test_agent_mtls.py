@@ -8,7 +8,6 @@ TLS; certificates made by the code behind `agenthub certs dev`.
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -16,7 +15,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-import uvicorn
 from a2a.server.request_handlers import DefaultRequestHandler
 from a2a.server.routes import create_jsonrpc_routes, create_rest_routes
 from a2a.server.routes.agent_card_routes import create_agent_card_routes
@@ -28,10 +26,11 @@ from starlette.applications import Starlette
 from agenthub.hub.config import HubSettings
 from agenthub.hub.devcerts import DevCerts, make_dev_certs
 from agenthub.hub.routing.connections import is_up
-from agenthub.hub.server import Hub, free_port
+from agenthub.hub.server import Hub
 from agenthub.sdk import Agent, HubClient, ScriptedModel
 from agenthub.sdk.errors import ConfigError
 from tests.plain_agent import PlainEcho, card
+from tests.serving import bound, port_of, serving
 
 
 @pytest.fixture
@@ -120,7 +119,8 @@ async def https_plain_agent(certs: DevCerts, bindings: tuple[str, ...]) -> Async
     certificate from the dev CA, requiring a client certificate from it too. Its card is also served
     over plain HTTP on another port, for registration: the hub fetches cards through its outbound
     policy, which verifies with the public roots only. Yields that card's base URL."""
-    secure, plain = free_port(), free_port()
+    secure_socket, plain_socket = bound(), bound()
+    secure, plain = port_of(secure_socket), port_of(plain_socket)
     agent_card = card(f"https://127.0.0.1:{secure}", bindings)
     handler = DefaultRequestHandler(PlainEcho(), InMemoryTaskStore(), agent_card)
     app = Starlette(
@@ -134,20 +134,8 @@ async def https_plain_agent(certs: DevCerts, bindings: tuple[str, ...]) -> Async
         "ssl_certfile": str(certs.server_cert), "ssl_keyfile": str(certs.server_key),
         "ssl_ca_certs": str(certs.ca), "ssl_cert_reqs": ssl.CERT_REQUIRED,
     }  # fmt: skip
-    quiet = {"host": "127.0.0.1", "log_level": "warning", "lifespan": "off"}
-    servers = [
-        uvicorn.Server(uvicorn.Config(app, port=port, **quiet, **kw))  # type: ignore[arg-type]
-        for port, kw in ((secure, tls), (plain, {}))
-    ]
-    tasks = [asyncio.create_task(s.serve()) for s in servers]
-    while not all(s.started for s in servers):  # noqa: ASYNC110 - uvicorn offers a flag, not an event
-        await asyncio.sleep(0.01)
-    try:
+    async with serving(app, secure_socket, **tls), serving(app, plain_socket):
         yield f"http://127.0.0.1:{plain}"
-    finally:
-        for server in servers:
-            server.should_exit = True
-        await asyncio.gather(*tasks)
 
 
 @pytest.mark.parametrize("binding", ["JSONRPC", "HTTP+JSON"])

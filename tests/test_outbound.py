@@ -19,7 +19,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-import uvicorn
 from a2a.types import (
     AuthenticationInfo,
     GetTaskPushNotificationConfigRequest,
@@ -51,6 +50,7 @@ from agenthub.sdk.pb.envelope_pb2 import Kind
 from tests.conftest import eventually
 from tests.plain_agent import card as plain_card
 from tests.scripted import calculator_model
+from tests.serving import bound, port_of, serving
 from tests.test_push import attempts, held_agent, restartable, send_with_push, submit, webhook
 
 EMBEDDED = pytest.mark.parametrize(("backend", "threads_url"), [("embedded", "sqlite")], indirect=True)
@@ -170,7 +170,8 @@ class Site:
     """A real HTTP server on loopback answering with `respond`; counts the requests it got."""
 
     def __init__(self, respond: Callable[[Request], Response]) -> None:
-        self.port = free_port()
+        self.socket = bound()
+        self.port = port_of(self.socket)
         self.url = f"http://127.0.0.1:{self.port}"
         self.requests: list[Request] = []
         self._respond = respond
@@ -185,17 +186,8 @@ async def site(respond: Callable[[Site, Request], Response]) -> AsyncIterator[Si
     """Serve `respond(site, request)` for every GET on a free loopback port."""
     served = Site(lambda request: respond(served, request))
     app = Starlette(routes=[Route("/{path:path}", served.handle)])
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=served.port, log_level="warning", lifespan="off")
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110 - uvicorn offers a flag, not an event
-        await asyncio.sleep(0.01)
-    try:
+    async with serving(app, served.socket):
         yield served
-    finally:
-        server.should_exit = True
-        await task
 
 
 def card_json(base: str, interface: str | None = None) -> dict:

@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator, Callable
 import grpc
 import httpx
 import pytest
-import uvicorn
 from a2a.types import (
     AuthenticationInfo,
     DeleteTaskPushNotificationConfigRequest,
@@ -46,6 +45,7 @@ from agenthub.hub.topics import Topics
 from agenthub.sdk import Agent, HubClient, ScriptedModel, tool
 from agenthub.sdk.errors import AgentHubError
 from tests.conftest import eventually, stock_client
+from tests.serving import bound, port_of, serving
 
 pytestmark = pytest.mark.usefixtures("reference_agents")
 FAST_PUSH = {"push_attempts": 3, "push_backoff_s": 0.05}
@@ -106,19 +106,14 @@ class Hook:
 @contextlib.asynccontextmanager
 async def webhook(port: int | None = None) -> AsyncIterator[Hook]:
     """A webhook server on a loopback port (a free one unless given)."""
-    hook = Hook(port or free_port())
+    sock = bound(port or 0)
+    hook = Hook(port_of(sock))
     app = Starlette(routes=[Route("/hook", hook.handle, methods=["POST"])])
-    config = uvicorn.Config(app, host="127.0.0.1", port=hook.port, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:  # noqa: ASYNC110 - uvicorn offers a flag, not an event
-        await asyncio.sleep(0.01)
-    try:
-        yield hook
-    finally:
-        hook.release()
-        server.should_exit = True
-        await task
+    async with serving(app, sock):
+        try:
+            yield hook
+        finally:
+            hook.release()
 
 
 @contextlib.asynccontextmanager
