@@ -279,6 +279,13 @@ def _revive_fetcher(consumer: AIOKafkaConsumer, group: str | None) -> None:
     fetcher._fetch_task = asyncio.get_running_loop().create_task(fetcher._fetch_requests_routine())
 
 
+def _coordination_died(consumer: AIOKafkaConsumer) -> bool:
+    """Whether the consumer's group coordination task ended while the consumer was open."""
+    coordinator = consumer._coordinator
+    task = getattr(coordinator, "_coordination_task", None)  # a consumer without a group has none
+    return task is not None and task.done() and not coordinator._closing.done()
+
+
 class _Revocations(ConsumerRebalanceListener):  # type: ignore[misc]
     """Lets the owner drain and commit before partitions move to another member; says when the
     group first assigned this member its partitions."""
@@ -317,6 +324,7 @@ class KafkaConsumer(Consumer):
         self._consumer: AIOKafkaConsumer | None = None
         self._listener: _Revocations | None = None
         self._paused: set[str] = set()  # topics
+        self._rejoining = False  # the group's client died: a new one is due
 
     async def start(self) -> None:
         for topic in self._topics:
@@ -383,16 +391,44 @@ class KafkaConsumer(Consumer):
             consumer.pause(*missing)
 
     async def getmany(self, timeout_ms: int | None = None, max_records: int = 500) -> list[Record]:
+        if self._rejoining:
+            await self.start()  # raises while the broker is away: the caller retries with backoff
+            self._rejoining = False
         assert self._consumer is not None, "consumer is not started"
         _revive_fetcher(self._consumer, self._group)
         if self._paused:
             self._apply_pauses(self._consumer)
-        batches = await self._consumer.getmany(timeout_ms=timeout_ms or 0, max_records=max_records)
+        try:
+            batches = await self._consumer.getmany(timeout_ms=timeout_ms or 0, max_records=max_records)
+        except KafkaError as exc:
+            if not _coordination_died(self._consumer):
+                raise
+            await self._leave(exc)
+            return []
         return [_record(r) for records in batches.values() for r in records]
+
+    async def _leave(self, error: KafkaError) -> None:
+        """Drop a client whose group coordination task died; the next getmany joins with a new one.
+
+        That task can end on an error of aiokafka's own (assertions on a subscription or an
+        assignment that a rebalance replaced, like the fetch task's). Every getmany then raises it,
+        and the member never fetches again. The new member resumes from the group's commits: what
+        was fetched and not committed is delivered again (at-least-once; the hub's consumers skip
+        what they still hold).
+        """
+        cause = error.__cause__ or error
+        log.warning(
+            "kafka group coordination died; joining the group again", group=self._group, error=repr(cause)
+        )
+        dead, self._consumer, self._rejoining = self._consumer, None, True
+        if dead is not None:
+            await dead.stop()
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         if not self._group:
             raise RuntimeError("a consumer without a group cannot commit")
+        if self._consumer is None and self._rejoining:
+            return  # it owns no partition until it joins again: their records come again
         assert self._consumer is not None, "consumer is not started"
         owned = self._consumer.assignment()
         mine = {_theirs(tp): offset for tp, offset in offsets.items() if _theirs(tp) in owned}
