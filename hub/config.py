@@ -75,7 +75,9 @@ class HubSettings(BaseSettings):
     breaker_probe_s: float = Field(
         1.0, gt=0, description="seconds between probes of an agent whose circuit is open"
     )
-    commit_interval_ms: int = Field(100, ge=0, description="how often finished inbox offsets are committed")
+    commit_interval_ms: int = Field(
+        100, ge=0, description="how often offsets of finished work (requests, recorded records) are committed"
+    )
     drain_timeout_s: float = Field(
         10.0, ge=0, description="longest wait for in-flight requests when partitions move to another instance"
     )

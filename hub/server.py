@@ -181,7 +181,10 @@ class Hub(Lifecycle):
             outbound=outbound,
             box=box,
         )
-        self.recorder = Recorder(self.log, self.store, topics, readiness=self.readiness)
+        recorder_commits = settings.commit_interval_ms
+        self.recorder = Recorder(
+            self.log, self.store, topics, readiness=self.readiness, commit_interval_ms=recorder_commits
+        )
         self.replies = ReplyRouter(self.log, topics.replies(settings.instance_id), readiness=self.readiness)
         self.dispatcher = Dispatcher(self.log, self.registry, settings, self.readiness)
         self.watchdog = Watchdog(

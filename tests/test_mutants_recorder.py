@@ -21,7 +21,7 @@ import pytest
 
 from agenthub.hub import envelopes
 from agenthub.hub.config import HubSettings
-from agenthub.hub.log._base import Record
+from agenthub.hub.log._base import Record, TopicPartition
 from agenthub.hub.recording.recorder import record_batch
 from agenthub.hub.server import Hub
 from agenthub.hub.threads.sqlite import SqliteThreadStore
@@ -203,3 +203,58 @@ async def test_a_read_while_the_store_is_stuck_answers_what_it_holds(
             lock.execute("ROLLBACK")
             lock.close()
         assert [m.text for m in thread.messages] == before
+
+
+async def recorder_commits(hub: Hub) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
+    """The recorder group's committed offsets, and the ends of the routing topics."""
+    topics = Topics(hub.settings.topic_prefix)
+    routing = [t for t in await hub.log.list_topics() if topics.is_routing(t)]
+    group = topics.recorder_group(hub.store.store_id)
+    committed = (await hub.log.group_offsets(routing, group_prefix=group)).get(group, {})
+    ends = {TopicPartition(t, p): end for t in routing for p, end in (await hub.log.end_offsets(t)).items()}
+    return committed, {tp: end for tp, end in ends.items() if end}
+
+
+async def test_the_recorder_commits_on_its_interval_and_when_it_stops(
+    tmp_path: Path, hub_settings: Callable[..., HubSettings]
+) -> None:
+    """Offsets are committed every `commit_interval_ms`, not after every batch (a commit is a log
+    write): with a minute's interval, sends recorded after the first commit leave the group behind
+    the log; stopping the hub commits what was recorded, so a restart records nothing again."""
+    settings = hub_settings(tmp_path, commit_interval_ms=60_000)
+    async with (
+        Hub(settings) as hub,
+        Agent("echoer", tools=[echo], model=ScriptedModel(), hub=hub.address),
+        HubClient(hub.address) as client,
+    ):
+        await client.send("echoer", "first")
+        await hub.recorder.settle_all()
+        await asyncio.sleep(0.2)  # the first batch's commit is due at once
+        for n in range(3):
+            await client.send("echoer", f"then {n}")
+        await hub.recorder.settle_all()
+        committed, ends = await recorder_commits(hub)
+        assert committed and committed != ends, "every batch was committed at once"
+    async with Hub(settings) as hub:
+        committed, ends = await recorder_commits(hub)
+        assert committed == ends, "stopping did not commit what was recorded"
+
+
+async def test_recorded_offsets_are_committed_without_more_traffic(
+    tmp_path: Path, hub_settings: Callable[..., HubSettings]
+) -> None:
+    """The last batch's offsets do not wait for the next record: the recorder wakes at its commit
+    interval while something is uncommitted."""
+    async with (
+        Hub(hub_settings(tmp_path)) as hub,
+        Agent("echoer", tools=[echo], model=ScriptedModel(), hub=hub.address),
+        HubClient(hub.address) as client,
+    ):
+        for n in range(3):
+            await client.send("echoer", f"hello {n}")
+
+        async def caught_up() -> bool:
+            committed, ends = await recorder_commits(hub)
+            return committed == ends
+
+        assert await eventually(caught_up, timeout=10)

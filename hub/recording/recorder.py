@@ -3,8 +3,10 @@
 It reads as consumer group `<prefix>.recorder.<store id>`, applies each fetched batch's
 `Projection`s in one store transaction, and commits offsets only after the store has them, so a
 crash replays records instead of losing them (replays are harmless: projections are keyed by
-envelope id). While the store is down it retries the same batch with backoff (the log keeps
-everything meanwhile) and readiness says so; a record that cannot be projected is parked in
+envelope id). Offsets are committed every `commit_interval_ms`, not after every batch: a commit
+is a log write, and one per batch took the log's writer from the replies that callers wait for.
+While the store is down it retries the same batch with backoff (the log keeps everything
+meanwhile) and readiness says so; a record that cannot be projected is parked in
 `<prefix>.parked` with the reason, never skipped silently. Nobody waits for it on the hot path:
 reads that need read-your-writes call `settle()` for their task only.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -48,6 +51,7 @@ class Recorder(Lifecycle):
         store: the thread store to project into.
         topics: topic naming.
         readiness: where a store outage is reported while it lasts.
+        commit_interval_ms: how often offsets of recorded records are committed (default 100).
     """
 
     def __init__(
@@ -57,6 +61,7 @@ class Recorder(Lifecycle):
         topics: Topics,
         *,
         readiness: Readiness | None = None,
+        commit_interval_ms: int = 100,
     ) -> None:
         self._log = log
         self._store = store
@@ -65,6 +70,9 @@ class Recorder(Lifecycle):
         self._consumer: Consumer | None = None
         self._loop = SupervisedLoop("recorder", self._run, self._readiness)
         self._recorded: dict[TopicPartition, int] = {}
+        self._uncommitted: dict[TopicPartition, int] = {}  # recorded, not committed yet
+        self._commit_interval_ms = commit_interval_ms
+        self._next_commit = 0.0  # time.monotonic() of the next commit due
         self._advanced = asyncio.Event()  # set (and replaced) each time recording moves forward
         self._expected: OrderedDict[str, Record] = OrderedDict()
         self._latest: dict[TopicPartition, Record] = {}  # newest record expected, per partition
@@ -72,7 +80,9 @@ class Recorder(Lifecycle):
     async def start(self) -> None:
         await self._log.ensure_topic(self._topics.parked)
         self._consumer = self._log.consumer(
-            group=self._topics.recorder_group(self._store.store_id), pattern=self._topics.routing_pattern
+            group=self._topics.recorder_group(self._store.store_id),
+            pattern=self._topics.routing_pattern,
+            on_revoke=self._revoked,
         )
         await self._consumer.start()
         await self._loop.start()
@@ -85,6 +95,8 @@ class Recorder(Lifecycle):
     async def stop(self) -> None:
         await self._loop.stop()
         if self._consumer is not None:
+            with contextlib.suppress(*self._log.outages):  # unsaid, they are recorded again: harmless
+                await self._commit()
             await self._consumer.stop()
             self._consumer = None
 
@@ -168,16 +180,40 @@ class Recorder(Lifecycle):
     async def _run(self) -> None:
         assert self._consumer is not None
         while True:
-            records = await self._consumer.getmany(timeout_ms=self._log.idle_wait_ms)
-            if not records:
-                continue
-            await self._record(records)
-            offsets = {r.tp: r.offset + 1 for r in records}
-            self._recorded.update(offsets)
-            self._forget_met()
-            self._advanced.set()
-            self._advanced = asyncio.Event()
+            records = await self._consumer.getmany(timeout_ms=self._fetch_wait())
+            if records:
+                await self._record(records)
+                offsets = {r.tp: r.offset + 1 for r in records}
+                self._recorded.update(offsets)
+                self._uncommitted.update(offsets)
+                self._forget_met()
+                self._advanced.set()
+                self._advanced = asyncio.Event()
+            if self._uncommitted and time.monotonic() >= self._next_commit:
+                await self._commit()
+
+    def _fetch_wait(self) -> int:
+        """Wake at the commit interval while offsets wait to be committed; otherwise there is
+        nothing to do until a record comes."""
+        idle = self._log.idle_wait_ms
+        return min(self._commit_interval_ms, idle) if self._uncommitted else idle
+
+    async def _commit(self) -> None:
+        """Commit the offsets recorded since the last commit (kept for the next one if it fails)."""
+        offsets, self._uncommitted = self._uncommitted, {}
+        self._next_commit = time.monotonic() + self._commit_interval_ms / 1000
+        if not offsets or self._consumer is None:
+            return
+        try:
             await self._consumer.commit(offsets)
+        except BaseException:
+            self._uncommitted = offsets | self._uncommitted
+            raise
+
+    async def _revoked(self, lost: set[TopicPartition]) -> None:
+        """Before partitions move to another instance: commit what is recorded, so the new owner
+        does not record it again."""
+        await self._commit()
 
     async def _record(self, records: Sequence[Record]) -> None:
         """Project a batch, waiting out store outages; park what can never be projected."""
