@@ -75,6 +75,9 @@ class HubSettings(BaseSettings):
     breaker_probe_s: float = Field(
         1.0, gt=0, description="seconds between probes of an agent whose circuit is open"
     )
+    record_linger_ms: int = Field(
+        20, ge=0, description="how long the recorder lets a batch grow before writing it (a read cuts it)"
+    )
     commit_interval_ms: int = Field(
         100, ge=0, description="how often offsets of finished work (requests, recorded records) are committed"
     )

@@ -181,9 +181,13 @@ class Hub(Lifecycle):
             outbound=outbound,
             box=box,
         )
-        recorder_commits = settings.commit_interval_ms
         self.recorder = Recorder(
-            self.log, self.store, topics, readiness=self.readiness, commit_interval_ms=recorder_commits
+            self.log,
+            self.store,
+            topics,
+            readiness=self.readiness,
+            commit_interval_ms=settings.commit_interval_ms,
+            linger_ms=settings.record_linger_ms,
         )
         self.replies = ReplyRouter(self.log, topics.replies(settings.instance_id), readiness=self.readiness)
         self.dispatcher = Dispatcher(self.log, self.registry, settings, self.readiness)

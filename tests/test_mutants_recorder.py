@@ -258,3 +258,34 @@ async def test_recorded_offsets_are_committed_without_more_traffic(
             return committed == ends
 
         assert await eventually(caught_up, timeout=10)
+
+
+async def test_a_batch_lingers_unless_a_read_waits_for_it(
+    tmp_path: Path, hub_settings: Callable[..., HubSettings]
+) -> None:
+    """With a minute's linger, sends that nothing reads (the agent keeps no memory of the thread)
+    are recorded together, in one or two store transactions instead of one per record; a read that
+    waits for recording (a thread read right after a send) cuts the linger short and sees the whole
+    turn, not the store of a minute ago."""
+    async with (
+        Hub(hub_settings(tmp_path, record_linger_ms=60_000)) as hub,
+        Agent("echoer", tools=[echo], model=ScriptedModel(), hub=hub.address, memory=None),  # reads nothing
+        HubClient(hub.address) as client,
+    ):
+        applied: list[int] = []
+        apply = hub.store.apply
+
+        async def counted(projections):  # type: ignore[no-untyped-def]
+            applied.append(len(projections))
+            return await apply(projections)
+
+        hub.store.apply = counted  # type: ignore[method-assign]
+        for n in range(3):
+            await client.send("echoer", f"unread {n}")
+        await hub.recorder.settle_all()
+        assert 1 <= len(applied) <= 2, f"{len(applied)} transactions for 3 sends: the batch did not linger"
+
+        read = await client.send("echoer", "read at once")
+        thread = await client.get_thread(read.context_id)
+        texts = [m.text for m in thread.messages]
+        assert (texts[0], texts[-1]) == ("read at once", "echo: read at once")

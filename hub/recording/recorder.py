@@ -5,6 +5,9 @@ It reads as consumer group `<prefix>.recorder.<store id>`, applies each fetched 
 crash replays records instead of losing them (replays are harmless: projections are keyed by
 envelope id). Offsets are committed every `commit_interval_ms`, not after every batch: a commit
 is a log write, and one per batch took the log's writer from the replies that callers wait for.
+For the same reason a batch lingers (`linger_ms`) to take what comes meanwhile, unless a read is
+waiting for recording: under light load, recording each request as it came competed with the
+request's own reply.
 While the store is down it retries the same batch with backoff (the log keeps everything
 meanwhile) and readiness says so; a record that cannot be projected is parked in
 `<prefix>.parked` with the reason, never skipped silently. Nobody waits for it on the hot path:
@@ -52,6 +55,7 @@ class Recorder(Lifecycle):
         topics: topic naming.
         readiness: where a store outage is reported while it lasts.
         commit_interval_ms: how often offsets of recorded records are committed (default 100).
+        linger_ms: how long a batch waits for more records before it is recorded (default 20).
     """
 
     def __init__(
@@ -62,6 +66,7 @@ class Recorder(Lifecycle):
         *,
         readiness: Readiness | None = None,
         commit_interval_ms: int = 100,
+        linger_ms: int = 20,
     ) -> None:
         self._log = log
         self._store = store
@@ -73,6 +78,9 @@ class Recorder(Lifecycle):
         self._uncommitted: dict[TopicPartition, int] = {}  # recorded, not committed yet
         self._commit_interval_ms = commit_interval_ms
         self._next_commit = 0.0  # time.monotonic() of the next commit due
+        self._linger_s = linger_ms / 1000
+        self._waiting = 0  # reads waiting for a record this instance records
+        self._wanted = asyncio.Event()  # set while there are any: batches do not linger
         self._advanced = asyncio.Event()  # set (and replaced) each time recording moves forward
         self._expected: OrderedDict[str, Record] = OrderedDict()
         self._latest: dict[TopicPartition, Record] = {}  # newest record expected, per partition
@@ -159,8 +167,7 @@ class Recorder(Lifecycle):
         try:
             async with asyncio.timeout(timeout):
                 if self._consumer is not None and record.tp in self._consumer.assignment():
-                    while not self._is_recorded(record):
-                        await self._advanced.wait()
+                    await self._until_recorded(record)
                 else:
                     await self._until_in_store(envelopes.decode(record).id)
         except TimeoutError:
@@ -168,6 +175,17 @@ class Recorder(Lifecycle):
         except STORE_OUTAGES:
             return False  # the read that follows reports the outage
         return True
+
+    async def _until_recorded(self, record: Record) -> None:
+        self._waiting += 1
+        self._wanted.set()
+        try:
+            while not self._is_recorded(record):
+                await self._advanced.wait()
+        finally:
+            self._waiting -= 1
+            if not self._waiting:
+                self._wanted.clear()
 
     async def _until_in_store(self, envelope_id: str) -> None:
         delay = 0.002
@@ -181,6 +199,8 @@ class Recorder(Lifecycle):
         assert self._consumer is not None
         while True:
             records = await self._consumer.getmany(timeout_ms=self._fetch_wait())
+            if records and self._linger_s:
+                records += await self._more()
             if records:
                 await self._record(records)
                 offsets = {r.tp: r.offset + 1 for r in records}
@@ -191,6 +211,15 @@ class Recorder(Lifecycle):
                 self._advanced = asyncio.Event()
             if self._uncommitted and time.monotonic() >= self._next_commit:
                 await self._commit()
+
+    async def _more(self) -> list[Record]:
+        """What comes while the batch lingers (cut short when a read waits for recording)."""
+        assert self._consumer is not None
+        if not self._wanted.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self._linger_s):
+                    await self._wanted.wait()
+        return await self._consumer.getmany(timeout_ms=0)
 
     def _fetch_wait(self) -> int:
         """Wake at the commit interval while offsets wait to be committed; otherwise there is
