@@ -5,6 +5,7 @@
     python scripts/bench.py --replay              # replay, rebuild and `threads list` on a filled hub
     python scripts/bench.py --listing 100000      # ListThreads on a store of that many threads
     python scripts/bench.py --footprint 1000,100000  # hub RSS and threads list: agents, threads
+    python scripts/bench.py --compare record_linger_ms=0,20  # one hub setting, values side by side
 
 Everything runs on loopback, each server its own process (bench_kit.py): a thin A2A gRPC echo
 agent answering a 256-byte text, hubs (`agenthub serve`) in temporary folders, a Tansu broker
@@ -39,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the tests pac
 
 import bench_kit as kit
 
+from agenthub.hub.config import HubSettings
 from agenthub.sdk import HubClient
 from tests.broker import start_tansu
 from tests.postgres import PostgresCluster
@@ -499,6 +501,48 @@ async def p50_ms(read: Callable[[], Awaitable[object]], times: int) -> float:
     return statistics.median(latencies) * 1000
 
 
+# ---- compare: one setting, values side by side ----------------------------------------------------
+
+
+async def compare(args: argparse.Namespace) -> None:
+    """A hub per value of one setting (embedded + SQLite), all up at once, rounds alternating
+    between them: what a change of that setting does, net of the machine's drift."""
+    name, values = args.compare
+    async with kit.echo_agent() as echo, contextlib.AsyncExitStack() as stack:
+        hubs = []
+        for value in values:
+            hub = await stack.enter_async_context(kit.hub({"log": "embedded", name: value}))
+            await kit.register(hub.address, ["echo"], echo)
+            hubs.append((hub, await stack.enter_async_context(kit.a2a_caller(hub.address, ["echo"]))))
+        runs: list[list[tuple[kit.Result, float, kit.Result]]] = [[] for _ in values]
+        for round_ in range(args.rounds):
+            for value, (hub, call), out in zip(values, hubs, runs, strict=True):
+                note(f"round {round_ + 1}/{args.rounds}: {name}={value}")
+                before = kit.cpu_seconds(hub.pid)
+                many = await kit.measure(call, args.requests, 32)
+                cpu_ms = (kit.cpu_seconds(hub.pid) - before) / (args.requests + 20) * 1000  # with warm-up
+                out.append((many, cpu_ms, await kit.measure(call, args.requests_c1, 1)))
+    print(f"\nembedded + SQLite, echo agent; medians of {args.rounds} alternating rounds\n")
+    print(f"| {name} | c=32 msg/s | hub CPU per msg (c=32) | c=1 p50 |")
+    print("|---|---|---|---|")
+    for value, out in zip(values, runs, strict=True):
+        rate = statistics.median(many.rate for many, _, _ in out)
+        cpu = statistics.median(cpu_ms for _, cpu_ms, _ in out)
+        p50 = statistics.median(one.p50 for _, _, one in out)
+        print(f"| {value} | {rate:,.0f} | {cpu:.2f} ms | {p50:.2f} ms |")
+
+
+def setting_values(text: str) -> tuple[str, list[str]]:
+    """An argparse type: NAME=V1,V2[,...], a hub setting (as in AGENTHUB_<NAME>) and its values."""
+    name, _, values = text.partition("=")
+    name = name.strip().lower()
+    if not name or len(values.split(",")) < 2:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE,VALUE[,...], got {text!r}")
+    if name not in HubSettings.model_fields:
+        raise argparse.ArgumentTypeError(f"unknown hub setting {name!r}")
+    return name, [v.strip() for v in values.split(",")]
+
+
 # ---- main ---------------------------------------------------------------------------------------
 
 
@@ -536,6 +580,8 @@ def main() -> None:
     mode.add_argument("--listing", type=int, metavar="THREADS", help="ListThreads on a store of THREADS")
     mode.add_argument("--footprint", type=counts(2), metavar="AGENTS,THREADS",
                       help="hub RSS and threads list at that size")  # fmt: skip
+    mode.add_argument("--compare", type=setting_values, metavar="SETTING=A,B",
+                      help="one hub setting's values side by side, e.g. record_linger_ms=0,20")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=3, help="rounds (medians are printed; default 3)")
     parser.add_argument("--requests", type=int, default=2000, help="requests per c=32 run (default 2000)")
     parser.add_argument("--requests-c1", type=int, default=300, help="requests per c=1 run (default 300)")
@@ -553,6 +599,8 @@ def main() -> None:
         asyncio.run(listing(args))
     elif args.footprint:
         asyncio.run(footprint(args))
+    elif args.compare:
+        asyncio.run(compare(args))
     else:
         asyncio.run(table(args))
 
