@@ -79,7 +79,7 @@ class HubSettings(BaseSettings):
         20, ge=0, description="how long the recorder lets a batch grow before writing it (a read cuts it)"
     )
     commit_interval_ms: int = Field(
-        100, ge=0, description="how often offsets of finished work (requests, recorded records) are committed"
+        100, ge=1, description="how often offsets of finished work (requests, recorded records) are committed"
     )
     drain_timeout_s: float = Field(
         10.0, ge=0, description="longest wait for in-flight requests when partitions move to another instance"

@@ -244,6 +244,16 @@ async def test_an_unknown_event_loop_is_one_line(tmp_path: Path) -> None:
     ]
 
 
+async def test_a_commit_interval_of_zero_is_refused_in_one_line(tmp_path: Path) -> None:
+    """0 made the dispatcher's commit loop spin on the event loop without sleeping."""
+    code, _, err = await agenthub_env(
+        {"AGENTHUB_COMMIT_INTERVAL_MS": "0"}, "serve", "--port", "0", "--data-dir", str(tmp_path)
+    )
+    assert code == 2 and err.strip().splitlines() == [
+        "error: invalid commit_interval_ms: Input should be greater than or equal to 1"
+    ]
+
+
 async def test_a_stream_the_hub_cuts_names_its_task_which_is_not_lost(
     tmp_path: Path, hub_settings: Callable[..., HubSettings]
 ) -> None:
