@@ -8,6 +8,7 @@ is a log write, and one per batch took the log's writer from the replies that ca
 For the same reason a batch lingers (`linger_ms`) to take what comes meanwhile, unless a read is
 waiting for recording: under light load, recording each request as it came competed with the
 request's own reply.
+
 While the store is down it retries the same batch with backoff (the log keeps everything
 meanwhile) and readiness says so; a record that cannot be projected is parked in
 `<prefix>.parked` with the reason, never skipped silently. Nobody waits for it on the hot path:
