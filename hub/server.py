@@ -290,7 +290,7 @@ class Hub(Lifecycle):
         a2a_pb2_grpc.add_A2AServiceServicer_to_server(HubGrpcHandler(self.handler), server)
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(self.registry), server)
         threads_pb2_grpc.add_ThreadServiceServicer_to_server(
-            ThreadServicer(self.store, self.registry, self.operator, self.recorder.settle_all), server
+            ThreadServicer(self.store, self.registry, self.operator, self.recorder), server
         )
         operator_pb2_grpc.add_OperatorServiceServicer_to_server(OperatorServicer(self.operator), server)
         trust_pb2_grpc.add_TrustServiceServicer_to_server(TrustServicer(self.gate), server)

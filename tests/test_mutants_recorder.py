@@ -289,3 +289,27 @@ async def test_a_batch_lingers_unless_a_read_waits_for_it(
         thread = await client.get_thread(read.context_id)
         texts = [m.text for m in thread.messages]
         assert (texts[0], texts[-1]) == ("read at once", "echo: read at once")
+
+
+async def test_a_thread_read_waits_for_its_own_thread_only(
+    tmp_path: Path, hub_settings: Callable[..., HubSettings]
+) -> None:
+    """A record of another thread that is not recorded yet (here: one the log will not have for
+    long) holds back a wait for everything, not a read of this thread, which still sees its turn."""
+    async with (
+        Hub(hub_settings(tmp_path)) as hub,
+        Agent("echoer", tools=[echo], model=ScriptedModel(), hub=hub.address, memory=None),
+        HubClient(hub.address) as client,
+    ):
+        sent = await client.send("echoer", "mine")
+        inbox = Topics(hub.settings.topic_prefix).inbox("echoer")
+        (owned, *_) = [tp for tp in hub.recorder._consumer.assignment() if tp.topic == inbox]  # type: ignore[union-attr]
+        elsewhere = Record(inbox, owned.partition, 10**9, b"another-thread", b"", 0)
+        hub.recorder.expect("another-task", elsewhere)
+        everything = asyncio.create_task(hub.recorder.settle_all(timeout=5))  # gives up after 5 s
+        read = asyncio.create_task(client.get_thread(sent.context_id))  # waits 10 s at most
+        done, _ = await asyncio.wait({everything, read}, return_when=asyncio.FIRST_COMPLETED)
+        assert done == {read}, "the read of one thread waited for another thread's record"
+        texts = [m.text for m in (await read).messages]
+        assert (texts[0], texts[-1]) == ("mine", "echo: mine")
+        await everything

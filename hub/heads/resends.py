@@ -78,7 +78,7 @@ class Resends:
         key = (context_id, message.message_id)
         sent = await self._requests(key)
         if not sent and key in self._let_through:
-            await self._recorder.settle_all()
+            await self._recorder.settle_thread(context_id)
             sent = await self._requests(key)
         if not sent:
             self._remember(key)

@@ -7,7 +7,7 @@ logged, generic INTERNAL. Client input is checked here with `agenthub.hub.heads.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import grpc
 from a2a.server.request_handlers import GrpcHandler, RequestHandler
@@ -21,6 +21,7 @@ from agenthub.hub.heads.guard import GuardedHandler, abort
 from agenthub.hub.operators import export
 from agenthub.hub.operators.operator import Operator
 from agenthub.hub.recording import thread_view
+from agenthub.hub.recording.recorder import Recorder
 from agenthub.hub.routing.registry import Registry
 from agenthub.hub.threads._base import (
     MessageRow,
@@ -180,16 +181,17 @@ class ThreadServicer(threads_pb2_grpc.ThreadServiceServicer):
         store: ThreadStore,
         registry: Registry,
         operator: Operator,
-        settle: Callable[[], Awaitable[None]] | None = None,
+        recorder: Recorder | None = None,
     ) -> None:
         self._store = store
         self._registry = registry
         self._operator = operator
-        self._settle = settle  # read-your-writes: what this hub routed is recorded before a read
+        self._recorder = recorder  # read-your-writes: what this hub routed is recorded before a read
 
-    async def _fresh(self) -> None:
-        if self._settle is not None:
-            await self._settle()
+    async def _fresh(self, context_id: str = "") -> None:
+        """Wait until what this hub routed is recorded: of one thread, or of all of them."""
+        if self._recorder is not None:
+            await (self._recorder.settle_thread(context_id) if context_id else self._recorder.settle_all())
 
     async def _visible_messages(self, context_id: str) -> list[MessageRow]:
         """A thread's messages, if the caller may read it: admins and operators any thread, others
@@ -214,7 +216,7 @@ class ThreadServicer(threads_pb2_grpc.ThreadServiceServicer):
         )
 
     async def GetThread(self, request: thr.GetThreadRequest, context: grpc.aio.ServicerContext) -> thr.Thread:
-        await self._fresh()
+        await self._fresh(request.context_id)
         messages = await self._visible_messages(request.context_id)
         tasks = await self._store.thread_tasks(request.context_id)
         participants = {m.recipient for m in messages} | {m.sender for m in messages}

@@ -85,6 +85,7 @@ class Recorder(Lifecycle):
         self._advanced = asyncio.Event()  # set (and replaced) each time recording moves forward
         self._expected: OrderedDict[str, Record] = OrderedDict()
         self._latest: dict[TopicPartition, Record] = {}  # newest record expected, per partition
+        self._threads: OrderedDict[bytes, dict[TopicPartition, Record]] = OrderedDict()  # per thread
 
     async def start(self) -> None:
         await self._log.ensure_topic(self._topics.parked)
@@ -120,10 +121,12 @@ class Recorder(Lifecycle):
         self._expected.move_to_end(task_id)
         if len(self._expected) > EXPECTED_KEPT:
             self._expected.popitem(last=False)
-        tp = record.tp
-        known = self._latest.get(tp)
-        if known is None or record.offset > known.offset:
-            self._latest[tp] = record
+        _keep_newest(self._latest, record)
+        if record.key:  # every routed record is keyed by its thread (context id)
+            _keep_newest(self._threads.setdefault(record.key, {}), record)
+            self._threads.move_to_end(record.key)
+            if len(self._threads) > EXPECTED_KEPT:
+                self._threads.popitem(last=False)
 
     async def settle(self, task_id: str, timeout: float = 10.0) -> None:
         """Wait until the newest record this instance knows of `task_id` is in the store (bounded)."""
@@ -136,23 +139,44 @@ class Recorder(Lifecycle):
     async def settle_all(self, timeout: float = 10.0) -> None:
         """Wait until every record this instance produced or saw is in the store (bounded): the
         newest of each partition, kept as they come, so a read does not walk every task."""
+        await self._settle_newest(self._latest, timeout)
+
+    async def settle_thread(self, context_id: str, timeout: float = 10.0) -> None:
+        """`settle_all` for one thread's records: a read of a thread (an agent reading its memory
+        on every turn) waits for its own thread, not for everything the hub routed meanwhile."""
+        key = context_id.encode()
+        newest = self._threads.get(key)
+        if newest:
+            await self._settle_newest(newest, timeout)
+        if not newest:
+            self._threads.pop(key, None)
+
+    async def _settle_newest(self, newest: dict[TopicPartition, Record], timeout: float) -> None:
+        """Wait until the records of `newest` (one per partition) are in the store, forgetting them."""
         if self._readiness.is_down("thread store"):
             return
         with contextlib.suppress(TimeoutError):  # bounded: the read that follows may be stale
             async with asyncio.timeout(timeout):
-                for tp, record in list(self._latest.items()):
-                    if await self.wait_recorded(record, timeout) and self._latest.get(tp) is record:
-                        del self._latest[tp]
+                for tp, record in list(newest.items()):
+                    if await self.wait_recorded(record, timeout) and newest.get(tp) is record:
+                        del newest[tp]
 
     def _forget_met(self) -> None:
-        """Drop the oldest expectations already recorded, so what is remembered is what a read
-        may still have to wait for, not the last `EXPECTED_KEPT` records of a busy hub."""
+        """Drop the oldest expectations (of tasks, of threads) already recorded, so what is
+        remembered is what a read may still have to wait for, not the last `EXPECTED_KEPT` records
+        of a busy hub."""
         expected = self._expected
         while expected:
             task_id, record = next(iter(expected.items()))
             if not self._is_recorded(record):
-                return
+                break
             del expected[task_id]
+        threads = self._threads
+        while threads:
+            key, newest = next(iter(threads.items()))
+            if not all(map(self._is_recorded, newest.values())):
+                return
+            del threads[key]
 
     def _is_recorded(self, record: Record) -> bool:
         return self._recorded.get(record.tp, 0) > record.offset
@@ -321,3 +345,10 @@ async def record_envelopes(
                 current[envelope.task_id] = projection.task
             projections.append(projection)
         return await store.apply(projections), refused
+
+
+def _keep_newest(newest: dict[TopicPartition, Record], record: Record) -> None:
+    """Keep `record` as its partition's newest unless a later one is there."""
+    known = newest.get(record.tp)
+    if known is None or record.offset > known.offset:
+        newest[record.tp] = record
