@@ -21,6 +21,7 @@ from agenthub.agents import calculator, notes, triage
 from agenthub.hub.config import HubSettings
 from agenthub.hub.server import Hub, free_port
 from agenthub.sdk import Agent, HubClient, ScriptedModel, offline
+from agenthub.sdk.pb import operator_pb2 as op
 from tests.broker import start_tansu
 from tests.postgres import postgres_server
 from tests.scripted import calculator_model, triage_model
@@ -194,6 +195,15 @@ def model_url() -> Iterator[str]:
     finally:
         process.terminate()
         process.wait(10)
+
+
+async def last(progress: AsyncIterator[op.Progress]) -> op.Progress:
+    """The summary an operator's progress stream ends with (asserted to be the final one)."""
+    final = op.Progress()
+    async for final in progress:  # noqa: B007 - the last one is the summary
+        pass
+    assert final.done
+    return final
 
 
 async def eventually(check, timeout: float = 10.0, interval: float = 0.05):  # type: ignore[no-untyped-def]

@@ -20,10 +20,10 @@ from agenthub.hub.server import Hub
 from agenthub.hub.topics import Topics
 from agenthub.sdk import HubClient, ScriptedModel
 from agenthub.sdk.pb import operator_pb2 as op
-from tests.conftest import eventually
+from tests.conftest import eventually, last
 from tests.switchable_agent import serve_switchable_agent
 from tests.test_delivery import Fragile, echo
-from tests.test_operators import last, replayed
+from tests.test_operators import replayed
 from tests.test_promises_routing import submit
 
 

@@ -4,7 +4,6 @@ re-driving a dead letter, thread listing filters, export, and bad input on the c
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 
 import pytest
 from a2a.types import TaskState
@@ -16,7 +15,7 @@ from agenthub.hub.threads._sql import READ_INDEXES
 from agenthub.sdk import Agent, AgentHubError, HubClient, ScriptedModel
 from agenthub.sdk.pb import operator_pb2 as op
 from agenthub.sdk.pb import threads_pb2 as thr
-from tests.conftest import eventually
+from tests.conftest import eventually, last
 from tests.test_bulk_load import read_indexes
 from tests.test_cli import agenthub
 from tests.test_delivery import echo
@@ -30,14 +29,6 @@ async def replayed(client: HubClient, selection: op.Selection) -> list[tuple[op.
         if event.HasField("record"):
             out.append((event.record, json.loads(event.record.envelope_json)))
     return out
-
-
-async def last(progress: AsyncIterator[op.Progress]) -> op.Progress:
-    final = op.Progress()
-    async for final in progress:  # noqa: B007 - the last one is the summary
-        pass
-    assert final.done
-    return final
 
 
 async def store_rows(hub: Hub) -> list[tuple[str, tuple]]:

@@ -20,7 +20,8 @@ from agenthub.hub.threads._base import MessageRow, Projection, ThreadFilter, Thr
 from agenthub.hub.threads._sql import MESSAGE_COLUMNS
 from agenthub.sdk import HubClient
 from agenthub.sdk.pb import operator_pb2 as op
-from tests.test_operators import last, traffic
+from tests.conftest import last
+from tests.test_operators import traffic
 
 NAMES = ["user", "calc", "triage", "writer"]
 EVERYTHING = ThreadFilter()

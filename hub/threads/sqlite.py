@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -113,6 +114,7 @@ class SqliteThreadStore(SqlThreadStore):
         self._path = Path(path)
         self._db: aiosqlite.Connection | None = None
         self._read_db: aiosqlite.Connection | None = None
+        self._writing = asyncio.Lock()  # one transaction at a time on the one writing connection
 
     async def start(self) -> None:
         self._path.parent.mkdir(parents=True, exist_ok=True)
@@ -153,9 +155,14 @@ class SqliteThreadStore(SqlThreadStore):
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[Executor]:
-        try:
-            yield _Connection(self.db)
-        except BaseException:
-            await self.db.rollback()
-            raise
-        await self.db.commit()
+        """A transaction on the writing connection. Transactions of concurrent tasks (the
+        recorder's, a rebuild's) wait for each other: on one connection their statements would
+        mix, one's commit taking the other's half-done work, and a DROP INDEX landing between a
+        query and the fetch of its rows failed with "database table is locked"."""
+        async with self._writing:
+            try:
+                yield _Connection(self.db)
+            except BaseException:
+                await self.db.rollback()
+                raise
+            await self.db.commit()
