@@ -331,10 +331,7 @@ class HubRequestHandler(RequestHandler):
         if params.status not in TaskState.values():
             raise InvalidRequest(f"unknown status {params.status}: use an A2A TaskState")
         state = TaskState.Name(params.status) if params.status else None
-        if params.context_id:
-            await self._recorder.settle_thread(params.context_id)
-        else:
-            await self._recorder.settle_all()
+        await self._recorder.settle_thread(params.context_id)  # "": every thread
         async with store_read():
             page = await self._store.list_tasks(
                 agent=agent, context_id=params.context_id or None, state=state, limit=size, offset=offset

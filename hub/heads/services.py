@@ -191,7 +191,7 @@ class ThreadServicer(threads_pb2_grpc.ThreadServiceServicer):
     async def _fresh(self, context_id: str = "") -> None:
         """Wait until what this hub routed is recorded: of one thread, or of all of them."""
         if self._recorder is not None:
-            await (self._recorder.settle_thread(context_id) if context_id else self._recorder.settle_all())
+            await self._recorder.settle_thread(context_id)
 
     async def _visible_messages(self, context_id: str) -> list[MessageRow]:
         """A thread's messages, if the caller may read it: admins and operators any thread, others

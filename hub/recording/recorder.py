@@ -143,7 +143,10 @@ class Recorder(Lifecycle):
 
     async def settle_thread(self, context_id: str, timeout: float = 10.0) -> None:
         """`settle_all` for one thread's records: a read of a thread (an agent reading its memory
-        on every turn) waits for its own thread, not for everything the hub routed meanwhile."""
+        on every turn) waits for its own thread, not for everything the hub routed meanwhile.
+        No thread (""): every thread, as `settle_all`."""
+        if not context_id:
+            return await self.settle_all(timeout)
         key = context_id.encode()
         newest = self._threads.get(key)
         if newest:
