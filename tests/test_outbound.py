@@ -445,8 +445,8 @@ async def test_push_credentials_are_sealed_masked_and_work_after_a_restart(
     and the push topic holds the configs sealed (URL too); reads show them masked; the hub, restarted
     with the key it generated into its data dir, sends the right Authorization header and token."""
     token, credentials = f"tok-{uuid.uuid4().hex}", f"cred-{uuid.uuid4().hex}"
-    port = free_port()
-    url = f"http://127.0.0.1:{port}/hook"
+    down = bound()
+    url = f"http://127.0.0.1:{port_of(down)}/hook"
     settings = restartable(hub_settings, tmp_path, secret_key=None, push_attempts=1000, push_backoff_s=0.05)
     config = TaskPushNotificationConfig(
         url=url, token=token, authentication=AuthenticationInfo(scheme="Bearer", credentials=credentials)
@@ -488,7 +488,7 @@ async def test_push_credentials_are_sealed_masked_and_work_after_a_restart(
 
     key_file = settings.data_dir / KEY_FILE
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
-    async with webhook(port) as hook, Hub(settings):
+    async with webhook(down) as hook, Hub(settings):
         await hook.completed(task.id)
         assert {(h["authorization"], h["x-a2a-notification-token"]) for h, _ in hook.received} == {
             (f"Bearer {credentials}", token)

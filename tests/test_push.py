@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import uuid
 from collections.abc import AsyncIterator, Callable
 
@@ -104,9 +105,10 @@ class Hook:
 
 
 @contextlib.asynccontextmanager
-async def webhook(port: int | None = None) -> AsyncIterator[Hook]:
-    """A webhook server on a loopback port (a free one unless given)."""
-    sock = bound(port or 0)
+async def webhook(sock: socket.socket | None = None) -> AsyncIterator[Hook]:
+    """A webhook server on a loopback socket (a new one unless given). A test whose webhook is down
+    at first holds its port with `bound()`: connections are refused and no other process takes it."""
+    sock = sock or bound()
     hook = Hook(port_of(sock))
     app = Starlette(routes=[Route("/hook", hook.handle, methods=["POST"])])
     async with serving(app, sock):
@@ -341,10 +343,10 @@ async def test_push_configs_on_the_http_bindings(hub: Hub, client: HubClient, bi
 
 
 def restartable(hub_settings: Callable[..., HubSettings], tmp_path, **overrides: object) -> HubSettings:  # type: ignore[no-untyped-def]
-    """Settings for a hub a test starts twice: fixed ports, and its own topic prefix (on Kafka the
-    module's `hub` fixture must not share its consumer groups)."""
-    return hub_settings(tmp_path / "data", port=free_port(), http_port=free_port(),
-                        topic_prefix=f"r{uuid.uuid4().hex[:10]}", **overrides)  # fmt: skip
+    """Settings for a hub a test starts twice: one data dir and instance, and its own topic prefix
+    (on Kafka the module's `hub` fixture must not share its consumer groups). The hub binds ports
+    of its own picking at each start: ports fixed up front could be taken before it binds them."""
+    return hub_settings(tmp_path / "data", topic_prefix=f"r{uuid.uuid4().hex[:10]}", **overrides)
 
 
 async def test_a_malformed_url_in_the_config_topic_stops_nothing_across_restarts(
@@ -415,22 +417,21 @@ async def test_updates_still_queued_when_the_hub_stops_are_sent_after_its_restar
     from tests.scripted import calculator_model
 
     settings = restartable(hub_settings, tmp_path, push_attempts=1000, push_backoff_s=0.05)
-    port = free_port()
+    down = bound()
+    url = f"http://127.0.0.1:{port_of(down)}/hook"
     async with (
         Hub(settings) as hub,
         HubClient(hub.address) as client,
         calculator.build(hub=hub.address, model=calculator_model()),
     ):
         stub = a2a_pb2_grpc.A2AServiceStub(client.channel)
-        task = (
-            await stub.SendMessage(send_with_push("calculator", "4 + 4", f"http://127.0.0.1:{port}/hook"))
-        ).task
+        task = (await stub.SendMessage(send_with_push("calculator", "4 + 4", url))).task
 
         async def retrying() -> bool:
             return any(a["attempt"] >= 2 for a in await attempts(hub, task.id))
 
         assert await eventually(retrying, timeout=30)
-    async with webhook(port) as hook, Hub(settings) as hub:
+    async with webhook(down) as hook, Hub(settings) as hub:
         assert_in_order(await hook.completed(task.id))
 
 
