@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import socket
 import uuid
@@ -115,24 +116,39 @@ def stable_instance_id(data_dir: Path) -> str:
 
 
 PORT_PICKS = 3  # tries at a free port when the hub picks it (port 0)
-PORT_TRIES = 20  # random ports tried below the ephemeral range before asking the kernel for one
+PORT_TRIES = 20  # random ports tried in the picking range before asking the kernel for one
 FIRST_PICKED_PORT = 10_000
 EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+PORT_RANGE_VARIABLE = "AGENTHUB_PORT_RANGE"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port free on `host` now, for a server to bind soon. Picked below the kernel's ephemeral
-    range when it can be: outgoing connections take their ports from that range, so one of them
-    could take a port the kernel handed out between this pick and the bind (test suites, drills
-    and benchmarks start many servers beside many clients)."""
-    low = _ephemeral_low()
-    for _ in range(PORT_TRIES if low > FIRST_PICKED_PORT else 0):
+    """A port free on `host` now, for a server to bind soon. Picked at random in `picking_range()`,
+    below the kernel's ephemeral range: outgoing connections take their ports from that range, so
+    one of them could take a port the kernel handed out between this pick and the bind (test
+    suites, drills and benchmarks start many servers beside many clients)."""
+    low, high = picking_range()
+    for _ in range(PORT_TRIES if high > low else 0):
         with socket.socket() as sock, contextlib.suppress(OSError):
-            sock.bind((host, random.randrange(FIRST_PICKED_PORT, low)))
+            sock.bind((host, random.randrange(low, high)))
             return int(sock.getsockname()[1])
     with socket.socket() as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def picking_range() -> tuple[int, int]:
+    """Where picked ports come from: `AGENTHUB_PORT_RANGE=LOW-HIGH` (inclusive) when set (a range a
+    firewall opens; processes sharing a machine, such as a test suite's workers, given ranges of
+    their own never pick the same port), else from 10000 to the ephemeral range (empty: the kernel
+    picks)."""
+    given = os.environ.get(PORT_RANGE_VARIABLE)
+    if given is None:
+        return FIRST_PICKED_PORT, max(_ephemeral_low(), FIRST_PICKED_PORT)
+    low, dash, high = given.partition("-")
+    if not (dash and low.strip().isdigit() and high.strip().isdigit() and 0 < int(low) <= int(high) < 65536):
+        raise ConfigError(f"invalid {PORT_RANGE_VARIABLE} {given!r}: expected LOW-HIGH, e.g. 20000-20999")
+    return int(low), int(high) + 1
 
 
 def _ephemeral_low() -> int:

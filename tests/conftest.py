@@ -18,6 +18,7 @@ import pytest
 from a2a.client import Client, ClientConfig, ClientFactory
 
 from agenthub.agents import calculator, notes, triage
+from agenthub.hub import server
 from agenthub.hub.config import HubSettings
 from agenthub.hub.server import Hub, free_port
 from agenthub.sdk import Agent, HubClient, ScriptedModel, offline
@@ -25,6 +26,23 @@ from agenthub.sdk.pb import operator_pb2 as op
 from tests.broker import start_tansu
 from tests.postgres import postgres_server
 from tests.scripted import calculator_model, triage_model
+
+
+def _own_port_range() -> None:
+    """Give this pytest worker (and the hubs, agents and brokers it starts) its own slice of the
+    picking range: two workers never pick the same port, so a port picked for a server that binds
+    it later (a hub process, a restart) cannot be taken in between by the other worker."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker is None or server.PORT_RANGE_VARIABLE in os.environ:
+        return  # one process picks alone, or whoever runs the suite chose the range
+    workers, index = int(os.environ["PYTEST_XDIST_WORKER_COUNT"]), int(worker.removeprefix("gw"))
+    low, high = server.picking_range()
+    size = (high - low) // workers
+    if size >= 100:
+        os.environ[server.PORT_RANGE_VARIABLE] = f"{low + index * size}-{low + (index + 1) * size - 1}"
+
+
+_own_port_range()
 
 BACKENDS = ["embedded", "kafka"]
 STORES = ["sqlite", "postgres"]

@@ -18,7 +18,7 @@ from agenthub.hub.config import HubSettings
 from agenthub.hub.server import Hub, free_port
 from agenthub.sdk import Agent, HubClient, ScriptedModel
 from agenthub.sdk.errors import ConfigError
-from tests.test_cli import agenthub
+from tests.test_cli import agenthub, agenthub_env
 
 
 async def test_a_hub_or_agent_on_a_port_in_use_refuses_to_start_and_the_first_keeps_serving(
@@ -94,12 +94,38 @@ async def test_a_taken_http_port_is_a_clear_error_and_a_picked_one_is_picked_aga
             assert answer.status_code in (200, 503) and "ready" in answer.json()  # 503: still joining
 
 
-def test_a_picked_port_is_free_and_below_the_range_outgoing_connections_use() -> None:
+def test_a_picked_port_is_free_and_below_the_range_outgoing_connections_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """An outgoing connection takes its port from the ephemeral range: a port picked there can be
     gone by the time its server binds it (two CI runs lost an agent and a hub fixture that way)."""
+    monkeypatch.delenv(server.PORT_RANGE_VARIABLE, raising=False)  # the default range
     low = server._ephemeral_low()
     for _ in range(20):
         port = free_port()
         assert low <= server.FIRST_PICKED_PORT or server.FIRST_PICKED_PORT <= port < low
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", port))  # free, as promised
+
+
+def test_ports_are_picked_in_the_range_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`AGENTHUB_PORT_RANGE` bounds every pick (the suite gives each of its workers a range of
+    its own, so one never takes a port the other picked); when the whole range is bound, the kernel
+    picks a free port."""
+    port = free_port()
+    monkeypatch.setenv(server.PORT_RANGE_VARIABLE, f"{port}-{port}")
+    assert server.picking_range() == (port, port + 1)
+    assert free_port() == port
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", port))
+        assert free_port() != port
+
+
+@pytest.mark.parametrize("given", ["20000", "b-c", "30000-20000", "0-10", "60000-70000"])
+async def test_a_port_range_that_is_not_one_is_refused_in_one_line(tmp_path: Path, given: str) -> None:
+    code, _, err = await agenthub_env(
+        {server.PORT_RANGE_VARIABLE: given}, "serve", "--port", "0", "--data-dir", str(tmp_path)
+    )
+    assert code == 2 and err.strip().splitlines() == [
+        f"error: invalid AGENTHUB_PORT_RANGE {given!r}: expected LOW-HIGH, e.g. 20000-20999"
+    ]
