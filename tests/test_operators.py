@@ -4,12 +4,15 @@ re-driving a dead letter, thread listing filters, export, and bad input on the c
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from a2a.types import TaskState
 from google.protobuf.json_format import MessageToJson
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from agenthub.hub.config import HubSettings
 from agenthub.hub.server import Hub, free_port
 from agenthub.hub.threads._sql import READ_INDEXES
 from agenthub.sdk import Agent, AgentHubError, HubClient, ScriptedModel
@@ -107,41 +110,47 @@ async def test_replay_filters_select_exactly(hub: Hub, client: HubClient) -> Non
     ]
 
 
-async def test_redrive_of_a_dead_letter_completes_the_task(hub: Hub, client: HubClient) -> None:
-    card = Agent("late", description="not started yet", hub=None, model=ScriptedModel()).card()
-    port = free_port()
-    await client.register(MessageToJson(card, indent=None), f"127.0.0.1:{port}")  # nobody listens there
-    failed = await client.send("late", "are you there?")
-    assert failed.status.state == TaskState.TASK_STATE_FAILED
-    dlq = op.Selection(topics=[f"{hub.settings.topic_prefix}.dlq.late"])
-    assert [e["kind"] for _, e in await replayed(client, dlq)] == ["KIND_DEAD_LETTER"]
+async def test_redrive_of_a_dead_letter_completes_the_task(
+    tmp_path: Path, hub_settings: Callable[..., HubSettings]
+) -> None:
+    """A request to an agent nobody serves is dead-lettered once the retry window ends (2 s here,
+    not the suite's 20), and re-driven once the agent is back, it completes its task."""
+    settings = hub_settings(tmp_path / "short-window", retry_window_s=2)
+    async with Hub(settings) as hub, HubClient(hub.address) as client:
+        card = Agent("late", description="not started yet", hub=None, model=ScriptedModel()).card()
+        port = free_port()
+        await client.register(MessageToJson(card, indent=None), f"127.0.0.1:{port}")  # nobody listens there
+        failed = await client.send("late", "are you there?")
+        assert failed.status.state == TaskState.TASK_STATE_FAILED
+        dlq = op.Selection(topics=[f"{hub.settings.topic_prefix}.dlq.late"])
+        assert [e["kind"] for _, e in await replayed(client, dlq)] == ["KIND_DEAD_LETTER"]
 
-    async with Agent(
-        "late", tools=[echo], model=ScriptedModel(), hub=hub.address, port=port
-    ):  # back, same place
-        dry = await last(client.redrive(dlq, "late"))
-        assert (dry.dry_run, dry.written) == (True, 1)
-        assert (await client.get_task("late", failed.id)).status.state == TaskState.TASK_STATE_FAILED
+        async with Agent(
+            "late", tools=[echo], model=ScriptedModel(), hub=hub.address, port=port
+        ):  # back, same place
+            dry = await last(client.redrive(dlq, "late"))
+            assert (dry.dry_run, dry.written) == (True, 1)
+            assert (await client.get_task("late", failed.id)).status.state == TaskState.TASK_STATE_FAILED
 
-        done = await last(client.redrive(dlq, "late", apply=True))
-        assert (done.written, done.skipped) == (1, 0)
+            done = await last(client.redrive(dlq, "late", apply=True))
+            assert (done.written, done.skipped) == (1, 0)
 
-        async def completed():  # type: ignore[no-untyped-def]
-            task = await client.get_task("late", failed.id)
-            return task.status.state == TaskState.TASK_STATE_COMPLETED and task
+            async def completed():  # type: ignore[no-untyped-def]
+                task = await client.get_task("late", failed.id)
+                return task.status.state == TaskState.TASK_STATE_COMPLETED and task
 
-        task = await eventually(completed, timeout=30)
-        assert task and task.status.message.parts[0].text == "echo: are you there?"
-        again = await last(client.redrive(dlq, "late", apply=True))
-        assert (again.written, again.skipped) == (0, 1), "re-driving twice must send once"
+            task = await eventually(completed, timeout=30)
+            assert task and task.status.message.parts[0].text == "echo: are you there?"
+            again = await last(client.redrive(dlq, "late", apply=True))
+            assert (again.written, again.skipped) == (0, 1), "re-driving twice must send once"
 
-    thread = await client.get_thread(failed.context_id)
-    (row,) = thread.tasks
-    states = [s.state for s in row.history]
-    assert states[0] == "TASK_STATE_SUBMITTED" and states[-1] == "TASK_STATE_COMPLETED"
-    assert "TASK_STATE_FAILED" in states
-    assert any(s.text.startswith("re-driven to late as attempt") for s in row.history)
-    assert [m.text for m in thread.messages].count("are you there?") == 1
+        thread = await client.get_thread(failed.context_id)
+        (row,) = thread.tasks
+        states = [s.state for s in row.history]
+        assert states[0] == "TASK_STATE_SUBMITTED" and states[-1] == "TASK_STATE_COMPLETED"
+        assert "TASK_STATE_FAILED" in states
+        assert any(s.text.startswith("re-driven to late as attempt") for s in row.history)
+        assert [m.text for m in thread.messages].count("are you there?") == 1
 
 
 async def test_thread_filters_and_pagination(hub: Hub, client: HubClient) -> None:
