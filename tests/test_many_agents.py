@@ -36,33 +36,32 @@ async def test_a_thousand_agents_start_and_route_correctly(
         HubClient(hub.address) as client,
         Agent("a0", tools=[echo], model=ScriptedModel(), hub=hub.address),
     ):
-        if True:
-            first = hub.registry.get("a0")
-            card = json.loads(first.record.card_json)
-            for i in range(1, AGENTS):
-                card["name"] = f"a{i}"
-                await client.register(json.dumps(card), first.endpoint)
-            assert len(hub.registry.list()) == AGENTS
+        first = hub.registry.get("a0")
+        card = json.loads(first.record.card_json)
+        for i in range(1, AGENTS):
+            card["name"] = f"a{i}"
+            await client.register(json.dumps(card), first.endpoint)
+        assert len(hub.registry.list()) == AGENTS
 
-            topics = Topics(settings.topic_prefix)
-            wanted = {topics.inbox(f"a{i}") for i in range(AGENTS)}
+        topics = Topics(settings.topic_prefix)
+        wanted = {topics.inbox(f"a{i}") for i in range(AGENTS)}
 
-            async def one_consumer_reads_them_all() -> bool:  # at once on the embedded log; Kafka rebalances
-                return {tp.topic for tp in hub.dispatcher._inbox.assignment()} >= wanted  # type: ignore[union-attr]
+        async def one_consumer_reads_them_all() -> bool:  # at once on the embedded log; Kafka rebalances
+            return {tp.topic for tp in hub.dispatcher._inbox.assignment()} >= wanted  # type: ignore[union-attr]
 
-            assert await eventually(one_consumer_reads_them_all, timeout=120)
+        assert await eventually(one_consumer_reads_them_all, timeout=120)
 
-            names = ["a0", f"a{AGENTS - 1}", *random.Random(7).sample([f"a{i}" for i in range(AGENTS)], 30)]
-            answers = await asyncio.gather(*(client.send(name, f"hello {name}") for name in names))
-            for name, task in zip(names, answers, strict=True):
-                assert task.status.message.parts[0].text == f"hello {name}"
-                listed = await client.list_tasks(name)
-                assert task.id in {t.id for t in listed.tasks}, f"{name}'s task is listed under {name}"
+        names = ["a0", f"a{AGENTS - 1}", *random.Random(7).sample([f"a{i}" for i in range(AGENTS)], 30)]
+        answers = await asyncio.gather(*(client.send(name, f"hello {name}") for name in names))
+        for name, task in zip(names, answers, strict=True):
+            assert task.status.message.parts[0].text == f"hello {name}"
+            listed = await client.list_tasks(name)
+            assert task.id in {t.id for t in listed.tasks}, f"{name}'s task is listed under {name}"
 
-            async def nothing_recorded_is_remembered() -> bool:  # memory bounded by what is in flight
-                return not hub.recorder._expected
+        async def nothing_recorded_is_remembered() -> bool:  # memory bounded by what is in flight
+            return not hub.recorder._expected
 
-            assert await eventually(nothing_recorded_is_remembered, timeout=30)
+        assert await eventually(nothing_recorded_is_remembered, timeout=30)
 
-            loops = {t.get_name() for t in asyncio.all_tasks()}
-            assert not any(name.startswith("dispatch-a") for name in loops), "no loop per agent"
+        loops = {t.get_name() for t in asyncio.all_tasks()}
+        assert not any(name.startswith("dispatch-a") for name in loops), "no loop per agent"
