@@ -124,9 +124,9 @@ PORT_RANGE_VARIABLE = "AGENTHUB_PORT_RANGE"
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A port free on `host` now, for a server to bind soon. Picked at random in `picking_range()`,
-    below the kernel's ephemeral range: outgoing connections take their ports from that range, so
-    one of them could take a port the kernel handed out between this pick and the bind (test
-    suites, drills and benchmarks start many servers beside many clients)."""
+    by default below the kernel's ephemeral range: outgoing connections take their ports from that
+    range, so one of them could take a port the kernel handed out between this pick and the bind
+    (test suites, drills and benchmarks start many servers beside many clients)."""
     low, high = picking_range()
     for _ in range(PORT_TRIES if high > low else 0):
         with socket.socket() as sock, contextlib.suppress(OSError):
