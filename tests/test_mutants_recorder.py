@@ -158,6 +158,29 @@ async def test_a_wait_for_another_instances_record_ends_once_the_store_has_it(
         assert await waiting is True
 
 
+async def test_a_wait_on_a_partition_this_instance_records_ends_once_the_store_has_it(
+    tmp_path: Path, hub_settings: Callable[..., HubSettings]
+) -> None:
+    """A record of a partition this recorder owns but will not record itself (another instance
+    sharing the store recorded it before a rebalance handed the partition over, so this one starts
+    past it): the wait ends once the store has it, instead of waiting out its whole timeout."""
+    async with Hub(hub_settings(tmp_path)) as hub:
+        consumer = hub.recorder._consumer
+        assert consumer is not None
+
+        async def assigned() -> bool:  # on Kafka, once the group has handed out the partitions
+            return bool(consumer.assignment())
+
+        assert await eventually(assigned, timeout=30)
+        owned = min(consumer.assignment(), key=lambda tp: (tp.topic, tp.partition))
+        past = Record(
+            owned.topic, owned.partition, 10**9, CONTEXT.encode(), conversation()[0].SerializeToString(), 0
+        )
+        assert await hub.recorder.wait_recorded(past, timeout=0.3) is False
+        assert (await record_batch(hub.store, [past]))[0] == 1  # as the other instance would
+        assert await hub.recorder.wait_recorded(past, timeout=30) is True
+
+
 @pytest.mark.parametrize(
     ("backend", "threads_url"), [("embedded", "sqlite")], ids=["embedded-own-pg-server"], indirect=True
 )

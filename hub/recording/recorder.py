@@ -37,6 +37,7 @@ from agenthub.sdk.pb.envelope_pb2 import Envelope
 
 log = structlog.get_logger(__name__)
 EXPECTED_KEPT = 10_000  # tasks whose latest record is remembered for read-your-writes
+STORE_LOOKUP_AFTER_S = 0.05  # a wait on a partition this instance records asks the store after this
 
 
 class Unprojectable(Exception):
@@ -188,14 +189,15 @@ class Recorder(Lifecycle):
         """Wait until `record` is in the store; False on timeout (the caller may read stale data).
 
         A record of a partition this instance does not record (another instance sharing the
-        store owns it) is looked up in the store itself.
+        store owns it) is looked up in the store itself; so is one of a partition it records, if
+        that takes a moment (see `_until_recorded_anywhere`).
         """
         if self._is_recorded(record):
             return True
         try:
             async with asyncio.timeout(timeout):
                 if self._consumer is not None and record.tp in self._consumer.assignment():
-                    await self._until_recorded(record)
+                    await self._until_recorded_anywhere(record)
                 else:
                     await self._until_in_store(envelopes.decode(record).id)
         except TimeoutError:
@@ -215,7 +217,27 @@ class Recorder(Lifecycle):
             if not self._waiting:
                 self._wanted.clear()
 
-    async def _until_in_store(self, envelope_id: str) -> None:
+    async def _until_recorded_anywhere(self, record: Record) -> None:
+        """Until this instance records `record`, or the store has it otherwise. Instances sharing
+        a store share its partitions: one handed a partition after another recorded past `record`
+        starts beyond it, and one that loses the partition never records it; both waited out the
+        read's whole timeout (10 s per thread read under rebalances)."""
+        try:
+            envelope_id = envelopes.decode(record).id
+        except DecodeError:  # never in the store by id: only this instance's progress tells
+            return await self._until_recorded(record)
+        here = asyncio.ensure_future(self._until_recorded(record))
+        elsewhere = asyncio.ensure_future(self._until_in_store(envelope_id, after=STORE_LOOKUP_AFTER_S))
+        try:
+            done, _ = await asyncio.wait((here, elsewhere), return_when=asyncio.FIRST_COMPLETED)
+            done.pop().result()  # a store outage raises here
+        finally:
+            for waiting in (here, elsewhere):
+                waiting.cancel()
+            await asyncio.gather(here, elsewhere, return_exceptions=True)
+
+    async def _until_in_store(self, envelope_id: str, after: float = 0.0) -> None:
+        await asyncio.sleep(after)
         delay = 0.002
         while not await self._store.is_applied(envelope_id):
             await asyncio.sleep(delay)
