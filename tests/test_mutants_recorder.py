@@ -179,6 +179,8 @@ async def test_a_wait_on_a_partition_this_instance_records_ends_once_the_store_h
         assert await hub.recorder.wait_recorded(past, timeout=0.3) is False
         assert (await record_batch(hub.store, [past]))[0] == 1  # as the other instance would
         assert await hub.recorder.wait_recorded(past, timeout=30) is True
+        poison = Record(owned.topic + ".elsewhere", 0, 0, CONTEXT.encode(), b"\xff\xff", 0)
+        assert await hub.recorder.wait_recorded(poison, timeout=30) is False  # not an error
 
 
 @pytest.mark.parametrize(

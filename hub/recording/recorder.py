@@ -194,12 +194,15 @@ class Recorder(Lifecycle):
         """
         if self._is_recorded(record):
             return True
+        envelope_id = _envelope_id(record)
         try:
             async with asyncio.timeout(timeout):
                 if self._consumer is not None and record.tp in self._consumer.assignment():
-                    await self._until_recorded_anywhere(record)
+                    await self._until_recorded_anywhere(record, envelope_id)
+                elif envelope_id is not None:
+                    await self._until_in_store(envelope_id)
                 else:
-                    await self._until_in_store(envelopes.decode(record).id)
+                    return False  # not an envelope: nothing to look up, and another instance parks it
         except TimeoutError:
             return False
         except STORE_OUTAGES:
@@ -217,14 +220,12 @@ class Recorder(Lifecycle):
             if not self._waiting:
                 self._wanted.clear()
 
-    async def _until_recorded_anywhere(self, record: Record) -> None:
+    async def _until_recorded_anywhere(self, record: Record, envelope_id: str | None) -> None:
         """Until this instance records `record`, or the store has it otherwise. Instances sharing
         a store share its partitions: one handed a partition after another recorded past `record`
         starts beyond it, and one that loses the partition never records it; both waited out the
         read's whole timeout (10 s per thread read under rebalances)."""
-        try:
-            envelope_id = envelopes.decode(record).id
-        except DecodeError:  # never in the store by id: only this instance's progress tells
+        if envelope_id is None:  # never in the store by id: only this instance's progress tells
             return await self._until_recorded(record)
         here = asyncio.ensure_future(self._until_recorded(record))
         elsewhere = asyncio.ensure_future(self._until_in_store(envelope_id, after=STORE_LOOKUP_AFTER_S))
@@ -370,6 +371,14 @@ async def record_envelopes(
                 current[envelope.task_id] = projection.task
             projections.append(projection)
         return await store.apply(projections), refused
+
+
+def _envelope_id(record: Record) -> str | None:
+    """The id of the envelope in `record`, None for a record that is not one (a poison record)."""
+    try:
+        return envelopes.decode(record).id
+    except DecodeError:
+        return None
 
 
 def _keep_newest(newest: dict[TopicPartition, Record], record: Record) -> None:
