@@ -12,6 +12,7 @@ wait for recording is over, never an internal error."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +28,7 @@ from agenthub.hub.server import Hub
 from agenthub.hub.threads.sqlite import SqliteThreadStore
 from agenthub.hub.topics import Topics
 from agenthub.sdk import Agent, HubClient, ScriptedModel
+from agenthub.sdk.errors import HubUnavailable, ThreadNotFound
 from tests.conftest import eventually
 from tests.postgres import PostgresCluster
 from tests.test_delivery import echo
@@ -228,6 +230,45 @@ async def test_a_read_while_the_store_is_stuck_answers_what_it_holds(
             lock.execute("ROLLBACK")
             lock.close()
         assert [m.text for m in thread.messages] == before
+
+
+@pytest.mark.parametrize(("backend", "threads_url"), [("embedded", "sqlite")], indirect=True)
+async def test_a_read_of_what_is_not_recorded_yet_says_retry_not_not_found(
+    tmp_path: Path, hub_settings: Callable[..., HubSettings]
+) -> None:
+    """A send in a new thread while the recorder cannot write (the store's write lock held): reads
+    of its task and thread, once their wait for recording runs out, answer UNAVAILABLE (it exists,
+    retry; the SDK raises every UNAVAILABLE as HubUnavailable), never NOT_FOUND; once the
+    store is free they find it."""
+    async with (
+        Hub(hub_settings(tmp_path)) as hub,
+        HubClient(hub.address) as client,
+    ):
+        async with Agent("echoer", tools=[echo], model=ScriptedModel(), hub=hub.address):
+            await client.send("echoer", "registers the agent and creates the store")
+        lock = sqlite3.connect(tmp_path / "threads.db", timeout=30, isolation_level=None)
+        lock.execute("BEGIN EXCLUSIVE")
+        try:
+            task = await submit(client, "echoer", "while the store is locked")  # its agent is gone: it waits
+            with pytest.raises(HubUnavailable, match="not recorded yet"):
+                await client.get_thread(task.context_id)
+            with pytest.raises(HubUnavailable, match="not recorded yet"):
+                await client.get_task("echoer", task.id)
+        finally:
+            lock.execute("ROLLBACK")
+            lock.close()
+
+        async def found() -> bool:  # once the recorder's retry, backing off, gets the store
+            with contextlib.suppress(HubUnavailable):
+                return (await client.get_task("echoer", task.id)).id == task.id
+            return False
+
+        assert await eventually(found, timeout=60)
+        assert [m.text for m in (await client.get_thread(task.context_id)).messages] == [
+            "while the store is locked"
+        ]
+        with pytest.raises(ThreadNotFound):  # one this hub never routed is not found, at once
+            await client.get_thread("never-sent")
 
 
 async def recorder_commits(hub: Hub) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:

@@ -60,7 +60,7 @@ from agenthub.hub.recording.recorder import Recorder
 from agenthub.hub.routing.registry import Registry
 from agenthub.hub.routing.replies import ReplyRouter, Waiter
 from agenthub.hub.threads._base import TaskRow, ThreadStore
-from agenthub.hub.threads.outage import store_read
+from agenthub.hub.threads.outage import not_recorded_yet, store_read
 from agenthub.hub.topics import Topics
 from agenthub.hub.trust.gate import Gate
 from agenthub.hub.trust.policy import Action, sees_everything
@@ -399,9 +399,11 @@ class HubRequestHandler(RequestHandler):
     async def _owned_task(self, task_id: str, tenant: str) -> TaskRow:
         if not task_id or not ID.match(task_id):
             raise InvalidRequest(f"invalid task id {task_id[:40]!r}")
-        await self._recorder.settle(task_id)
+        settled = await self._recorder.settle(task_id)
         async with store_read():
             row = await self._store.get_task(task_id)
+        if row is None and not settled:
+            raise not_recorded_yet(f"task {task_id}")
         if row is None or (tenant and row.agent != tenant) or not await self._owns(row):
             raise TaskNotFoundError(
                 f"task {task_id} not found" + (f" for agent {tenant!r}" if tenant else "")

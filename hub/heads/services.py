@@ -31,6 +31,7 @@ from agenthub.hub.threads._base import (
     ThreadStore,
     ThreadSummary,
 )
+from agenthub.hub.threads.outage import not_recorded_yet
 from agenthub.hub.trust.policy import sees_everything
 from agenthub.hub.trust.principal import CURRENT, is_person
 from agenthub.sdk.errors import InvalidRequest, ThreadNotFound
@@ -188,15 +189,18 @@ class ThreadServicer(threads_pb2_grpc.ThreadServiceServicer):
         self._operator = operator
         self._recorder = recorder  # read-your-writes: what this hub routed is recorded before a read
 
-    async def _fresh(self, context_id: str = "") -> None:
-        """Wait until what this hub routed is recorded: of one thread, or of all of them."""
-        if self._recorder is not None:
-            await self._recorder.settle_thread(context_id)
+    async def _fresh(self, context_id: str = "") -> bool:
+        """Wait until what this hub routed is recorded: of one thread, or of all of them; False
+        if the wait ran out."""
+        return self._recorder is None or await self._recorder.settle_thread(context_id)
 
-    async def _visible_messages(self, context_id: str) -> list[MessageRow]:
+    async def _visible_messages(self, context_id: str, settled: bool = True) -> list[MessageRow]:
         """A thread's messages, if the caller may read it: admins and operators any thread, others
-        those they sent or received a message in (another's thread is "not found", as a missing one)."""
+        those they sent or received a message in (another's thread is "not found", as a missing one).
+        `settled`: False if this hub routed records of the thread that may not be recorded yet."""
         messages = await self._store.thread_messages(_context_id(context_id))
+        if not messages and not settled:
+            raise not_recorded_yet(f"thread {context_id!r}")
         principal = CURRENT.get()
         taking_part = any(principal.sender in (m.sender, m.recipient) for m in messages)
         if not messages or not (sees_everything(principal) or taking_part):
@@ -216,8 +220,8 @@ class ThreadServicer(threads_pb2_grpc.ThreadServiceServicer):
         )
 
     async def GetThread(self, request: thr.GetThreadRequest, context: grpc.aio.ServicerContext) -> thr.Thread:
-        await self._fresh(request.context_id)
-        messages = await self._visible_messages(request.context_id)
+        settled = await self._fresh(request.context_id)
+        messages = await self._visible_messages(request.context_id, settled)
         tasks = await self._store.thread_tasks(request.context_id)
         participants = {m.recipient for m in messages} | {m.sender for m in messages}
         agents = sorted(p for p in participants if not is_person(p))

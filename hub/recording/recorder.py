@@ -129,41 +129,53 @@ class Recorder(Lifecycle):
             if len(self._threads) > EXPECTED_KEPT:
                 self._threads.popitem(last=False)
 
-    async def settle(self, task_id: str, timeout: float = 10.0) -> None:
-        """Wait until the newest record this instance knows of `task_id` is in the store (bounded)."""
+    async def settle(self, task_id: str, timeout: float = 10.0) -> bool:
+        """Wait until the newest record this instance knows of `task_id` is in the store (bounded);
+        False if it may not be yet (a read finding no task then says "not recorded yet", not
+        "not found")."""
         if self._readiness.is_down("thread store"):
-            return  # the read that follows says the store is unavailable, at once
+            return False  # the read that follows says the store is unavailable, at once
         record = self._expected.get(task_id)
-        if record is not None and await self.wait_recorded(record, timeout):
+        if record is None:
+            return True
+        if await self.wait_recorded(record, timeout):
             self._expected.pop(task_id, None)
+            return True
+        return False
 
-    async def settle_all(self, timeout: float = 10.0) -> None:
+    async def settle_all(self, timeout: float = 10.0) -> bool:
         """Wait until every record this instance produced or saw is in the store (bounded): the
         newest of each partition, kept as they come, so a read does not walk every task."""
-        await self._settle_newest(self._latest, timeout)
+        return await self._settle_newest(self._latest, timeout)
 
-    async def settle_thread(self, context_id: str, timeout: float = 10.0) -> None:
+    async def settle_thread(self, context_id: str, timeout: float = 10.0) -> bool:
         """`settle_all` for one thread's records: a read of a thread (an agent reading its memory
         on every turn) waits for its own thread, not for everything the hub routed meanwhile.
-        No thread (""): every thread, as `settle_all`."""
+        No thread (""): every thread, as `settle_all`. False as `settle`."""
         if not context_id:
             return await self.settle_all(timeout)
         key = context_id.encode()
         newest = self._threads.get(key)
-        if newest:
-            await self._settle_newest(newest, timeout)
+        settled = await self._settle_newest(newest, timeout) if newest else True
         if not newest:
             self._threads.pop(key, None)
+        return settled
 
-    async def _settle_newest(self, newest: dict[TopicPartition, Record], timeout: float) -> None:
-        """Wait until the records of `newest` (one per partition) are in the store, forgetting them."""
+    async def _settle_newest(self, newest: dict[TopicPartition, Record], timeout: float) -> bool:
+        """Wait until the records of `newest` (one per partition) are in the store, forgetting
+        them; False if some may not be (the wait ran out, or the store is down)."""
         if self._readiness.is_down("thread store"):
-            return
+            return False
+        settled = True
         with contextlib.suppress(TimeoutError):  # bounded: the read that follows may be stale
             async with asyncio.timeout(timeout):
                 for tp, record in list(newest.items()):
-                    if await self.wait_recorded(record, timeout) and newest.get(tp) is record:
+                    if not await self.wait_recorded(record, timeout):
+                        settled = False
+                    elif newest.get(tp) is record:
                         del newest[tp]
+                return settled
+        return False
 
     def _forget_met(self) -> None:
         """Drop the oldest expectations (of tasks, of threads) already recorded, so what is

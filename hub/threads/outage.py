@@ -31,3 +31,9 @@ async def store_read() -> AsyncIterator[None]:
         yield
     except STORE_OUTAGES:
         raise StoreUnavailable("the thread store is unavailable right now; retry shortly") from None
+
+
+def not_recorded_yet(what: str) -> StoreUnavailable:
+    """For a read that finds nothing of `what` although this hub routed records of it that the
+    recorder has not stored yet (it is behind the log): retry, it exists; "not found" would lie."""
+    return StoreUnavailable(f"{what} is not recorded yet (the recorder is behind the log); retry shortly")
