@@ -45,6 +45,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agenthub.hub import task_events
 from agenthub.sdk import AgentHubError, HubClient
+from agenthub.sdk.errors import HubUnavailable, ThreadNotFound
 from agenthub.sdk.pb import operator_pb2 as op
 from tests.ledger_agent import ANSWER, read_ledger
 from tests.test_delivery import assert_thread_once
@@ -438,16 +439,31 @@ def deliveries(
     return twice, again
 
 
-async def threads_with_duplicates(hub: str, completed: list[Sent]) -> dict[str, str]:
-    """Texts whose thread holds a message twice, or not exactly one request and one answer, with why."""
+async def threads_with_duplicates(
+    hub: str, completed: list[Sent], catch_up_s: float = 90.0
+) -> dict[str, str]:
+    """Texts whose thread holds a message twice, or not exactly one request and one answer (or is
+    missing), with why. A thread the hub says is not recorded yet (UNAVAILABLE: the recorder is
+    catching up after the fault) is read again, for `catch_up_s` in all."""
     out: dict[str, str] = {}
+    deadline = time.monotonic() + catch_up_s
     async with HubClient(hub) as client:
         for sent in completed:
             try:
-                await assert_thread_once(client, sent.context_id, sent.text, ANSWER.format(sent.text))
-            except AssertionError as exc:
-                out[sent.text] = f"thread {sent.context_id}: {str(exc)[:300]}"
+                await _thread_once_when_recorded(client, sent, deadline)
+            except (AssertionError, ThreadNotFound, HubUnavailable) as exc:
+                out[sent.text] = f"thread {sent.context_id}: {type(exc).__name__}: {str(exc)[:300]}"
     return out
+
+
+async def _thread_once_when_recorded(client: HubClient, sent: Sent, deadline: float) -> None:
+    while True:
+        try:
+            return await assert_thread_once(client, sent.context_id, sent.text, ANSWER.format(sent.text))
+        except HubUnavailable:
+            if time.monotonic() >= deadline:
+                raise
+            await asyncio.sleep(0.5)
 
 
 async def rebuild_would_write(hub: str) -> int:
