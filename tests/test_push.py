@@ -449,6 +449,12 @@ async def test_push_configs_are_shared_by_two_hubs_on_one_log(
         HubClient(second.address) as other,
         webhook() as hook,
     ):
+        # Sent while the second instance's groups still join, a task can move mid-call and run
+        # again on the other instance (at-least-once: a second series of updates); not this test's point.
+        async def both_joined() -> bool:
+            return not second.readiness.problems()
+
+        assert await eventually(both_joined, timeout=60), second.readiness.problems()
         first_stub = a2a_pb2_grpc.A2AServiceStub(client.channel)
         second_stub = a2a_pb2_grpc.A2AServiceStub(other.channel)
         task = (await first_stub.SendMessage(send_with_push("calculator", "2 * 3", hook.url))).task
