@@ -9,17 +9,22 @@ and when it stops, it commits what it delivered since its last periodic commit."
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
-from a2a.types import TaskPushNotificationConfig, a2a_pb2_grpc
+from a2a.types import StreamResponse, TaskPushNotificationConfig, a2a_pb2_grpc
+from google.protobuf.json_format import MessageToJson
 
+from agenthub.hub import envelopes
 from agenthub.hub.outbound import OutboundPolicy
 from agenthub.hub.push.notifier import PushConfigs
 from agenthub.hub.secret_box import SecretBox
 from agenthub.hub.server import Hub
 from agenthub.hub.topics import Topics
 from agenthub.sdk import HubClient
+from agenthub.sdk.pb.envelope_pb2 import Kind
 from tests.conftest import eventually
+from tests.test_delivery import records
 from tests.test_push import held_agent, send_with_push, submit, webhook
 
 
@@ -99,3 +104,36 @@ async def test_a_notifier_stopped_right_after_a_delivery_commits_it(hub: Hub, cl
             topics.notifier_group, {}
         )
         assert {tp.partition: o for tp, o in committed.items()} == {p: e for p, e in ends.items() if e}
+
+
+async def test_a_rerun_requests_events_are_not_pushed_again(hub: Hub, client: HubClient) -> None:
+    """A request delivered again after its partition moved mid-call runs again, and its events
+    reuse their envelope ids (the thread keeps one copy). Such a copy of a delivered update, with a
+    different body, is not POSTed again; an update with a new id after it is."""
+    async with webhook() as hook, held_agent(hub) as gate:
+        gate.set()
+        stub = a2a_pb2_grpc.A2AServiceStub(client.channel)
+        task = (await stub.SendMessage(send_with_push("held", "once", hook.url))).task
+        await hook.completed(task.id)
+        posted = len(hook.received)
+        (*_, last) = [
+            (record, envelope)
+            for record in await records(hub.log, hub.replies.topic)
+            if (envelope := envelopes.decode(record)).task_id == task.id and envelope.kind == Kind.KIND_EVENT
+        ]
+        record, envelope = last
+        for seconds, envelope_id in ((1, envelope.id), (2, envelopes.new_id())):  # the copy, then a new one
+            event = envelopes.unpack(envelope, StreamResponse)
+            event.status_update.status.timestamp.seconds += seconds  # as a second run's would differ
+            again = envelopes.make(Kind.KIND_EVENT, event, id=envelope_id, task_id=task.id,
+                                   context_id=envelope.context_id)  # fmt: skip
+            await hub.log.produce(hub.replies.topic, again.SerializeToString(), key=record.key)
+
+        async def the_new_one_came() -> bool:
+            return len(hook.received) > posted
+
+        assert await eventually(the_new_one_came, timeout=30)
+        await asyncio.sleep(0.2)
+        (_, body), *more = hook.received[posted:]
+        assert more == [], "the re-run's copy was POSTed as well"
+        assert body == json.loads(MessageToJson(event, indent=None))

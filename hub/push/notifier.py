@@ -20,6 +20,7 @@ import contextlib
 import time
 import urllib.parse
 import uuid
+from collections import OrderedDict
 
 import structlog
 from a2a.types import StreamResponse, TaskPushNotificationConfig
@@ -40,6 +41,7 @@ from agenthub.sdk.pb.envelope_pb2 import Kind
 
 log = structlog.get_logger(__name__)
 MASK = "********"
+QUEUED_IDS_KEPT = 100_000  # envelope ids of updates queued lately, so a re-run's copies are not sent
 
 
 def masked(config: TaskPushNotificationConfig) -> TaskPushNotificationConfig:
@@ -165,6 +167,9 @@ class Notifier(Lifecycle):
     committed once every webhook has delivered it or given up on it (and nothing below it is still
     pending), so a hub that stops or dies with updates queued re-sends them after its restart
     instead of losing them: delivery is at least once, a webhook may see an update twice.
+    A request delivered again (its partition moved to another instance mid-call) runs again and
+    its events reuse their envelope ids: an update with the id of one this instance has queued
+    from the same partition is not sent again, so its webhooks see one run, as the thread does.
 
     Args:
         log: the log backend.
@@ -208,6 +213,7 @@ class Notifier(Lifecycle):
         self._webhooks: dict[tuple[str, str], Webhook] = {}
         self._tracker = OffsetTracker()
         self._epochs: dict[TopicPartition, int] = {}
+        self._queued: OrderedDict[str, TopicPartition] = OrderedDict()  # envelope id: its partition
         self._consumer: Consumer | None = None
         self._paused: set[str] = set()  # topics paused while too many updates wait
 
@@ -274,14 +280,20 @@ class Notifier(Lifecycle):
         try:
             envelope = envelopes.decode(record)
             configs = self._configs.for_delivery(envelope.task_id) if envelope.kind == Kind.KIND_EVENT else []
-            if not configs:
+            if not configs or envelope.id in self._queued:
                 return [], None
             event = envelopes.unpack(envelope, StreamResponse)
         except (DecodeError, ValueError):
             return [], None
+        self._remember(envelope.id, record.tp)
         body = MessageToJson(event, indent=None)
         epoch = self._epochs.get(record.tp, 0)
         return configs, Update(record, envelope.id, envelope.task_id, body, len(configs), epoch)
+
+    def _remember(self, envelope_id: str, tp: TopicPartition) -> None:
+        self._queued[envelope_id] = tp
+        if len(self._queued) > QUEUED_IDS_KEPT:
+            self._queued.popitem(last=False)
 
     def _finished(self, update: Update) -> None:
         """A webhook is done with `update`; once all are, its offset may be committed."""
@@ -319,3 +331,4 @@ class Notifier(Lifecycle):
         for tp in lost:
             self._epochs[tp] = self._epochs.get(tp, 0) + 1
         self._tracker.forget(lost)
+        self._queued = OrderedDict((i, tp) for i, tp in self._queued.items() if tp not in lost)
