@@ -7,6 +7,7 @@ status, HTTP status and CLI exit code, and nothing else in the code base invents
 
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 
 import grpc
@@ -27,6 +28,8 @@ from a2a.utils.errors import (
     UnsupportedOperationError,
     VersionNotSupportedError,
 )
+from google.protobuf.message import DecodeError
+from google.rpc import error_details_pb2, status_pb2
 
 
 class AgentHubError(A2AError):
@@ -72,18 +75,18 @@ class AgentUnavailable(AgentHubError):
 
 
 class HubUnavailable(AgentHubError):
-    """The hub could not be reached (client side)."""
+    """The hub could not be reached, or cannot serve the call right now (UNAVAILABLE: retry)."""
 
     message = "hub unavailable"
 
 
-class StoreUnavailable(AgentHubError):
+class StoreUnavailable(HubUnavailable):
     """The thread store cannot be read right now (routing goes on; retry the read shortly)."""
 
     message = "thread store unavailable"
 
 
-class LogUnavailable(AgentHubError):
+class LogUnavailable(HubUnavailable):
     """The log cannot take the request right now; nothing was accepted, retry shortly."""
 
     message = "log unavailable"
@@ -198,11 +201,19 @@ _BY_GRPC_CODE: dict[grpc.StatusCode, type[AgentHubError]] = {
 }
 
 
+_BY_REASON: dict[str, type[AgentHubError]] = {STATUS[cls].reason: cls for cls in AGENTHUB_ERRORS}
+
+
 def from_grpc(error: grpc.RpcError) -> AgentHubError:
-    """Turn a failed gRPC call into the matching AgentHub error, keeping the server's message."""
+    """Turn a failed gRPC call into the matching AgentHub error, keeping the server's message.
+
+    The class follows the status code; the reason the hub names (its ErrorInfo) narrows it to a
+    subclass of that class (STORE_UNAVAILABLE: `StoreUnavailable`, still a `HubUnavailable`)."""
     code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
     details = error.details() if hasattr(error, "details") else str(error)
     cls = _BY_GRPC_CODE.get(code, AgentHubError)
+    named = _BY_REASON.get(_reason_of(error), cls)
+    cls = named if issubclass(named, cls) else cls
     if (
         code == grpc.StatusCode.UNAVAILABLE
         and "failed to connect to all addresses" in (details or "").lower()
@@ -211,3 +222,16 @@ def from_grpc(error: grpc.RpcError) -> AgentHubError:
             f"cannot reach the hub ({details.split(':')[-1].strip() or 'connection failed'}); is it running?"
         )
     return cls(details or code.name)
+
+
+def _reason_of(error: grpc.RpcError) -> str:
+    """The ErrorInfo reason in a failed call's rich status (trailing metadata), or ""."""
+    metadata = error.trailing_metadata() if hasattr(error, "trailing_metadata") else None
+    for key, value in metadata or ():
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            with contextlib.suppress(DecodeError):
+                for detail in status_pb2.Status.FromString(value).details:
+                    info = error_details_pb2.ErrorInfo()
+                    if detail.Unpack(info):
+                        return info.reason
+    return ""

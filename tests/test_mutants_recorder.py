@@ -28,7 +28,7 @@ from agenthub.hub.server import Hub
 from agenthub.hub.threads.sqlite import SqliteThreadStore
 from agenthub.hub.topics import Topics
 from agenthub.sdk import Agent, HubClient, ScriptedModel
-from agenthub.sdk.errors import HubUnavailable, ThreadNotFound
+from agenthub.sdk.errors import StoreUnavailable, ThreadNotFound
 from tests.conftest import eventually
 from tests.postgres import PostgresCluster
 from tests.test_delivery import echo
@@ -237,9 +237,8 @@ async def test_a_read_of_what_is_not_recorded_yet_says_retry_not_not_found(
     tmp_path: Path, hub_settings: Callable[..., HubSettings]
 ) -> None:
     """A send in a new thread while the recorder cannot write (the store's write lock held): reads
-    of its task and thread, once their wait for recording runs out, answer UNAVAILABLE (it exists,
-    retry; the SDK raises every UNAVAILABLE as HubUnavailable), never NOT_FOUND; once the
-    store is free they find it."""
+    of its task and thread, once their wait for recording runs out, answer UNAVAILABLE with the
+    reason STORE_UNAVAILABLE (it exists, retry), never NOT_FOUND; once the store is free they find it."""
     async with (
         Hub(hub_settings(tmp_path)) as hub,
         HubClient(hub.address) as client,
@@ -250,16 +249,16 @@ async def test_a_read_of_what_is_not_recorded_yet_says_retry_not_not_found(
         lock.execute("BEGIN EXCLUSIVE")
         try:
             task = await submit(client, "echoer", "while the store is locked")  # its agent is gone: it waits
-            with pytest.raises(HubUnavailable, match="not recorded yet"):
+            with pytest.raises(StoreUnavailable, match="not recorded yet"):
                 await client.get_thread(task.context_id)
-            with pytest.raises(HubUnavailable, match="not recorded yet"):
+            with pytest.raises(StoreUnavailable, match="not recorded yet"):
                 await client.get_task("echoer", task.id)
         finally:
             lock.execute("ROLLBACK")
             lock.close()
 
         async def found() -> bool:  # once the recorder's retry, backing off, gets the store
-            with contextlib.suppress(HubUnavailable):
+            with contextlib.suppress(StoreUnavailable):
                 return (await client.get_task("echoer", task.id)).id == task.id
             return False
 

@@ -99,14 +99,19 @@ def internal_error(exc: BaseException, where: str) -> InternalError:
     return InternalError(INTERNAL_MESSAGE.format(reference=reference))
 
 
-async def abort(context: grpc.aio.ServicerContext, error: A2AError) -> None:
-    """End a gRPC call with the error's status from the one table and an ErrorInfo naming its reason."""
+def rich_status(error: A2AError) -> grpc.Status:
+    """The error's gRPC status from the one table, with an ErrorInfo naming its reason (the SDK
+    reads it back into the same class)."""
     status = status_of(error)
     detail = any_pb2.Any()
     detail.Pack(error_details_pb2.ErrorInfo(reason=status.reason, domain=A2A_DOMAIN))
-    rich = status_to_grpc(
-        status_pb2.Status(code=status.grpc.value[0], message=error.message, details=[detail])
-    )
+    rich = status_pb2.Status(code=status.grpc.value[0], message=error.message, details=[detail])
+    return status_to_grpc(rich)
+
+
+async def abort(context: grpc.aio.ServicerContext, error: A2AError) -> None:
+    """End a gRPC call with the error's rich status (`rich_status`)."""
+    rich = rich_status(error)
     context.set_trailing_metadata(tuple(context.trailing_metadata() or ()) + tuple(rich.trailing_metadata))
     await context.abort(rich.code, rich.details)
 
