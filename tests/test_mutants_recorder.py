@@ -17,8 +17,10 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
+from a2a.types import GetTaskRequest, a2a_pb2_grpc
 
 from agenthub.hub import envelopes
 from agenthub.hub.config import HubSettings
@@ -29,6 +31,8 @@ from agenthub.hub.threads.sqlite import SqliteThreadStore
 from agenthub.hub.topics import Topics
 from agenthub.sdk import Agent, HubClient, ScriptedModel
 from agenthub.sdk.errors import StoreUnavailable, ThreadNotFound
+from agenthub.sdk.pb import threads_pb2 as thr
+from agenthub.sdk.pb import threads_pb2_grpc
 from tests.conftest import eventually
 from tests.postgres import PostgresCluster
 from tests.test_delivery import echo
@@ -268,6 +272,32 @@ async def test_a_read_of_what_is_not_recorded_yet_says_retry_not_not_found(
         ]
         with pytest.raises(ThreadNotFound):  # one this hub never routed is not found, at once
             await client.get_thread("never-sent")
+
+
+@pytest.mark.parametrize(("backend", "threads_url"), [("embedded", "sqlite")], indirect=True)
+async def test_a_read_waits_for_recording_only_until_just_before_the_callers_deadline(
+    tmp_path: Path, hub_settings: Callable[..., HubSettings]
+) -> None:
+    """A task and a thread whose newest record the recorder will not reach (10 s of waiting): a
+    GetTask and a GetThread with a 3 s deadline are answered UNAVAILABLE "not recorded yet" before
+    it, which the caller can act on, instead of running into DEADLINE_EXCEEDED."""
+    async with Hub(hub_settings(tmp_path)) as hub:
+        (owned, *_) = hub.recorder._consumer.assignment()  # type: ignore[union-attr]
+        request = conversation()[0]
+        hub.recorder.expect(request.task_id, Record(owned.topic, owned.partition, 10**9, CONTEXT.encode(),
+                                                    request.SerializeToString(), 0))  # fmt: skip
+        async with grpc.aio.insecure_channel(hub.address) as channel:
+            reads = (
+                a2a_pb2_grpc.A2AServiceStub(channel).GetTask(GetTaskRequest(id=request.task_id), timeout=3),
+                threads_pb2_grpc.ThreadServiceStub(channel).GetThread(
+                    thr.GetThreadRequest(context_id=CONTEXT), timeout=3
+                ),
+            )
+            for read in reads:
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await read
+                assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, caught.value.details()
+                assert "not recorded yet" in (caught.value.details() or "")
 
 
 async def recorder_commits(hub: Hub) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:

@@ -16,6 +16,7 @@ authorized by method (A2A calls are authorized by the front, which knows their a
 from __future__ import annotations
 
 import inspect
+import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
@@ -48,6 +49,7 @@ from a2a.utils.grpc_status import status_to_grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
+from agenthub.hub.recording.recorder import CALLER_DEADLINE
 from agenthub.hub.tls import client_cn
 from agenthub.hub.trust import scope
 from agenthub.hub.trust.gate import Gate
@@ -257,6 +259,8 @@ def _admission(gate: Gate, method: str) -> Admit:
 
     async def admit(request: Any, context: grpc.aio.ServicerContext) -> None:
         SOURCE.set(context.peer() or "")
+        remaining = context.time_remaining()
+        CALLER_DEADLINE.set(None if remaining is None else time.monotonic() + remaining)
         if method.startswith(PUBLIC_SERVICES):
             return
         if gate.required:  # without auth every caller is ANONYMOUS (the default): nothing to read

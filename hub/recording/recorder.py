@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -38,6 +39,12 @@ from agenthub.sdk.pb.envelope_pb2 import Envelope
 log = structlog.get_logger(__name__)
 EXPECTED_KEPT = 10_000  # tasks whose latest record is remembered for read-your-writes
 STORE_LOOKUP_AFTER_S = 0.05  # a wait on a partition this instance records asks the store after this
+ANSWER_MARGIN_S = 0.5  # a read-your-writes wait ends this long before the caller's deadline
+
+CALLER_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("deadline", default=None)
+"""When the caller of the call being served stops waiting (time.monotonic()), set by the gRPC guard
+from the call's deadline: a read's wait for recording ends before it, so the caller is told "not
+recorded yet, retry" instead of running into DEADLINE_EXCEEDED."""
 
 
 class Unprojectable(Exception):
@@ -138,7 +145,7 @@ class Recorder(Lifecycle):
         record = self._expected.get(task_id)
         if record is None:
             return True
-        if await self.wait_recorded(record, timeout):
+        if await self.wait_recorded(record, _within_call(timeout)):
             self._expected.pop(task_id, None)
             return True
         return False
@@ -166,7 +173,7 @@ class Recorder(Lifecycle):
         them; False if some may not be (the wait ran out, or the store is down)."""
         if self._readiness.is_down("thread store"):
             return False
-        settled = True
+        settled, timeout = True, _within_call(timeout)
         with contextlib.suppress(TimeoutError):  # bounded: the read that follows may be stale
             async with asyncio.timeout(timeout):
                 for tp, record in list(newest.items()):
@@ -383,6 +390,14 @@ async def record_envelopes(
                 current[envelope.task_id] = projection.task
             projections.append(projection)
         return await store.apply(projections), refused
+
+
+def _within_call(timeout: float) -> float:
+    """`timeout`, cut to end `ANSWER_MARGIN_S` before the caller's deadline if it has one."""
+    deadline = CALLER_DEADLINE.get()
+    if deadline is None:
+        return timeout
+    return max(0.0, min(timeout, deadline - time.monotonic() - ANSWER_MARGIN_S))
 
 
 def _envelope_id(record: Record) -> str | None:
