@@ -1,12 +1,14 @@
 """A plain a2a-sdk agent (tests/plain_agent.py's echo, gRPC binding) whose gRPC port can be made to
 answer UNAVAILABLE, the status of an agent that is not there, without leaving its port or
 registering again: what a hub sees of an agent that goes down and comes back on the same endpoint.
-Its health checks are refused too while it is down, so a circuit breaker's probe finds it down."""
+Its health checks are refused too while it is down, so a circuit breaker's probe finds it down.
+It can also leave its port altogether and come back on it (`leave()`, `come_back()`): what a hub
+sees of an agent process that is killed and started again."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import grpc
@@ -61,6 +63,19 @@ class Outage(grpc.aio.ServerInterceptor):
 class Switchable:
     base: str  # where its card is served (register it with `register_url(base)`)
     outage: Outage
+    _serve: Callable[[], Awaitable[grpc.aio.Server]]
+    _server: grpc.aio.Server | None
+
+    async def leave(self) -> None:
+        """Stop serving gRPC: its port refuses connections, as a killed process's does."""
+        if self._server is not None:
+            await self._server.stop(grace=None)
+            self._server = None
+
+    async def come_back(self) -> None:
+        """Serve gRPC on the same port again, as a restarted process does."""
+        if self._server is None:
+            self._server = await self._serve()
 
 
 @contextlib.asynccontextmanager
@@ -73,12 +88,17 @@ async def serve_switchable_agent(name: str = "switchable") -> AsyncIterator[Swit
     agent_card.name = name
     handler = DefaultRequestHandler(PlainEcho(), InMemoryTaskStore(), agent_card)
     outage = Outage()
-    grpc_server = grpc.aio.server(interceptors=[outage])
-    a2a_pb2_grpc.add_A2AServiceServicer_to_server(GrpcHandler(handler), grpc_server)
-    grpc_server.add_insecure_port(grpc_address)
-    await grpc_server.start()
+
+    async def serve() -> grpc.aio.Server:
+        grpc_server = grpc.aio.server(interceptors=[outage])
+        a2a_pb2_grpc.add_A2AServiceServicer_to_server(GrpcHandler(handler), grpc_server)
+        grpc_server.add_insecure_port(grpc_address)
+        await grpc_server.start()
+        return grpc_server
+
+    agent = Switchable(base, outage, serve, await serve())
     try:
         async with serving(Starlette(routes=create_agent_card_routes(agent_card)), sock):
-            yield Switchable(base, outage)
+            yield agent
     finally:
-        await grpc_server.stop(grace=None)
+        await agent.leave()

@@ -8,6 +8,7 @@ again may help. Nothing here produces to the log.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import ssl
 from abc import ABC, abstractmethod
@@ -24,6 +25,7 @@ from google.protobuf.json_format import Parse
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agenthub.hub.log._base import Lifecycle
+from agenthub.sdk._aio import cancel_and_wait
 from agenthub.sdk.auth import resolve_tls
 from agenthub.sdk.pb.registry_pb2 import AgentRecord
 
@@ -41,6 +43,7 @@ TRANSIENT_GRPC = frozenset(
 _TRANSIENT_HTTP = re.compile(r"Network communication error|HTTP Error (5\d\d|429)")
 _UNREACHABLE_HTTP = re.compile(r"Network communication error|HTTP Error (502|503|504)")
 Metadata = tuple[tuple[str, str], ...]
+OWN_CONNECTION = (("grpc.use_local_subchannel_pool", 1),)
 
 
 _CLASS_NAME = re.compile(r"(Unexpected )?<class '[\w.]+'>:?\s*")
@@ -145,14 +148,21 @@ class ClientConnection(Connection):
 
 
 class Connections(Lifecycle):
-    """Shared channels and HTTP clients to every agent, by endpoint and binding."""
+    """Shared channels and HTTP clients to every agent, by endpoint and binding.
 
-    def __init__(self) -> None:
+    Args:
+        grace_s: how long a channel given up by `renew` may finish the calls still on it.
+    """
+
+    def __init__(self, grace_s: float = 300.0) -> None:
         self._channels: dict[tuple[str, bool], grpc.aio.Channel] = {}
         self._clients: dict[tuple[str, str, str], Connection] = {}
         self._http: httpx.AsyncClient | None = None
+        self._grace_s = grace_s
+        self._retiring: set[asyncio.Task[None]] = set()
 
     async def stop(self) -> None:
+        await cancel_and_wait(*self._retiring)
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()
@@ -165,6 +175,21 @@ class Connections(Lifecycle):
         if (endpoint, tls) not in self._channels:
             self._channels[endpoint, tls] = agent_channel(endpoint, tls)
         return self._channels[endpoint, tls]
+
+    def renew(self, endpoint: str) -> None:
+        """Reach `endpoint` on new channels from now on: its agent is back (its circuit closed).
+
+        A channel that failed to connect waits longer and longer before it tries again (gRPC's
+        reconnect backoff, up to two minutes) and fails every call meanwhile; a new one connects
+        at once. The old channel closes once the calls still on it end (at most `grace_s`).
+        """
+        for channel_key in [k for k in self._channels if k[0] == endpoint]:
+            channel = self._channels.pop(channel_key)
+            retiring = asyncio.get_running_loop().create_task(channel.close(self._grace_s))
+            self._retiring.add(retiring)
+            retiring.add_done_callback(self._retiring.discard)
+        for client_key in [k for k in self._clients if k[0] == endpoint]:
+            del self._clients[client_key]
 
     def to(self, record: AgentRecord, card: AgentCard) -> Connection:
         """The connection to a registered agent, over the binding it was registered with (kept and
@@ -210,10 +235,13 @@ def serves_tls(card: AgentCard) -> bool:
 
 def agent_channel(endpoint: str, tls: bool) -> grpc.aio.Channel:
     """A channel to an agent's gRPC port: over TLS verified as any AgentHub client verifies
-    (`$AGENTHUB_TLS_CA`, else the system's roots; `$AGENTHUB_TLS_CLIENT_CERT`/`_KEY` for mTLS)."""
+    (`$AGENTHUB_TLS_CA`, else the system's roots; `$AGENTHUB_TLS_CLIENT_CERT`/`_KEY` for mTLS).
+
+    Its connection is its own: gRPC otherwise shares one per address among all channels, with its
+    reconnect backoff, so a health check on a new channel would fail while an old one waits."""
     if not tls:
-        return grpc.aio.insecure_channel(endpoint)
-    return grpc.aio.secure_channel(endpoint, resolve_tls(True).credentials())
+        return grpc.aio.insecure_channel(endpoint, options=OWN_CONNECTION)
+    return grpc.aio.secure_channel(endpoint, resolve_tls(True).credentials(), options=OWN_CONNECTION)
 
 
 def agent_http(timeout: float | httpx.Timeout) -> httpx.AsyncClient:

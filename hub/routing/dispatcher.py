@@ -74,7 +74,7 @@ class Dispatcher(Lifecycle):
         self.stopping = False  # set when the hub stops: an interrupted call is not a canceled task
         self._inbox: Consumer | None = None
         self._control: Consumer | None = None
-        self._connections = Connections()
+        self._connections = Connections(grace_s=settings.agent_call_timeout_s)
         self._loops = [
             SupervisedLoop("dispatcher", self._run, self._readiness),
             SupervisedLoop("dispatcher-control", self._follow_control, self._readiness),
@@ -559,9 +559,15 @@ class Lane:
                 functools.partial(self._dispatcher.probe, self.agent, endpoint),
                 threshold=settings.breaker_threshold,
                 probe_interval_s=settings.breaker_probe_s,
-                on_change=lambda _: self._pump(),
+                on_change=functools.partial(self._circuit_changed, endpoint),
             )
         return breaker
+
+    def _circuit_changed(self, endpoint: str, is_open: bool) -> None:
+        """A closed circuit gets new channels (the old ones may still be waiting to reconnect)."""
+        if not is_open:
+            self._dispatcher._connections.renew(endpoint)
+        self._pump()
 
     def is_open(self, endpoint: str) -> bool:
         breaker = self._breakers.get(endpoint)
