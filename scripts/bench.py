@@ -6,6 +6,7 @@
     python scripts/bench.py --listing 100000      # ListThreads on a store of that many threads
     python scripts/bench.py --footprint 1000,100000  # hub RSS and threads list: agents, threads
     python scripts/bench.py --compare record_linger_ms=0,20  # one hub setting, values side by side
+    python scripts/bench.py --new-agent 10000,2000  # Kafka: the pause a new agent causes, by session timeout
 
 Everything runs on loopback, each server its own process (bench_kit.py): a thin A2A gRPC echo
 agent answering a 256-byte text, hubs (`agenthub serve`) in temporary folders, a Tansu broker
@@ -501,6 +502,42 @@ async def p50_ms(read: Callable[[], Awaitable[object]], times: int) -> float:
     return statistics.median(latencies) * 1000
 
 
+# ---- the pause a new agent causes on Kafka ------------------------------------------------------
+
+
+async def new_agent_pause(args: argparse.Namespace) -> None:
+    """A Kafka hub per session timeout: one caller sends to `echo` without pause (c=1) while a new
+    agent registers; its inbox topic rebalances the groups that follow every inbox. Prints the
+    sends' p50 before, and the slowest send from the registration on."""
+    print("\n| kafka_session_timeout_ms | c=1 p50 before | slowest send after a new agent registers |")
+    print("|---|---|---|")
+    async with kit.echo_agent() as echo:
+        with start_tansu() as bootstrap:
+            for session_ms in args.new_agent:
+                settings = {**await on_kafka(bootstrap)(), "kafka_session_timeout_ms": str(session_ms)}
+                async with kit.hub(settings) as hub:
+                    await kit.register(hub.address, ["echo"], echo)
+                    async with kit.a2a_caller(hub.address, ["echo"]) as call:
+                        before = await kit.measure(call, args.requests_c1, 1)
+                        note(f"session timeout {session_ms} ms: a new agent registers while sending")
+                        slowest = await slowest_send_while(call, kit.register(hub.address, ["late"], echo))
+                print(f"| {session_ms:,} | {before.p50:.2f} ms | {slowest * 1000:,.0f} ms |")
+
+
+async def slowest_send_while(call: kit.Call, work: Awaitable[None], after_s: float = 5.0) -> float:
+    """The slowest of back-to-back calls made while `work` runs and for `after_s` more."""
+    task = asyncio.ensure_future(work)
+    slowest, until = 0.0, float("inf")
+    while time.perf_counter() < until:
+        if task.done() and until == float("inf"):
+            await task
+            until = time.perf_counter() + after_s
+        start = time.perf_counter()
+        await call()
+        slowest = max(slowest, time.perf_counter() - start)
+    return slowest
+
+
 # ---- compare: one setting, values side by side ----------------------------------------------------
 
 
@@ -582,6 +619,8 @@ def main() -> None:
                       help="hub RSS and threads list at that size")  # fmt: skip
     mode.add_argument("--compare", type=setting_values, metavar="SETTING=A,B",
                       help="one hub setting's values side by side, e.g. record_linger_ms=0,20")  # fmt: skip
+    mode.add_argument("--new-agent", type=counts(), metavar="SESSION_MS,...",
+                      help="Kafka: the pause a new agent causes, by session timeout")  # fmt: skip
     parser.add_argument("--rounds", type=int, default=3, help="rounds (medians are printed; default 3)")
     parser.add_argument("--requests", type=int, default=2000, help="requests per c=32 run (default 2000)")
     parser.add_argument("--requests-c1", type=int, default=300, help="requests per c=1 run (default 300)")
@@ -601,6 +640,8 @@ def main() -> None:
         asyncio.run(footprint(args))
     elif args.compare:
         asyncio.run(compare(args))
+    elif args.new_agent:
+        asyncio.run(new_agent_pause(args))
     else:
         asyncio.run(table(args))
 
