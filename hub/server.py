@@ -37,6 +37,7 @@ from agenthub.hub.operators.service import OperatorServicer
 from agenthub.hub.outbound import OutboundPolicy
 from agenthub.hub.push.notifier import Notifier, PushConfigs
 from agenthub.hub.recording.recorder import Recorder
+from agenthub.hub.routing.connections import Connections
 from agenthub.hub.routing.dispatcher import Dispatcher
 from agenthub.hub.routing.registry import Registry
 from agenthub.hub.routing.replies import ReplyRouter
@@ -189,6 +190,7 @@ class Hub(Lifecycle):
         self.gate = Gate(settings, self.log, topics, self.readiness)
         outbound = OutboundPolicy.from_settings(settings)
         box = SecretBox.from_settings(settings)  # seals push configs and agents' credentials
+        self.connections = Connections(grace_s=settings.agent_call_timeout_s)  # to every agent
         self.registry = Registry(
             self.log,
             topics,
@@ -196,6 +198,7 @@ class Hub(Lifecycle):
             readiness=self.readiness,
             outbound=outbound,
             box=box,
+            connections=self.connections,
         )
         self.recorder = Recorder(
             self.log,
@@ -248,6 +251,7 @@ class Hub(Lifecycle):
         # recorded from the first one (a topic created later waits for the group to find it).
         self._parts: list[Lifecycle] = [
             self.log,
+            self.connections,
             self.gate,
             self.store,
             self.registry,

@@ -16,6 +16,7 @@ from a2a.server.request_handlers import DefaultRequestHandler, GrpcHandler
 from a2a.server.routes.agent_card_routes import create_agent_card_routes
 from a2a.server.tasks import InMemoryTaskStore
 from a2a.types import a2a_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 from starlette.applications import Starlette
 
 from agenthub.hub.server import free_port
@@ -59,10 +60,44 @@ class Outage(grpc.aio.ServerInterceptor):
         return grpc.unary_unary_rpc_method_handler(refuse)
 
 
+class Peers(grpc.aio.ServerInterceptor):
+    """Records where each call it lets through came from: (method name, the caller's address)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    async def intercept_service(self, continuation, details):  # type: ignore[no-untyped-def]
+        handler = await continuation(details)
+        name = details.method.rsplit("/", 1)[-1]
+        if handler is None:
+            return None
+        if handler.unary_unary is not None:
+            unary = handler.unary_unary
+
+            async def answer(request, context):  # type: ignore[no-untyped-def]
+                self.calls.append((name, context.peer()))
+                return await unary(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(
+                answer, handler.request_deserializer, handler.response_serializer
+            )
+        streaming = handler.unary_stream
+
+        async def stream(request, context):  # type: ignore[no-untyped-def]
+            self.calls.append((name, context.peer()))
+            async for item in streaming(request, context):
+                yield item
+
+        return grpc.unary_stream_rpc_method_handler(
+            stream, handler.request_deserializer, handler.response_serializer
+        )
+
+
 @dataclass
 class Switchable:
     base: str  # where its card is served (register it with `register_url(base)`)
     outage: Outage
+    peers: Peers
     _serve: Callable[[], Awaitable[grpc.aio.Server]]
     _server: grpc.aio.Server | None
 
@@ -87,16 +122,17 @@ async def serve_switchable_agent(name: str = "switchable") -> AsyncIterator[Swit
     agent_card = card(base, ("GRPC",), grpc_address)
     agent_card.name = name
     handler = DefaultRequestHandler(PlainEcho(), InMemoryTaskStore(), agent_card)
-    outage = Outage()
+    outage, peers = Outage(), Peers()
 
     async def serve() -> grpc.aio.Server:
-        grpc_server = grpc.aio.server(interceptors=[outage])
+        grpc_server = grpc.aio.server(interceptors=[outage, peers])
         a2a_pb2_grpc.add_A2AServiceServicer_to_server(GrpcHandler(handler), grpc_server)
+        health_pb2_grpc.add_HealthServicer_to_server(health.aio.HealthServicer(), grpc_server)
         grpc_server.add_insecure_port(grpc_address)
         await grpc_server.start()
         return grpc_server
 
-    agent = Switchable(base, outage, serve, await serve())
+    agent = Switchable(base, outage, peers, serve, await serve())
     try:
         async with serving(Starlette(routes=create_agent_card_routes(agent_card)), sock):
             yield agent

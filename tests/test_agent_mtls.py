@@ -25,7 +25,6 @@ from starlette.applications import Starlette
 
 from agenthub.hub.config import HubSettings
 from agenthub.hub.devcerts import DevCerts, make_dev_certs
-from agenthub.hub.routing.connections import is_up
 from agenthub.hub.server import Hub
 from agenthub.sdk import Agent, HubClient, ScriptedModel
 from agenthub.sdk.errors import ConfigError
@@ -72,7 +71,8 @@ async def test_an_agent_port_requires_the_hubs_client_certificate(
             task = await client.send("sealed", "only the hub gets in")
         assert isinstance(task, Task) and task.status.state == TaskState.TASK_STATE_COMPLETED, task
         assert task.status.message.parts[0].text == "only the hub gets in"
-        assert await is_up(hub.registry.get("sealed").record)  # the hub's health check presents it too
+        # the hub's health check presents it too
+        assert await hub.connections.is_up(hub.registry.get("sealed").record)
 
         ca = certs.ca.read_bytes()
         with pytest.raises(grpc.aio.AioRpcError) as refused:  # TLS, the right CA, no certificate
@@ -148,4 +148,4 @@ async def test_an_https_agent_registered_by_url_is_verified_with_the_hubs_ca(
         task = await client.send("plain", f"over {binding}, verified with the dev CA")
         assert isinstance(task, Task) and task.status.state == TaskState.TASK_STATE_COMPLETED, task
         assert task.status.message.parts[0].text == f"plain: over {binding}, verified with the dev CA"
-        assert await is_up(hub.registry.get("plain").record)
+        assert await hub.connections.is_up(hub.registry.get("plain").record)

@@ -5,12 +5,10 @@ backoff between retries of one replica counts against the retry window; a re-dri
 is numbered as the attempt after the last one made; a call's events say which attempt it was. An
 answered call resets its replica's count of unreachable calls, so an agent that comes back on the
 same endpoint (without registering again) is not cut off by failures from before; while every
-circuit of an agent is open its requests wait in the log, unstarted, however long that lasts; an
-agent back on its port after a while is called at once, not after gRPC's reconnect backoff."""
+circuit of an agent is open its requests wait in the log, unstarted, however long that lasts."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from pathlib import Path
 
@@ -184,32 +182,3 @@ async def test_requests_of_an_agent_whose_every_circuit_is_open_wait_in_the_log(
 
         assert await eventually(completed, timeout=20)
         assert (agent.outage.refused, agent.outage.served) == (1, 1)
-
-
-async def test_an_agent_back_on_its_port_is_called_at_once_not_after_a_reconnect_backoff(
-    tmp_path: Path, hub_settings: Callable[..., HubSettings]
-) -> None:
-    """The agent leaves its port for a while: gRPC keeps reconnecting to it, waiting longer each
-    time (1 s, 1.6 s, 2.6 s, 4.1 s...), and a channel shares that wait with every other channel to
-    the same address. The agent comes back on the same port and registers again, which closes its
-    circuit: the next request must be answered on its first call. On a channel still waiting out
-    its backoff, every call failed at once, the circuit opened again and its probe (on a channel
-    sharing the wait) failed too, until the 1 s window ran out."""
-    settings = hub_settings(
-        tmp_path, breaker_threshold=1, breaker_probe_s=0.1, retry_backoff_s=0.01, retry_window_s=1.0
-    )
-    async with (
-        Hub(settings) as hub,
-        serve_switchable_agent() as agent,
-        HubClient(hub.address) as client,
-    ):
-        await client.register_url(agent.base)
-        assert (await client.send("switchable", "up")).status.state == TaskState.TASK_STATE_COMPLETED
-        await agent.leave()
-        gone = await client.send("switchable", "while gone")
-        assert gone.status.state == TaskState.TASK_STATE_FAILED  # the circuit is open now
-        await asyncio.sleep(11)  # reconnecting all along, now between tries 4.1 s and 6.6 s apart
-        await agent.come_back()
-        await client.register_url(agent.base)  # as a restarted agent does: its circuit closes
-        task = await client.send("switchable", "back")
-        assert task.status.state == TaskState.TASK_STATE_COMPLETED, task.status.message

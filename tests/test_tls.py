@@ -25,7 +25,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from agenthub.agents import calculator
 from agenthub.hub.config import HubSettings
 from agenthub.hub.devcerts import DevCerts, make_dev_certs
-from agenthub.hub.routing.connections import is_up
 from agenthub.hub.server import Hub
 from agenthub.sdk import Agent, HubClient, ScriptedModel
 from agenthub.sdk.auth import ClientTls
@@ -179,7 +178,7 @@ async def test_an_sdk_agent_serves_tls_and_the_hub_calls_it_over_tls(
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
         assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
-        assert await is_up(hub.registry.get("sealed").record)  # the hub's health check speaks TLS
+        assert await hub.connections.is_up(hub.registry.get("sealed").record)  # health checks speak TLS
         async with HubClient(hub.address, key=tls_hub.keys["bob"]) as client:
             task = await client.send("sealed", "over TLS both ways")
         assert isinstance(task, Task) and task.status.state == TaskState.TASK_STATE_COMPLETED

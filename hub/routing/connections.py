@@ -148,7 +148,8 @@ class ClientConnection(Connection):
 
 
 class Connections(Lifecycle):
-    """Shared channels and HTTP clients to every agent, by endpoint and binding.
+    """Shared channels and HTTP clients to every agent, by endpoint and binding (one set per hub:
+    the dispatcher calls agents over them, the registry's health checks reuse them).
 
     Args:
         grace_s: how long a channel given up by `renew` may finish the calls still on it.
@@ -191,6 +192,25 @@ class Connections(Lifecycle):
         for client_key in [k for k in self._clients if k[0] == endpoint]:
             del self._clients[client_key]
 
+    async def is_up(self, record: AgentRecord, timeout: float = 1.0) -> bool:
+        """Whether the agent answers: gRPC health checks for gRPC agents, its card for the others.
+
+        A health check goes over the replica's channel while that one is connected (no connection
+        per check), else over a channel of its own, which connects at once: one still waiting to
+        reconnect would say "down" for an agent that is back."""
+        if (record.binding or GRPC) != GRPC:
+            try:
+                async with agent_http(timeout) as http:
+                    return (await http.get(record.card_url)).status_code == 200
+            except httpx.HTTPError:
+                return False
+        tls = serves_tls(Parse(record.card_json or "{}", AgentCard(), ignore_unknown_fields=True))
+        shared = self._channels.get((record.endpoint, tls))
+        if shared is not None and shared.get_state() == grpc.ChannelConnectivity.READY:
+            return await _serving(shared, timeout)
+        async with agent_channel(record.endpoint, tls) as channel:
+            return await _serving(channel, timeout)
+
     def to(self, record: AgentRecord, card: AgentCard) -> Connection:
         """The connection to a registered agent, over the binding it was registered with (kept and
         reused: building a stub or client per call costs more than the call)."""
@@ -208,23 +228,14 @@ class Connections(Lifecycle):
         return self._clients[key]
 
 
-async def is_up(record: AgentRecord, timeout: float = 1.0) -> bool:
-    """Whether the agent answers: gRPC health checks for gRPC agents, its card for the others."""
-    if (record.binding or GRPC) != GRPC:
-        try:
-            async with agent_http(timeout) as http:
-                return (await http.get(record.card_url)).status_code == 200
-        except httpx.HTTPError:
-            return False
-    tls = serves_tls(Parse(record.card_json or "{}", AgentCard(), ignore_unknown_fields=True))
-    async with agent_channel(record.endpoint, tls) as channel:
-        try:
-            reply = await health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(), timeout=timeout
-            )
-        except grpc.aio.AioRpcError as exc:
-            # An agent without the health service is still up if it answers at all.
-            return exc.code() == grpc.StatusCode.UNIMPLEMENTED
+async def _serving(channel: grpc.aio.Channel, timeout: float) -> bool:
+    """Whether the agent on `channel` says it is serving (or answers at all)."""
+    check = health_pb2_grpc.HealthStub(channel).Check
+    try:
+        reply = await check(health_pb2.HealthCheckRequest(), timeout=timeout)
+    except grpc.aio.AioRpcError as exc:
+        # An agent without the health service is still up if it answers at all.
+        return exc.code() == grpc.StatusCode.UNIMPLEMENTED
     return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
 
 

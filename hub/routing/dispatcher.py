@@ -32,7 +32,7 @@ from agenthub.hub.config import HubSettings
 from agenthub.hub.log._base import Consumer, Lifecycle, Log, Record, TopicPartition
 from agenthub.hub.loops import Backoff, Readiness, SupervisedLoop, describe, retry_until_ok
 from agenthub.hub.routing.breaker import Breaker
-from agenthub.hub.routing.connections import AgentCallFailed, Connections, is_up
+from agenthub.hub.routing.connections import AgentCallFailed
 from agenthub.hub.routing.offsets import OffsetTracker
 from agenthub.hub.routing.registry import Agent, Registry, Replica
 from agenthub.hub.topics import Topics
@@ -74,7 +74,7 @@ class Dispatcher(Lifecycle):
         self.stopping = False  # set when the hub stops: an interrupted call is not a canceled task
         self._inbox: Consumer | None = None
         self._control: Consumer | None = None
-        self._connections = Connections(grace_s=settings.agent_call_timeout_s)
+        self._connections = registry.connections
         self._loops = [
             SupervisedLoop("dispatcher", self._run, self._readiness),
             SupervisedLoop("dispatcher-control", self._follow_control, self._readiness),
@@ -112,7 +112,6 @@ class Dispatcher(Lifecycle):
             if consumer is not None:
                 await consumer.stop()
         self._inbox = self._control = None
-        await self._connections.stop()
 
     # ---- the inbox -----------------------------------------------------------------------
 
@@ -410,7 +409,7 @@ class Dispatcher(Lifecycle):
         """Whether a registered replica answers (for its circuit breaker)."""
         registered = self._registry.find(agent)
         replica = registered.replicas.get(endpoint) if registered else None
-        return replica is not None and await is_up(replica.record)
+        return replica is not None and await self._connections.is_up(replica.record)
 
     # ---- producing -----------------------------------------------------------------------
 

@@ -29,7 +29,7 @@ from agenthub.hub.heads.validation import json_object
 from agenthub.hub.log._base import Consumer, Lifecycle, Log
 from agenthub.hub.loops import Readiness, SupervisedLoop
 from agenthub.hub.outbound import OutboundPolicy
-from agenthub.hub.routing.connections import GRPC, is_up
+from agenthub.hub.routing.connections import GRPC, Connections
 from agenthub.hub.routing.discovery import discover
 from agenthub.hub.secret_box import SecretBox, Unsealable
 from agenthub.hub.topics import Topics
@@ -148,8 +148,10 @@ class Registry(Lifecycle):
         readiness: Readiness | None = None,
         outbound: OutboundPolicy | None = None,
         box: SecretBox | None = None,
+        connections: Connections | None = None,
     ) -> None:
         self._log = log
+        self.connections = connections or Connections()  # its owner starts and stops it
         self._box = box
         self._topics = topics
         self._outbound = outbound or OutboundPolicy()
@@ -392,7 +394,7 @@ class Registry(Lifecycle):
                 r = replica.record
                 by_place.setdefault((r.endpoint, r.binding, r.card_url), []).append(replica)
         places = list(by_place.values())
-        results = await asyncio.gather(*(is_up(replicas[0].record) for replicas in places))
+        results = await asyncio.gather(*(self.connections.is_up(replicas[0].record) for replicas in places))
         now, clock = int(time.time()), time.monotonic()
         flipped: list[Replica] = []
         for replicas, up in zip(places, results, strict=True):
