@@ -137,14 +137,20 @@ def resolve_tls(
     return ClientTls(tls, *paths)
 
 
+# gRPC waits longer and longer between tries to reach a server that is not there (up to two
+# minutes), failing every call meanwhile: an agent started before its hub, or a client of a hub
+# that was down for a while, would find it up to minutes late. A hub is worth trying every 2 s.
+RECONNECT = (("grpc.initial_reconnect_backoff_ms", 500), ("grpc.max_reconnect_backoff_ms", 2000))
+
+
 def hub_channel(address: str, key: str | None, tls: ClientTls | None = None) -> grpc.aio.Channel:
     """A channel to a hub that sends `key` with every call (none: calls go without credentials),
     over TLS when `tls` (default: `resolve_tls()`, from the environment) says so."""
     tls = tls if tls is not None else resolve_tls()
     interceptors = bearer_auth(key) if key else None
     if not tls.enabled:
-        return grpc.aio.insecure_channel(address, interceptors=interceptors)
-    return grpc.aio.secure_channel(address, tls.credentials(), interceptors=interceptors)
+        return grpc.aio.insecure_channel(address, options=RECONNECT, interceptors=interceptors)
+    return grpc.aio.secure_channel(address, tls.credentials(), options=RECONNECT, interceptors=interceptors)
 
 
 def _read(path: Path | None) -> bytes | None:

@@ -1,9 +1,14 @@
-"""How the hub connects to agents: an agent back on its port after a while is called at once, not
-after gRPC's reconnect backoff; health checks of a connected agent reuse its connection."""
+"""How the hub connects to agents, and clients to the hub: an agent back on its port after a while
+is called at once, not after gRPC's reconnect backoff; health checks of a connected agent reuse its
+connection; a client (an agent starting before its hub) tries to reach a hub every 2 s or so,
+however long it has not been there."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +17,7 @@ from a2a.types import TaskState
 from agenthub.hub.config import HubSettings
 from agenthub.hub.server import Hub
 from agenthub.sdk import HubClient
+from agenthub.sdk.errors import HubUnavailable
 from tests.conftest import eventually
 from tests.switchable_agent import serve_switchable_agent
 
@@ -66,3 +72,26 @@ async def test_health_checks_of_a_connected_agent_go_over_its_connection(
         assert await eventually(checked_three_times, timeout=10)
         checks = {peer for method, peer in agent.peers.calls[sent_at:] if method == "Check"}
         assert checks == {message_peer}
+
+
+async def test_a_client_tries_to_reach_a_hub_that_is_not_there_every_two_seconds_or_so() -> None:
+    """Where the hub should be, a port that takes each connection and closes it. Called every
+    0.2 s for 20 s, the client's channel connects every 2 s (gRPC's jitter: up to 2.4 s). gRPC's
+    default waits 1 s, 1.6 s, 2.6 s, 4.1 s, 6.6 s... between tries (up to two minutes): an agent
+    whose hub came up 27 s after it would have given up (at 30 s) before trying again (at ~43 s)."""
+    tries: list[float] = []
+
+    async def hang_up(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        tries.append(time.monotonic())
+        writer.close()
+
+    server = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    async with server, HubClient(f"127.0.0.1:{port}") as client:
+        until = time.monotonic() + 20
+        while time.monotonic() < until:
+            with contextlib.suppress(HubUnavailable):
+                await client.list_agents()
+            await asyncio.sleep(0.2)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(tries)]
+    assert len(gaps) >= 6 and max(gaps) < 4.0, f"seconds between tries: {gaps}"
