@@ -19,7 +19,9 @@ from a2a.types import a2a_pb2_grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from starlette.applications import Starlette
 
-from agenthub.hub.server import free_port
+from agenthub.hub.config import HubSettings
+from agenthub.hub.server import Hub, free_port
+from agenthub.sdk import HubClient
 from tests.plain_agent import PlainEcho, card
 from tests.serving import bound, port_of, serving
 
@@ -138,3 +140,25 @@ async def serve_switchable_agent(name: str = "switchable") -> AsyncIterator[Swit
             yield agent
     finally:
         await agent.leave()
+
+
+@dataclass
+class Running:
+    """A hub with the switchable agent registered, and a client of the hub."""
+
+    hub: Hub
+    agent: Switchable
+    client: HubClient
+    endpoint: str  # where the hub reaches the agent
+
+
+@contextlib.asynccontextmanager
+async def hub_with_switchable_agent(settings: HubSettings) -> AsyncIterator[Running]:
+    """A hub on `settings`, the switchable agent registered with it by URL, and a client."""
+    async with (
+        Hub(settings) as hub,
+        serve_switchable_agent() as agent,
+        HubClient(hub.address) as client,
+    ):
+        record = await client.register_url(agent.base)
+        yield Running(hub, agent, client, record.endpoint)

@@ -15,11 +15,10 @@ from pathlib import Path
 from a2a.types import TaskState
 
 from agenthub.hub.config import HubSettings
-from agenthub.hub.server import Hub
 from agenthub.sdk import HubClient
 from agenthub.sdk.errors import HubUnavailable
 from tests.conftest import eventually
-from tests.switchable_agent import serve_switchable_agent
+from tests.switchable_agent import hub_with_switchable_agent
 
 
 async def test_an_agent_back_on_its_port_is_called_at_once_not_after_a_reconnect_backoff(
@@ -34,12 +33,8 @@ async def test_an_agent_back_on_its_port_is_called_at_once_not_after_a_reconnect
     settings = hub_settings(
         tmp_path, breaker_threshold=1, breaker_probe_s=0.1, retry_backoff_s=0.01, retry_window_s=1.0
     )
-    async with (
-        Hub(settings) as hub,
-        serve_switchable_agent() as agent,
-        HubClient(hub.address) as client,
-    ):
-        await client.register_url(agent.base)
+    async with hub_with_switchable_agent(settings) as running:
+        agent, client = running.agent, running.client
         assert (await client.send("switchable", "up")).status.state == TaskState.TASK_STATE_COMPLETED
         await agent.leave()
         gone = await client.send("switchable", "while gone")
@@ -56,12 +51,8 @@ async def test_health_checks_of_a_connected_agent_go_over_its_connection(
 ) -> None:
     """Checked every 0.1 s after a message was sent to it, the agent sees every health check come
     from the address and port the message came from: no new connection per check."""
-    async with (
-        Hub(hub_settings(tmp_path, health_interval_s=0.1)) as hub,
-        serve_switchable_agent() as agent,
-        HubClient(hub.address) as client,
-    ):
-        await client.register_url(agent.base)
+    async with hub_with_switchable_agent(hub_settings(tmp_path, health_interval_s=0.1)) as running:
+        agent, client = running.agent, running.client
         assert (await client.send("switchable", "hello")).status.state == TaskState.TASK_STATE_COMPLETED
         (message_peer,) = [peer for method, peer in agent.peers.calls if method == "SendStreamingMessage"]
         sent_at = len(agent.peers.calls)

@@ -21,7 +21,7 @@ from agenthub.hub.topics import Topics
 from agenthub.sdk import HubClient, ScriptedModel
 from agenthub.sdk.pb import operator_pb2 as op
 from tests.conftest import eventually, last
-from tests.switchable_agent import serve_switchable_agent
+from tests.switchable_agent import hub_with_switchable_agent
 from tests.test_delivery import Fragile, echo
 from tests.test_operators import replayed
 from tests.test_promises_routing import submit
@@ -129,12 +129,8 @@ async def test_an_answered_call_resets_the_count_that_opens_a_circuit(
     settings = hub_settings(
         tmp_path, breaker_threshold=3, max_attempts=10, retry_backoff_s=0.01, retry_window_s=8
     )
-    async with (
-        Hub(settings) as hub,
-        serve_switchable_agent() as agent,
-        HubClient(hub.address) as client,
-    ):
-        await client.register_url(agent.base)
+    async with hub_with_switchable_agent(settings) as running:
+        agent, client = running.agent, running.client
         for turn in (1, 2):
             agent.outage.refuse_next = 2
             task = await client.send("switchable", f"turn {turn}")
@@ -153,12 +149,8 @@ async def test_requests_of_an_agent_whose_every_circuit_is_open_wait_in_the_log(
     settings = hub_settings(
         tmp_path, breaker_threshold=1, breaker_probe_s=0.1, retry_backoff_s=0.01, retry_window_s=window
     )
-    async with (
-        Hub(settings) as hub,
-        serve_switchable_agent() as agent,
-        HubClient(hub.address) as client,
-    ):
-        await client.register_url(agent.base)
+    async with hub_with_switchable_agent(settings) as running:
+        agent, client = running.agent, running.client
         agent.outage.down = True
         first = await client.send("switchable", "while down")
         assert first.status.state == TaskState.TASK_STATE_FAILED

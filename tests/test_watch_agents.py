@@ -21,7 +21,7 @@ from agenthub.hub.server import Hub
 from agenthub.sdk import HubClient
 from agenthub.sdk.pb.registry_pb2 import AgentChange
 from tests.conftest import eventually
-from tests.switchable_agent import serve_switchable_agent
+from tests.switchable_agent import hub_with_switchable_agent, serve_switchable_agent
 from tests.test_cli import AGENTHUB
 from tests.test_promises_routing import submit
 
@@ -179,12 +179,9 @@ async def test_a_replica_reported_down_keeps_its_open_circuit_and_one_back_up_ge
     settings = hub_settings(
         tmp_path, breaker_threshold=1, breaker_probe_s=3600, retry_backoff_s=0.01, retry_window_s=1
     )  # health checks off: the test runs them when it wants them
-    async with (
-        Hub(settings) as hub,
-        serve_switchable_agent() as agent,
-        HubClient(hub.address) as client,
-    ):
-        endpoint = (await client.register_url(agent.base)).endpoint
+    async with hub_with_switchable_agent(settings) as running:
+        hub, agent, client = running.hub, running.agent, running.client
+        endpoint = running.endpoint
         assert (await client.send("switchable", "while up")).status.state == TaskState.TASK_STATE_COMPLETED
         agent.outage.down = True
         first = await client.send("switchable", "while down")
@@ -218,12 +215,9 @@ async def test_a_state_is_told_when_it_changes_by_a_check_or_a_heartbeat_not_at_
     """Health checks run here by hand (off in the hub): two failing checks in a row are one
     change; the heartbeat that follows brings the replica back up, the next one changes nothing.
     Each change is the one right after the last: nothing was told in between."""
-    async with (
-        Hub(hub_settings(tmp_path)) as hub,
-        serve_switchable_agent() as agent,
-        HubClient(hub.address) as client,
-    ):
-        endpoint = (await client.register_url(agent.base)).endpoint
+    async with hub_with_switchable_agent(hub_settings(tmp_path)) as running:
+        hub, agent, client = running.hub, running.agent, running.client
+        endpoint = running.endpoint
         async with watching(client) as seen:
             await arrives(seen, lambda c: True)
             agent.outage.down = True
