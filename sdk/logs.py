@@ -67,13 +67,6 @@ def redact_secrets(
     return {key: _field(key, value) for key, value in event_dict.items()}
 
 
-class RedactingFormatter(logging.Formatter):
-    """A standard-library formatter whose whole output (message and traceback) is redacted."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        return redact_text(super().format(record))
-
-
 class ClientMistakesInOneLine(logging.Filter):
     """a2a-sdk logs a request whose params do not parse with a whole traceback: that is the caller's
     mistake, already answered with its error code, so it becomes one warning line saying why."""
@@ -88,21 +81,25 @@ class ClientMistakesInOneLine(logging.Filter):
 
 
 def configure_logging(*, json: bool = False, level: str = "INFO") -> None:
-    """Route structlog (and stdlib logging) to stderr, as console lines or JSON lines, redacted."""
+    """Route structlog and stdlib logging (libraries: aiokafka, grpc, a2a-sdk...) to stderr, as
+    console lines or JSON lines, one format for both, redacted."""
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer()
         if json
         else structlog.dev.ConsoleRenderer(colors=False, exception_formatter=structlog.dev.plain_traceback)
     )
+    stamped: list[structlog.types.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso"),
+    ]
+    rendered: list[structlog.types.Processor] = [
+        structlog.processors.format_exc_info,  # a plain traceback: no frame locals
+        redact_secrets,
+        renderer,
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso"),
-            structlog.processors.format_exc_info,  # a plain traceback: no frame locals
-            redact_secrets,
-            renderer,
-        ],
+        processors=[*stamped, *rendered],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
@@ -110,8 +107,12 @@ def configure_logging(*, json: bool = False, level: str = "INFO") -> None:
     root = logging.getLogger()
     before = set(root.handlers)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    library_lines = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*stamped, structlog.stdlib.add_logger_name],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *rendered],
+    )
     for handler in set(root.handlers) - before:  # ours only; a host app's handlers stay its own
-        handler.setFormatter(RedactingFormatter(logging.BASIC_FORMAT))
+        handler.setFormatter(library_lines)
     dispatcher = logging.getLogger("a2a.server.routes.jsonrpc_dispatcher")
     if not any(isinstance(f, ClientMistakesInOneLine) for f in dispatcher.filters):
         dispatcher.addFilter(ClientMistakesInOneLine())

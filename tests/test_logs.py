@@ -1,16 +1,20 @@
 """No secret in any log line: a process configured with `configure_logging` (console and JSON) logs
 credential-like fields, a failure whose frames hold credentials in their locals, and a standard-
 library error carrying a bearer token; its real stderr shows none of them, and still shows what an
-operator needs (the event, harmless fields, the traceback's frames and message)."""
+operator needs (the event, harmless fields, the traceback's frames and message). With JSON, every
+line is JSON, libraries' lines too. A hub on a broker that refuses idempotent producers says so in
+one warning, without aiokafka's alarming ERROR line."""
 
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 
 import pytest
 
+from agenthub.hub.log.kafka import KafkaLog
 from agenthub.sdk.logs import is_secret_key, redact_text
 
 SCRIPT = """
@@ -63,8 +67,8 @@ def test_what_operators_need_stays(output: str) -> None:
 
 def test_json_lines_stay_json() -> None:
     done = subprocess.run([sys.executable, "-c", SCRIPT, "json"], capture_output=True, text=True, timeout=60)
-    events = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
-    first, failure = events
+    events = [json.loads(line) for line in done.stderr.splitlines()]
+    first, failure, library = events
     assert first["token"] == "[redacted]" and first["prompt_tokens"] == 12
     assert first["headers"] == {
         "Authorization": "[redacted]",
@@ -73,6 +77,18 @@ def test_json_lines_stay_json() -> None:
     }
     assert first["webhook"] == "http://user:[redacted]@hooks.example/p?token=[redacted]&page=2"
     assert failure["exception"].startswith("Traceback") and "api_key" not in failure["exception"]
+    assert library == library | {"logger": "somelib", "level": "error"}
+    assert library["event"] == "retrying with Authorization: Bearer [redacted]"
+
+
+async def test_a_broker_refusing_idempotence_gets_one_warning_not_an_error(
+    kafka_bootstrap: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    log = KafkaLog(kafka_bootstrap, idempotence="auto")
+    with caplog.at_level(logging.INFO):
+        async with log:
+            await log.produce("t-idempotence", b"v", key=b"k")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
 @pytest.mark.parametrize(

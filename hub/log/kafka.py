@@ -10,7 +10,9 @@ instances sharing an inbox never deliver one request twice. It must never auto-c
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+import contextlib
+import logging
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Literal
 
 import structlog
@@ -43,6 +45,25 @@ def _ours(tp: KafkaTopicPartition) -> TopicPartition:
 
 def _theirs(tp: TopicPartition) -> KafkaTopicPartition:
     return KafkaTopicPartition(tp.topic, tp.partition)
+
+
+class _RefusedIdempotence(logging.Filter):
+    """Drops aiokafka's ERROR line for a broker that refuses an idempotent producer."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Unexpected error during InitProducerIdRequest")
+
+
+@contextlib.contextmanager
+def _quiet_refusal() -> Iterator[None]:
+    """While "auto" tries an idempotent producer, a refusal is expected, and the hub says in one
+    warning what it does instead: aiokafka's own ERROR line about it would only alarm."""
+    sender, refusal = logging.getLogger("aiokafka.producer.sender"), _RefusedIdempotence()
+    sender.addFilter(refusal)
+    try:
+        yield
+    finally:
+        sender.removeFilter(refusal)
 
 
 class KafkaLog(Log):
@@ -115,7 +136,8 @@ class KafkaLog(Log):
         if self._idempotence != "off":
             producer = self._producer_with(idempotent=True)
             try:
-                await producer.start()
+                with _quiet_refusal() if self._idempotence == "auto" else contextlib.nullcontext():
+                    await producer.start()
                 return producer
             except (UnknownError, UnsupportedVersionError) as exc:
                 await producer.stop()
