@@ -12,6 +12,7 @@ from google.protobuf.message import Message as ProtoMessage
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from agenthub.hub.log._base import Headers, Record
+from agenthub.sdk._events import now
 from agenthub.sdk.pb.envelope_pb2 import Envelope, Kind
 
 M = TypeVar("M", bound=ProtoMessage)
@@ -30,12 +31,6 @@ def seconds_of(stamp: Timestamp) -> float:
     """A timestamp as seconds since the epoch, to the microsecond (what the thread store keeps).
     Not `ToDatetime().timestamp()`: that reads the naive UTC datetime as local time."""
     return (stamp.seconds * 1_000_000 + stamp.nanos // 1000) / 1_000_000
-
-
-def now() -> Timestamp:
-    stamp = Timestamp()
-    stamp.GetCurrentTime()
-    return stamp
 
 
 def make(kind: Kind.ValueType, payload: ProtoMessage, **fields: object) -> Envelope:

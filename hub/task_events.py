@@ -15,7 +15,7 @@ from a2a.types import (
     TaskStatusUpdateEvent,
 )
 
-from agenthub.hub.envelopes import now
+from agenthub.sdk._events import now
 
 TERMINAL = frozenset(
     {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -12,9 +13,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 
 def now() -> Timestamp:
-    stamp = Timestamp()
-    stamp.GetCurrentTime()
-    return stamp
+    """The current time (5x cheaper than `Timestamp.GetCurrentTime`, which goes through datetime:
+    every envelope and event gets one)."""
+    nanos = time.time_ns()
+    return Timestamp(seconds=nanos // 1_000_000_000, nanos=nanos % 1_000_000_000)
 
 
 def status(
