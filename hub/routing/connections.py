@@ -160,12 +160,13 @@ class Connections(Lifecycle):
         self._clients: dict[tuple[str, str, str], Connection] = {}
         self._http: httpx.AsyncClient | None = None
         self._grace_s = grace_s
-        self._retiring: set[asyncio.Task[None]] = set()
+        self._retiring: dict[asyncio.Task[None], grpc.aio.Channel] = {}  # closing, with grace
 
     async def stop(self) -> None:
+        retired = list(self._retiring.values())
         await cancel_and_wait(*self._retiring)
-        for channel in self._channels.values():
-            await channel.close()
+        for channel in [*retired, *self._channels.values()]:
+            await channel.close()  # at once: calls still on a retired channel end now
         self._channels.clear()
         self._clients.clear()
         if self._http is not None:
@@ -187,8 +188,8 @@ class Connections(Lifecycle):
         for channel_key in [k for k in self._channels if k[0] == endpoint]:
             channel = self._channels.pop(channel_key)
             retiring = asyncio.get_running_loop().create_task(channel.close(self._grace_s))
-            self._retiring.add(retiring)
-            retiring.add_done_callback(self._retiring.discard)
+            self._retiring[retiring] = channel
+            retiring.add_done_callback(self._retiring.pop)
         for client_key in [k for k in self._clients if k[0] == endpoint]:
             del self._clients[client_key]
 
