@@ -53,6 +53,8 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "push": (["hub/push/notifier.py", "hub/log/table.py"],
              ["test_push.py", "test_webhooks.py", "test_mutants_push.py"]),
     "cards": (["hub/heads/cards.py"], ["test_cards.py", "test_bindings.py"]),
+    "connections": (["hub/routing/connections.py"],
+                    ["test_connections.py", "test_bindings.py", "test_failures.py", "test_tls.py"]),
     "store": (["hub/threads/_sql.py"],
               ["test_projection.py", "test_mutants_recorder.py", "test_threads_whole.py"]),
 }  # fmt: skip
