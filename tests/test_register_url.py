@@ -8,14 +8,17 @@ import uuid
 from pathlib import Path
 
 import pytest
+from a2a.server.agent_execution import RequestContext
+from a2a.server.events import EventQueue
 from a2a.types import GetTaskRequest, Message, Part, Role, SendMessageRequest, Task, TaskState
+from a2a.utils.errors import InvalidParamsError
 
 from agenthub.hub.log._base import TopicPartition
 from agenthub.hub.server import Hub, free_port
 from agenthub.hub.topics import Topics
 from agenthub.sdk import AgentHubError, HubClient
 from tests.conftest import stock_client
-from tests.plain_agent import serve_plain_agent
+from tests.plain_agent import PlainEcho, serve_plain_agent
 from tests.test_cli import agenthub
 
 
@@ -138,3 +141,29 @@ async def test_an_agent_registered_with_a_credential_gets_it_and_nobody_sees_it(
         assert isinstance(task, Task) and task.status.state == TaskState.TASK_STATE_FAILED
         reason = task.status.message.parts[0].text
         assert "rejected the request" in reason and ("401" in reason or "credentials" in reason), reason
+
+
+class Refuses(PlainEcho):
+    """Answers every request with an A2A error of its own (invalid params), counting them."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
+        self.calls += 1
+        raise InvalidParamsError(message="the agent wants a number")
+
+
+@pytest.mark.parametrize("binding", ["JSONRPC", "HTTP+JSON"])
+async def test_an_a2a_error_from_an_agent_over_http_fails_its_task_at_once_saying_why(
+    hub: Hub, client: HubClient, binding: str
+) -> None:
+    """An agent's own A2A error is an answer, not an outage: one call, no retry, and the task fails
+    with the agent's reason."""
+    refuses = Refuses()
+    async with serve_plain_agent((binding,), executor=refuses, name="refuses") as base:
+        await client.register_url(base)
+        task = await client.send("refuses", "seven")
+    assert task.status.state == TaskState.TASK_STATE_FAILED
+    assert "the agent wants a number" in task.status.message.parts[0].text, task.status.message
+    assert refuses.calls == 1
