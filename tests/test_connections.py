@@ -1,4 +1,5 @@
-"""How the hub connects to agents, and clients to the hub: an agent back on its port after a while
+"""How the hub connects to agents, and clients to the hub: an agent is up only while its health
+service says SERVING; an agent back on its port after a while
 is called at once, not after gRPC's reconnect backoff; health checks of a connected agent reuse its
 connection; a client (an agent starting before its hub) tries to reach a hub every 2 s or so,
 however long it has not been there."""
@@ -12,11 +13,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import grpc
 from a2a.types import TaskState
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from agenthub.hub.config import HubSettings
+from agenthub.hub.routing.connections import Connections
 from agenthub.sdk import HubClient
 from agenthub.sdk.errors import HubUnavailable
+from agenthub.sdk.pb.registry_pb2 import AgentRecord
 from tests.conftest import eventually
 from tests.switchable_agent import hub_with_switchable_agent
 
@@ -86,3 +91,36 @@ async def test_a_client_tries_to_reach_a_hub_that_is_not_there_every_two_seconds
             await asyncio.sleep(0.2)
     gaps = [later - earlier for earlier, later in itertools.pairwise(tries)]
     assert len(gaps) >= 6 and max(gaps) < 4.0, f"seconds between tries: {gaps}"
+
+
+async def test_an_agent_is_up_only_while_its_health_service_says_serving() -> None:
+    """A gRPC agent's own health service decides: NOT_SERVING and UNKNOWN are down, on a fresh
+    channel and on a connected one; a server without the health service is up if it answers."""
+    status = health_pb2.HealthCheckResponse.ServingStatus
+    server, health_service = grpc.aio.server(), health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_service, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    bare = grpc.aio.server()
+    bare_port = bare.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    await bare.start()
+    record = AgentRecord(name="a", endpoint=f"127.0.0.1:{port}", binding="GRPC")
+
+    async def up_by_state(connections: Connections) -> list[bool]:
+        seen = []
+        for state in ("SERVING", "NOT_SERVING", "UNKNOWN", "SERVING"):
+            await health_service.set("", status.Value(state))
+            seen.append(await connections.is_up(record))
+        return seen
+
+    try:
+        async with Connections() as connections:
+            assert await up_by_state(connections) == [True, False, False, True]  # fresh channels
+            shared = connections.channel(record.endpoint)
+            await health_pb2_grpc.HealthStub(shared).Check(health_pb2.HealthCheckRequest())
+            assert shared.get_state() == grpc.ChannelConnectivity.READY
+            assert await up_by_state(connections) == [True, False, False, True]  # the connected one
+            assert await connections.is_up(AgentRecord(name="b", endpoint=f"127.0.0.1:{bare_port}"))
+    finally:
+        await server.stop(None)
+        await bare.stop(None)
