@@ -1,8 +1,7 @@
 """How the hub connects to agents, and clients to the hub: an agent is up only while its health
-service says SERVING; an agent back on its port after a while
-is called at once, not after gRPC's reconnect backoff; health checks of a connected agent reuse its
-connection; a client (an agent starting before its hub) tries to reach a hub every 2 s or so,
-however long it has not been there."""
+service says SERVING; an agent back on its port after a while is called at once, not after gRPC's
+reconnect backoff; health checks of a connected agent reuse its connection; a client (an agent
+starting before its hub) tries to reach a hub every 2 s or so, however long it was not there."""
 
 from __future__ import annotations
 
