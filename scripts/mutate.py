@@ -55,7 +55,7 @@ MODULES: dict[str, tuple[list[str], list[str]]] = {
     "cards": (["hub/heads/cards.py"], ["test_cards.py", "test_bindings.py"]),
     "connections": (["hub/routing/connections.py"],
                     ["test_connections.py", "test_bindings.py", "test_failures.py", "test_tls.py",
-                     "test_mutants_dispatcher.py", "test_watch_agents.py"]),
+                     "test_mutants_dispatcher.py", "test_watch_agents.py", "test_register_url.py"]),
     "store": (["hub/threads/_sql.py"],
               ["test_projection.py", "test_mutants_recorder.py", "test_threads_whole.py"]),
 }  # fmt: skip
