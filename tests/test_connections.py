@@ -1,7 +1,8 @@
 """How the hub connects to agents, and clients to the hub: an agent is up only while its health
 service says SERVING; an agent back on its port after a while is called at once, not after gRPC's
 reconnect backoff; health checks of a connected agent reuse its connection; a client (an agent
-starting before its hub) tries to reach a hub every 2 s or so, however long it was not there."""
+starting before its hub) tries to reach a hub every 2 s or so, however long it was not there;
+health checks of HTTP agents share one client."""
 
 from __future__ import annotations
 
@@ -123,3 +124,24 @@ async def test_an_agent_is_up_only_while_its_health_service_says_serving() -> No
     finally:
         await server.stop(None)
         await bare.stop(None)
+
+
+async def test_health_checks_of_http_agents_share_one_client() -> None:
+    """An agent on JSON-RPC or HTTP+JSON is checked by fetching its card. Three checks arrive over
+    one kept-alive connection: the hub's shared client, not a client per check (each new one cost
+    about 20 ms of CPU, its TLS context, every `health_interval_s` for every agent)."""
+    peers: list[int] = []
+
+    async def card(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError):  # the client hung up
+            while await reader.readuntil(b"\r\n\r\n"):
+                peers.append(writer.get_extra_info("peername")[1])
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}")
+                await writer.drain()
+
+    server = await asyncio.start_server(card, "127.0.0.1", 0)
+    base = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    record = AgentRecord(name="a", binding="JSONRPC", card_url=f"{base}/.well-known/agent-card.json")
+    async with server, Connections() as connections:
+        assert [await connections.is_up(record) for _ in range(3)] == [True, True, True]
+    assert len(peers) == 3 and len(set(peers)) == 1, peers
