@@ -116,6 +116,7 @@ def stable_instance_id(data_dir: Path) -> str:
     return instance
 
 
+ANSWER_GRACE_S = 2.0  # a stopping hub's wait for answers to the calls in flight
 PORT_PICKS = 3  # tries at a free port when the hub picks it (port 0)
 PORT_TRIES = 20  # random ports tried in the picking range before asking the kernel for one
 FIRST_PICKED_PORT = 10_000
@@ -430,21 +431,36 @@ class Hub(Lifecycle):
         raise ConfigError(f"cannot listen on {self.settings.host}:{self.http_port} (port in use?)")
 
     async def stop(self) -> None:
-        if self._http is not None and self._http_task is not None:
-            self._http.should_exit = True
-            # uvicorn ends by itself once told to exit; over TLS, an idle keep-alive connection holds
-            # it until the peer answers the TLS close (up to 30 s), so that wait is bounded.
-            grace = self.settings.drain_timeout_s if self.tls else None
-            if not (await asyncio.wait([self._http_task], timeout=grace))[0]:
-                self._http.force_exit = True
-                await asyncio.wait([self._http_task])
-            self._http = self._http_task = None
-        if self._grpc is not None:
-            await self._grpc.stop(grace=2)
-            self._grpc = None
+        await self._stop_heads()
         await cancel_and_wait(self._joining)
         self._joining = None
         await self._log_probe.stop()
         while self._started:
             await self._started.pop().stop()
         log.info("hub stopped")
+
+    async def _stop_heads(self) -> None:
+        """Take no new calls and give those in flight `ANSWER_GRACE_S` to be answered; then callers
+        still waiting for an agent hear that the hub is stopping and which task to ask for again
+        (UNAVAILABLE), instead of being cut off by a bare CANCELLED."""
+        stopping = [asyncio.create_task(head) for head in (self._stop_http(), self._stop_grpc())]
+        if (await asyncio.wait(stopping, timeout=ANSWER_GRACE_S))[1]:
+            self.replies.stop_waiting()
+        await asyncio.gather(*stopping)
+
+    async def _stop_http(self) -> None:
+        if self._http is None or self._http_task is None:
+            return
+        self._http.should_exit = True
+        # uvicorn ends by itself once told to exit; over TLS, an idle keep-alive connection holds
+        # it until the peer answers the TLS close (up to 30 s), so that wait is bounded.
+        grace = self.settings.drain_timeout_s if self.tls else None
+        if not (await asyncio.wait([self._http_task], timeout=grace))[0]:
+            self._http.force_exit = True
+            await asyncio.wait([self._http_task])
+        self._http = self._http_task = None
+
+    async def _stop_grpc(self) -> None:
+        if self._grpc is not None:
+            await self._grpc.stop(grace=ANSWER_GRACE_S + 1)  # time to send the callers' UNAVAILABLE
+            self._grpc = None

@@ -5,6 +5,7 @@ writes is answered UNAVAILABLE at once, with nothing accepted."""
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 
 import grpc
@@ -254,3 +255,64 @@ async def test_a_stop_never_hangs_on_a_call_and_the_request_comes_back(tmp_path,
         assert done is not None and done.status.message.parts[0].text == "answered: the job"
         thread = await client.get_thread(task.context_id)
         assert [m.text for m in thread.messages].count("answered: the job") == 1
+
+
+TASK_NAMED = re.compile(r"ask for task (\S+) again")
+
+
+@pytest.mark.parametrize("head", ["grpc", "jsonrpc"])
+async def test_a_caller_waiting_when_the_hub_stops_hears_which_task_to_ask_for(  # type: ignore[no-untyped-def]
+    tmp_path, hub_settings, head: str
+) -> None:
+    """A blocking send still waiting for its agent when the hub stops ends UNAVAILABLE, naming its
+    task, rather than CANCELLED with gRPC's 'Cancelling all calls'; the next hub completes that
+    task, once."""
+    settings = hub_settings(tmp_path / "hub", drain_timeout_s=0.5)
+    async with (
+        Hub(settings) as hub,
+        HubClient(hub.address) as client,
+        Agent("worker", tools=[stall], model=ScriptedModel(), hub=hub.address),
+    ):
+        waiting = asyncio.create_task(_blocking_send(hub, client, head, "the job"))
+        await eventually(lambda: _has_working_task(client), timeout=20)
+        async with asyncio.timeout(30):
+            await hub.stop()
+        code, message = await asyncio.wait_for(waiting, timeout=10)
+    assert code == ("UNAVAILABLE" if head == "grpc" else -32051), message
+    assert "the hub is stopping" in message, message
+    named = TASK_NAMED.search(message)
+    assert named is not None, message
+    async with (
+        Hub(hub_settings(tmp_path / "hub")) as again,
+        HubClient(again.address) as client,
+        Agent("worker", tools=[answer], model=ScriptedModel(), hub=again.address),
+    ):
+
+        async def completed() -> Task | None:
+            t = await client.get_task("worker", named.group(1))
+            return t if t.status.state == TaskState.TASK_STATE_COMPLETED else None
+
+        done = await eventually(completed, timeout=60)
+        assert done is not None and done.status.message.parts[0].text == "answered: the job"
+        thread = await client.get_thread(done.context_id)
+        assert [m.text for m in thread.messages].count("answered: the job") == 1
+
+
+async def _blocking_send(hub: Hub, client: HubClient, head: str, text: str) -> tuple[object, str]:
+    """Send `text` to the worker and wait for the answer: the error's code and message."""
+    if head == "grpc":
+        try:
+            await a2a_pb2_grpc.A2AServiceStub(client.channel).SendMessage(request_to("worker", text))
+        except grpc.aio.AioRpcError as exc:
+            return exc.code().name, exc.details() or ""
+        raise AssertionError("the send was answered although its agent never answers")
+    message = {"messageId": str(uuid.uuid4()), "role": "ROLE_USER", "parts": [{"text": text}]}
+    body = {"jsonrpc": "2.0", "id": 1, "method": "SendMessage", "params": {"message": message}}
+    async with httpx.AsyncClient(headers={"A2A-Version": "1.0"}, timeout=60) as http:
+        error = (await http.post(f"{hub.http_url}/agents/worker/", json=body)).json()["error"]
+    return error["code"], error["message"]
+
+
+async def _has_working_task(client: HubClient) -> bool:
+    tasks = (await client.list_tasks("worker")).tasks
+    return any(t.status.state == TaskState.TASK_STATE_WORKING for t in tasks)

@@ -10,6 +10,7 @@ from google.protobuf.message import DecodeError
 from agenthub.hub import envelopes
 from agenthub.hub.log._base import Consumer, Lifecycle, Log, Record
 from agenthub.hub.loops import Readiness, SupervisedLoop
+from agenthub.sdk.errors import HubUnavailable
 from agenthub.sdk.pb.envelope_pb2 import Envelope
 
 log = structlog.get_logger(__name__)
@@ -23,12 +24,19 @@ class Waiter:
     def __init__(self, router: ReplyRouter, task_id: str) -> None:
         self._router = router
         self.task_id = task_id
-        self.queue: asyncio.Queue[Reply] = asyncio.Queue()
+        self.queue: asyncio.Queue[Reply | None] = asyncio.Queue()  # None: the hub stops waiting
 
     async def next(self, timeout: float) -> Reply | None:
-        """The next reply (None: none will come); TimeoutError after `timeout` seconds without one."""
+        """The next reply (None: none will come); TimeoutError after `timeout` seconds without one;
+        HubUnavailable once the hub stops waiting for replies (it is stopping)."""
         async with asyncio.timeout(timeout):
-            return await self.queue.get()
+            reply = await self.queue.get()
+        if reply is None:
+            raise HubUnavailable(
+                "the hub is stopping; the request is kept in the log and will be delivered when a hub"
+                f" is back: ask for task {self.task_id} again in a few seconds"
+            )
+        return reply
 
     def close(self) -> None:
         self._router.release(self)
@@ -48,6 +56,7 @@ class ReplyRouter(Lifecycle):
         self.topic = topic
         self._waiters: dict[str, set[Waiter]] = {}
         self._consumer: Consumer | None = None
+        self._waiting = True
         self._loop = SupervisedLoop("reply-router", self._run, readiness)
 
     async def start(self) -> None:
@@ -66,7 +75,17 @@ class ReplyRouter(Lifecycle):
         """Start collecting the replies of a task (before producing its request)."""
         waiter = Waiter(self, task_id)
         self._waiters.setdefault(task_id, set()).add(waiter)
+        if not self._waiting:
+            waiter.queue.put_nowait(None)
         return waiter
+
+    def stop_waiting(self) -> None:
+        """Wake every caller still waiting for a reply, and any that starts waiting, with
+        HubUnavailable naming its task: the hub is stopping and will not hear back."""
+        self._waiting = False
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                waiter.queue.put_nowait(None)
 
     def release(self, waiter: Waiter) -> None:
         waiters = self._waiters.get(waiter.task_id)
