@@ -26,6 +26,13 @@ _QUERY_SECRET = re.compile(
     r"([?&;](?:access_?token|token|api_?key|apikey|password|secret|key|sig|signature)=)[^&#\s'\"]+",
     re.IGNORECASE,
 )
+# `token=…` or `password: …` in prose (an exception's message, a library's log line); not
+# `max_tokens=` nor `keyboard:`, where the word is part of a longer one
+_NAMED_SECRET = re.compile(
+    r"""((?<![\w-])(?:access_?token|refresh_?token|token|api_?key|apikey|password|passwd|secret|client_?secret)"""
+    r"""['"]?\s*[=:]\s*['"]?)(?!\[redacted\])[^\s&#'",;)}\]]+""",
+    re.IGNORECASE,
+)
 
 
 def is_secret_key(key: str) -> bool:
@@ -37,11 +44,12 @@ def is_secret_key(key: str) -> bool:
 
 
 def redact_text(text: str) -> str:
-    """`text` with credentials it carries hidden: `Bearer …`, `user:password@` in URLs, and
-    token-like query parameters."""
+    """`text` with credentials it carries hidden: `Bearer …`, `user:password@` in URLs,
+    token-like query parameters, and `token=…` or `password: …` anywhere."""
     text = _SCHEME_CREDENTIALS.sub(lambda m: f"{m.group(1)} {REDACTED}", text)
     text = _URL_PASSWORD.sub(rf"\1{REDACTED}@", text)
-    return _QUERY_SECRET.sub(rf"\1{REDACTED}", text)
+    text = _QUERY_SECRET.sub(rf"\1{REDACTED}", text)
+    return _NAMED_SECRET.sub(rf"\1{REDACTED}", text)
 
 
 def redact(value: Any) -> Any:

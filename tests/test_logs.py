@@ -105,3 +105,17 @@ def test_redact_text_keeps_what_is_not_a_credential() -> None:
     assert redact_text("GET /a?page=2&api_key=abc&sort=up") == "GET /a?page=2&api_key=[redacted]&sort=up"
     assert redact_text("Authorization: Basic dXNlcjpwYXNz") == "Authorization: Basic [redacted]"
     assert redact_text("http://host:8080/path") == "http://host:8080/path"
+    prose = "max_tokens=512, keyboard: us, tokens: 12"
+    assert redact_text(prose) == prose
+
+
+@pytest.mark.parametrize(
+    ("text", "redacted"),
+    [("login failed with token=abc123 for bob", "login failed with token=[redacted] for bob"),
+     ("connect(password='hunter2', user='u')", "connect(password='[redacted]', user='u')"),
+     ('{"api_key": "sk-123", "model": "m"}', '{"api_key": "[redacted]", "model": "m"}'),
+     ("Secret: s3cr3t; retrying", "Secret: [redacted]; retrying"),
+     ("GET /x?access_token=t1&page=2", "GET /x?access_token=[redacted]&page=2")],
+)  # fmt: skip
+def test_redact_text_hides_named_credentials_in_prose(text: str, redacted: str) -> None:
+    assert redact_text(text) == redacted
