@@ -431,6 +431,7 @@ class Hub(Lifecycle):
         raise ConfigError(f"cannot listen on {self.settings.host}:{self.http_port} (port in use?)")
 
     async def stop(self) -> None:
+        log.info("hub stopping", answer_grace_s=ANSWER_GRACE_S, drain_timeout_s=self.settings.drain_timeout_s)
         await self._stop_heads()
         await cancel_and_wait(self._joining)
         self._joining = None

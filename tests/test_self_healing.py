@@ -257,7 +257,7 @@ async def test_a_stop_never_hangs_on_a_call_and_the_request_comes_back(tmp_path,
         assert [m.text for m in thread.messages].count("answered: the job") == 1
 
 
-TASK_NAMED = re.compile(r"ask for task (\S+) again")
+TASK_NAMED = re.compile(r"ask for task (\S+) \(thread (\S+)\) again")
 
 
 @pytest.mark.parametrize("head", ["grpc", "jsonrpc"])
@@ -294,6 +294,7 @@ async def test_a_caller_waiting_when_the_hub_stops_hears_which_task_to_ask_for( 
 
         done = await eventually(completed, timeout=60)
         assert done is not None and done.status.message.parts[0].text == "answered: the job"
+        assert done.context_id == named.group(2)
         thread = await client.get_thread(done.context_id)
         assert [m.text for m in thread.messages].count("answered: the job") == 1
 

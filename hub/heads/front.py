@@ -160,7 +160,7 @@ class HubRequestHandler(RequestHandler):
             raise UnsupportedOperationError(
                 f"task {params.id} is already {TaskState.Name(row.task.status.state)}"
             )
-        waiter = self._replies.open(params.id)
+        waiter = self._replies.open(params.id, row.context_id)
         try:
             yield (await self._owned_task(params.id, self._route(params, context))).task
             async for event in self._until_turn_ends(waiter):
@@ -221,7 +221,7 @@ class HubRequestHandler(RequestHandler):
             config.CopyFrom(params.configuration.task_push_notification_config)
             config.task_id, config.tenant = task_id, ""
             await self._push.put(config)
-        waiter = self._replies.open(task_id)
+        waiter = self._replies.open(task_id, context_id)
         try:
             record = await self._append(self._topics.inbox(agent), envelope, context_id.encode())
         except BaseException:

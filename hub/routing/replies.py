@@ -21,9 +21,10 @@ Reply = tuple[Envelope, Record]
 class Waiter:
     """The replies of one task, in log order, as they arrive."""
 
-    def __init__(self, router: ReplyRouter, task_id: str) -> None:
+    def __init__(self, router: ReplyRouter, task_id: str, context_id: str = "") -> None:
         self._router = router
         self.task_id = task_id
+        self.context_id = context_id
         self.queue: asyncio.Queue[Reply | None] = asyncio.Queue()  # None: the hub stops waiting
 
     async def next(self, timeout: float) -> Reply | None:
@@ -32,9 +33,10 @@ class Waiter:
         async with asyncio.timeout(timeout):
             reply = await self.queue.get()
         if reply is None:
+            thread = f" (thread {self.context_id})" if self.context_id else ""
             raise HubUnavailable(
                 "the hub is stopping; the request is kept in the log and will be delivered when a hub"
-                f" is back: ask for task {self.task_id} again in a few seconds"
+                f" is back: ask for task {self.task_id}{thread} again in a few seconds"
             )
         return reply
 
@@ -71,9 +73,10 @@ class ReplyRouter(Lifecycle):
             await self._consumer.stop()
             self._consumer = None
 
-    def open(self, task_id: str) -> Waiter:
-        """Start collecting the replies of a task (before producing its request)."""
-        waiter = Waiter(self, task_id)
+    def open(self, task_id: str, context_id: str = "") -> Waiter:
+        """Start collecting the replies of a task (before producing its request); its context id
+        goes into what a caller hears if the hub stops meanwhile."""
+        waiter = Waiter(self, task_id, context_id)
         self._waiters.setdefault(task_id, set()).add(waiter)
         if not self._waiting:
             waiter.queue.put_nowait(None)
