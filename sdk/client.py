@@ -13,6 +13,7 @@ from typing import TypeVar
 
 import grpc
 from a2a.types import (
+    CancelTaskRequest,
     GetTaskRequest,
     ListTasksRequest,
     ListTasksResponse,
@@ -22,6 +23,7 @@ from a2a.types import (
     SendMessageRequest,
     StreamResponse,
     Task,
+    TaskState,
     a2a_pb2_grpc,
 )
 
@@ -186,12 +188,28 @@ class HubClient(Lifecycle):
         return task
 
     async def list_tasks(
-        self, agent: str = "", *, context_id: str = "", page_size: int = 50
+        self,
+        agent: str = "",
+        *,
+        context_id: str = "",
+        state: TaskState = TaskState.TASK_STATE_UNSPECIFIED,
+        page_size: int = 50,
+        page_token: str = "",
     ) -> ListTasksResponse:
+        """Tasks, newest first: of one agent ("" for every agent), one thread, one state."""
         stub = a2a_pb2_grpc.A2AServiceStub(self.channel)
-        request = ListTasksRequest(tenant=agent, context_id=context_id, page_size=page_size)
+        request = ListTasksRequest(
+            tenant=agent, context_id=context_id, status=state, page_size=page_size, page_token=page_token
+        )
         response: ListTasksResponse = await _call(stub.ListTasks(request, timeout=self.timeout))
         return response
+
+    async def cancel_task(self, agent: str, task_id: str) -> Task:
+        """Cancel a task ("" for the agent: whichever serves it); the task as it ended."""
+        stub = a2a_pb2_grpc.A2AServiceStub(self.channel)
+        request = CancelTaskRequest(tenant=agent, id=task_id)
+        task: Task = await _call(stub.CancelTask(request, timeout=self.timeout))
+        return task
 
     # ---- threads -------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from agenthub.sdk import Agent, HubClient, ScriptedModel, tool
 from tests.conftest import eventually
 from tests.test_cli import agenthub, agenthub_env
 from tests.test_delivery import Fragile, echo
+from tests.test_promises_routing import Gate, gated_agent, state_becomes, submit, until
 
 
 async def traffic(client: HubClient) -> tuple[str, str]:
@@ -126,6 +127,50 @@ async def test_send_with_context_through_the_hub_named_by_agenthub_hub(hub: Hub,
     assert code == 5 and "cannot reach the hub" in err
     code, out, _ = await agenthub_env(nowhere, "agents", "list", "--json", "--hub", hub.address)
     assert code == 0 and {a["name"] for a in json.loads(out)} == {"calculator", "notes", "triage"}
+
+
+# ---- tasks -----------------------------------------------------------------------------------
+
+
+async def test_tasks_list_show_and_cancel(hub: Hub, client: HubClient) -> None:
+    """`agenthub tasks`: list filters by agent and state, show prints the outcome, cancel ends a
+    running task (its agent's call is canceled) and refuses one that has ended."""
+    gate = Gate()
+    async with gated_agent("gated", hub, gate):
+        done, running = await submit(client, "gated", "a"), await submit(client, "gated", "b")
+        assert await until(lambda: sorted(gate.started) == ["a", "b"])
+        gate.open("a")
+        done = await state_becomes(client, "gated", done.id, TaskState.TASK_STATE_COMPLETED)
+        at = ("--hub", hub.address)
+
+        code, out, err = await agenthub("tasks", "list", "--agent", "gated", "--json", *at)
+        assert code == 0, err
+        assert {t["id"] for t in json.loads(out)["tasks"]} == {done.id, running.id}
+        code, out, _ = await agenthub("tasks", "list", "--state", "working", *at)
+        assert code == 0 and running.id in out and done.id not in out
+        thread = ("--thread", done.context_id)
+        code, out, _ = await agenthub("tasks", "list", *thread, "--state", "COMPLETED", *at)
+        assert code == 0 and done.id in out and running.id not in out
+
+        code, out, _ = await agenthub("tasks", "show", done.id, *at)
+        lines = out.splitlines()
+        assert code == 0 and lines[0] == f"task {done.id} [completed] · thread {done.context_id}"
+        assert lines[2] == "held: a"
+
+        code, out, err = await agenthub("tasks", "cancel", running.id, "--agent", "gated", *at)
+        assert code == 0, err
+        assert out.splitlines()[0] == f"task {running.id} [canceled] · thread {running.context_id}"
+        assert await until(lambda: gate.canceled == ["b"])
+
+        for args, exit_code, words in [
+            (["cancel", done.id], 2, "already TASK_STATE_COMPLETED"),
+            (["show", running.id, "--agent", "nobody"], 4, "not found for agent 'nobody'"),
+            (["show", "no-such-task"], 4, "task no-such-task not found"),
+            (["list", "--state", "bogus"], 2, "unknown task state 'bogus': use one of submitted,"),
+        ]:
+            code, out, err = await agenthub("tasks", *args, *at)
+            assert (code, out) == (exit_code, ""), err
+            assert err.count("\n") == 1 and err.startswith("error: ") and words in err, err
 
 
 # ---- replay ----------------------------------------------------------------------------------

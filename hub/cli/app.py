@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from pydantic import ValidationError
 
-from agenthub.hub.cli import certs, render, trust_commands
+from agenthub.hub.cli import certs, render, task_commands, trust_commands
 from agenthub.hub.cli.common import DEFAULT_HUB, HubOpt, JsonOpt, fail, run, until_stopped
 from agenthub.sdk.errors import AgentHubError, ConfigError, HubUnavailable, InvalidRequest
 from agenthub.sdk.pb import operator_pb2 as op
@@ -412,9 +412,7 @@ def thread_filter(
 
     request = thr.ListThreadsRequest(agent=agent, text=search)
     if state:
-        request.state = (
-            state.upper() if state.upper().startswith("TASK_STATE_") else f"TASK_STATE_{state.upper()}"
-        )
+        request.state = render.task_state(state)
     if since and start:
         raise InvalidRequest("use --since or --from, not both")
     if since or start:
@@ -624,6 +622,7 @@ def models_serve(port: Annotated[int, typer.Option(help="port")] = 8765) -> None
         fail(ConfigError(str(exc)))
 
 
+task_commands.attach(app)
 trust_commands.attach(app)  # after the commands above, so `agenthub --help` lists them first
 certs.attach(app)
 app.callback()(certs.client_tls)  # `agenthub --ca FILE COMMAND`: TLS for every command that calls a hub

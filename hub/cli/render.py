@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.tree import Tree
 
 from agenthub.hub.recording import content
+from agenthub.sdk.errors import InvalidRequest
 from agenthub.sdk.pb import operator_pb2 as op
 from agenthub.sdk.pb import registry_pb2 as reg
 from agenthub.sdk.pb import threads_pb2 as thr
@@ -44,6 +45,18 @@ def when(stamp: Timestamp) -> str:
 def short_state(state: str | int) -> str:
     name = TaskState.Name(state) if isinstance(state, int) else state  # type: ignore[arg-type]
     return name.removeprefix("TASK_STATE_").lower()
+
+
+def task_state(text: str) -> str:
+    """The A2A state a user names, short (`failed`) or full (`TASK_STATE_FAILED`), in full;
+    InvalidRequest listing the states for a name that is none of them."""
+    upper = text.upper().replace("-", "_")
+    name = upper if upper.startswith("TASK_STATE_") else f"TASK_STATE_{upper}"
+    states = [s for s in TaskState.DESCRIPTOR.values_by_name if s != "TASK_STATE_UNSPECIFIED"]
+    if name not in states:
+        known = ", ".join(short_state(s) for s in states)
+        raise InvalidRequest(f"unknown task state {text!r}: use one of {known}")
+    return name
 
 
 def agents_table(agents: list[reg.AgentRecord]) -> Table:
@@ -158,6 +171,31 @@ def threads_table(threads: list[thr.ThreadSummary]) -> Table:
             _clip(t.first_text, 60),
         )
     return table
+
+
+def tasks_table(tasks: list[Task]) -> Table:
+    table = Table(box=None, pad_edge=False)
+    for column in ("TASK", "STATE", "THREAD", "UPDATED"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("LAST MESSAGE")
+    for t in tasks:
+        table.add_row(
+            t.id, short_state(t.status.state), t.context_id, when(t.status.timestamp),
+            _clip(content.message_text(t.status.message), 60),
+        )  # fmt: skip
+    return table
+
+
+def task_lines(task: Task) -> list[str]:
+    """A task for people: its state and thread, when it last changed, its last message, artifacts."""
+    lines = [
+        f"task {task.id} [{short_state(task.status.state)}] · thread {task.context_id}",
+        f"updated {when(task.status.timestamp)}",
+    ]
+    if task.status.message.parts:
+        lines.append(content.message_text(task.status.message))
+    lines += [f"artifact {a.name or a.artifact_id}: {content.artifact_text(a)}" for a in task.artifacts]
+    return lines
 
 
 def thread_tree(thread: thr.Thread) -> Tree:
