@@ -172,12 +172,13 @@ class HubClient(Lifecycle):
         text: str,
         *,
         context_id: str | None = None,
+        task_id: str | None = None,
         parent_task_id: str | None = None,
         timeout: float | None = 300.0,
     ) -> AsyncIterator[StreamResponse]:
         """Send a text message and yield the task's events as the agent produces them."""
         stub = a2a_pb2_grpc.A2AServiceStub(self.channel)
-        request = text_request(agent, text, context_id=context_id)
+        request = text_request(agent, text, context_id=context_id, task_id=task_id)
         call = stub.SendStreamingMessage(request, metadata=self._metadata(parent_task_id), timeout=timeout)
         async for event in _streamed(call):
             yield event

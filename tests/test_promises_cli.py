@@ -18,6 +18,7 @@ from google.protobuf.json_format import MessageToJson
 from agenthub.hub.server import Hub, free_port
 from agenthub.sdk import Agent, HubClient, ScriptedModel, tool
 from tests.conftest import eventually
+from tests.interview_agent import QUESTIONS, serve_interviewer, summary
 from tests.test_cli import agenthub, agenthub_env
 from tests.test_delivery import Fragile, echo
 from tests.test_promises_routing import Gate, gated_agent, state_becomes, submit, until
@@ -171,6 +172,28 @@ async def test_tasks_list_show_and_cancel(hub: Hub, client: HubClient) -> None:
             code, out, err = await agenthub("tasks", *args, *at)
             assert (code, out) == (exit_code, ""), err
             assert err.count("\n") == 1 and err.startswith("error: ") and words in err, err
+
+
+async def test_send_answers_a_task_waiting_for_input(hub: Hub, client: HubClient) -> None:
+    """An agent that asks for input: `send` prints its question and how to answer; `send --task`
+    answers it (blocking, then streaming), and the agent sees one task over the three turns."""
+    async with serve_interviewer("GRPC") as (base, interviewer):
+        await client.register_url(base)
+        at = ("--hub", hub.address)
+        code, out, err = await agenthub("send", "interviewer", "let us begin", *at)
+        assert (code, out) == (0, f"{QUESTIONS[0]}\n"), err
+        task_id, thread_id = err.split()[1], err.split()[5].rstrip(";")
+        assert err == f"(task {task_id} input_required · thread {thread_id}; answer with --task {task_id})\n"
+        code, out, err = await agenthub("send", "interviewer", "Ada", "--task", task_id, "--json", *at)
+        assert code == 0, err
+        second = json.loads(out)
+        assert (second["id"], second["status"]["state"]) == (task_id, "TASK_STATE_INPUT_REQUIRED")
+        code, out, err = await agenthub("send", "interviewer", "London", "--task", task_id, "--stream", *at)
+        assert code == 0, err
+        assert out.splitlines()[-1] == f"[completed] {summary(['let us begin', 'Ada', 'London'])}"
+    assert len(set(interviewer.turns)) == 1 and len(interviewer.turns) == 3
+    done = await client.get_task("interviewer", task_id)
+    assert done.context_id == thread_id and done.status.state == TaskState.TASK_STATE_COMPLETED
 
 
 # ---- replay ----------------------------------------------------------------------------------

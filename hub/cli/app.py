@@ -343,6 +343,9 @@ def send(
     context: Annotated[
         str | None, typer.Option("--context", help="continue this thread (context id)")
     ] = None,
+    task: Annotated[
+        str | None, typer.Option("--task", help="answer this task (one waiting for input)")
+    ] = None,
     stream: Annotated[bool, typer.Option("--stream", help="print events as they happen")] = False,
     hub: HubOpt = DEFAULT_HUB,
     json: JsonOpt = False,
@@ -356,18 +359,23 @@ def send(
     async def main() -> None:
         async with HubClient(hub) as client:
             if stream:
-                await print_stream(client.stream(agent, text, context_id=context), json=json)
+                events = client.stream(agent, text, context_id=context, task_id=task)
+                await print_stream(events, json=json)
                 return
-            result = await client.send(agent, text, context_id=context)
+            result = await client.send(agent, text, context_id=context, task_id=task)
         if json:
             render.print_json(render.as_json(result))
             return
         render.console.print(render.answer_of(result), markup=False)
         if hasattr(result, "status"):
             state = render.short_state(result.status.state)
-            typer.echo(f"(task {result.id} {state} · thread {result.context_id})", err=True)
+            hint = f"; answer with --task {result.id}" if state in ANSWERABLE else ""
+            typer.echo(f"(task {result.id} {state} · thread {result.context_id}{hint})", err=True)
 
     run(main())
+
+
+ANSWERABLE = {"input_required"}  # a task in this state waits for the user's answer (`send --task`)
 
 
 async def print_stream(events: AsyncIterator[StreamResponse], *, json: bool) -> None:
