@@ -19,7 +19,6 @@ from starlette.applications import Starlette
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from agenthub.hub.server import free_port
 from tests.serving import bound, port_of, serving
 
 
@@ -105,15 +104,16 @@ async def serve_plain_agent(
     `require_authorization`, every call but the card must carry that Authorization value."""
     sock = bound()
     base = f"http://127.0.0.1:{port_of(sock)}"
-    grpc_address = f"127.0.0.1:{free_port()}"
-    agent_card = card(base, bindings, grpc_address)
-    agent_card.name = name
-    handler = DefaultRequestHandler(executor or PlainEcho(), InMemoryTaskStore(), agent_card)
     grpc_server = grpc.aio.server(
         interceptors=[RequireAuthorization(require_authorization)] if require_authorization else []
     )
+    # bound now, on a port the kernel picks: a port picked for the test's own servers (a hub it
+    # starts later, on a port chosen in advance) cannot be this one
+    grpc_address = f"127.0.0.1:{grpc_server.add_insecure_port('127.0.0.1:0')}"
+    agent_card = card(base, bindings, grpc_address)
+    agent_card.name = name
+    handler = DefaultRequestHandler(executor or PlainEcho(), InMemoryTaskStore(), agent_card)
     a2a_pb2_grpc.add_A2AServiceServicer_to_server(GrpcHandler(handler), grpc_server)
-    grpc_server.add_insecure_port(grpc_address)
     if "GRPC" in bindings:
         await grpc_server.start()
     app = Starlette(
