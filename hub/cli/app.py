@@ -450,15 +450,8 @@ def threads_list(
         where = thread_filter(agent, state, search, since, start, end)
         async with HubClient(hub) as client:
             reply = await client.list_threads(where, page_size=limit, page_token=page)
-        if json:
-            render.print_json(render.as_json(reply))
-            return
-        if not reply.threads:
-            typer.echo("no threads match" if where.ListFields() else "no threads yet")
-            return
-        render.console.print(render.threads_table(list(reply.threads)))
-        if reply.next_page_token:
-            typer.echo(f"more: --page {reply.next_page_token}", err=True)
+        shown = render.threads_table(list(reply.threads)) if reply.threads else None
+        render.print_page(reply, shown, json=json, noun="threads", filtered=bool(where.ListFields()))
 
     run(main())
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
@@ -157,33 +157,44 @@ def output(path: Path | None) -> Iterator[TextIO]:
         yield handle
 
 
+def table(columns: tuple[str, ...], rows: Iterable[tuple[str, ...]]) -> Table:
+    """A plain table; every column but the last (free text, which wraps) stays on one line."""
+    built = Table(box=None, pad_edge=False)
+    for column in columns[:-1]:
+        built.add_column(column, no_wrap=True)
+    built.add_column(columns[-1])
+    for row in rows:
+        built.add_row(*row)
+    return built
+
+
 def threads_table(threads: list[thr.ThreadSummary]) -> Table:
-    table = Table(box=None, pad_edge=False)
-    for column in ("THREAD", "UPDATED", "MESSAGES", "AGENTS"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("FIRST MESSAGE")
-    for t in threads:
-        table.add_row(
-            t.context_id,
-            when(t.updated_at),
-            str(t.message_count),
-            ",".join(t.agents),
-            _clip(t.first_text, 60),
-        )
-    return table
+    return table(
+        ("THREAD", "UPDATED", "MESSAGES", "AGENTS", "FIRST MESSAGE"),
+        ((t.context_id, when(t.updated_at), str(t.message_count), ",".join(t.agents), _clip(t.first_text, 60))
+         for t in threads),
+    )  # fmt: skip
 
 
 def tasks_table(tasks: list[Task]) -> Table:
-    table = Table(box=None, pad_edge=False)
-    for column in ("TASK", "STATE", "THREAD", "UPDATED"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("LAST MESSAGE")
-    for t in tasks:
-        table.add_row(
-            t.id, short_state(t.status.state), t.context_id, when(t.status.timestamp),
-            _clip(content.message_text(t.status.message), 60),
-        )  # fmt: skip
-    return table
+    return table(
+        ("TASK", "STATE", "THREAD", "UPDATED", "LAST MESSAGE"),
+        ((t.id, short_state(t.status.state), t.context_id, when(t.status.timestamp),
+          _clip(content.message_text(t.status.message), 60)) for t in tasks),
+    )  # fmt: skip
+
+
+def print_page(reply: Any, shown: Table | None, *, json: bool, noun: str, filtered: bool) -> None:
+    """One page of a listing: its JSON, or its table (None: the page is empty) and, on stderr, the
+    option that asks for the next page."""
+    if json:
+        print_json(as_json(reply))
+    elif shown is None:
+        console.print(f"no {noun} match" if filtered else f"no {noun} yet")
+    else:
+        console.print(shown)
+        if reply.next_page_token:
+            print(f"more: --page {reply.next_page_token}", file=sys.stderr)
 
 
 def task_lines(task: Task) -> list[str]:

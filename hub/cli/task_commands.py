@@ -38,15 +38,8 @@ def tasks_list(
             reply = await client.list_tasks(
                 agent, context_id=thread, state=wanted, page_size=limit, page_token=page
             )
-        if json:
-            render.print_json(render.as_json(reply))
-            return
-        if not reply.tasks:
-            typer.echo("no tasks match" if agent or thread or state else "no tasks yet")
-            return
-        render.console.print(render.tasks_table(list(reply.tasks)))
-        if reply.next_page_token:
-            typer.echo(f"more: --page {reply.next_page_token}", err=True)
+        shown = render.tasks_table(list(reply.tasks)) if reply.tasks else None
+        render.print_page(reply, shown, json=json, noun="tasks", filtered=bool(agent or thread or state))
 
     run(main())
 
