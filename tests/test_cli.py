@@ -19,6 +19,7 @@ from a2a.types import TaskState
 from agenthub.hub.config import HubSettings
 from agenthub.hub.server import Hub, free_port
 from agenthub.sdk import HubClient
+from tests.conftest import eventually
 from tests.test_promises_routing import Gate, gated_agent, state_becomes, until
 
 AGENTHUB = [sys.executable, "-m", "agenthub.hub.cli"]
@@ -40,6 +41,13 @@ async def agenthub(
 async def agenthub_env(env: dict[str, str], *args: str) -> tuple[int, str, str]:
     """Run the CLI with extra environment variables."""
     return await agenthub(*args, env=env)
+
+
+def child_pid(parent: int, module: str) -> int:
+    """The process id of `parent`'s child running `python -m module`."""
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    (pid,) = [int(c) for c in children if module in Path(f"/proc/{c}/cmdline").read_text()]
+    return pid
 
 
 def closed(port: int) -> bool:
@@ -109,6 +117,21 @@ async def test_up_runs_the_demo_and_stops_in_order_on_sigterm(tmp_path: Path) ->
         code, out, err = await agenthub_env(key, *replayed)
         requests = [json.loads(line)["envelope"] for line in out.splitlines()]
         assert code == 0 and sorted(r["recipient"] for r in requests) == ["calculator", "triage"], err
+
+        # A part that dies is started again: the calculator, killed, is back and answers.
+        os.kill(child_pid(up.pid, "agenthub.agents.calculator"), signal.SIGKILL)
+        said = (await asyncio.wait_for(up.stdout.readline(), 30)).decode()
+        assert said.startswith("calculator was killed by SIGKILL; starting it again in 1 s"), said
+
+        async def calculator_answers() -> bool:
+            code, out, _ = await agenthub_env(key, "send", "calculator", "6 * 7", "--hub", hub)
+            return (code, out.strip()) == (0, "6 * 7 = 42")
+
+        assert await eventually(calculator_answers, timeout=90, interval=0.5)
+        code, out, _ = await agenthub_env(key, "agents", "list", "--hub", hub, "--json")
+        (calculator,) = [a for a in json.loads(out) if a["name"] == "calculator"]
+        (serving,) = [r["endpoint"] for r in calculator["replicas"] if r["state"] == "up"]
+        ports["calculator"] = int(serving.rsplit(":", 1)[1])
 
         assert not any(closed(p) for p in ports.values())
         up.send_signal(signal.SIGTERM)

@@ -176,7 +176,7 @@ def up(
     """Start the hub, the offline model and the reference agents; Ctrl-C stops them all.
 
     The backend options are those of `serve`, passed to the hub process as they are."""
-    from agenthub.hub.cli.up import Supervisor
+    from agenthub.hub.cli.up import RESTART_LIMIT, RESTART_WINDOW_S, Supervisor
     from agenthub.sdk import offline
 
     backend = {"log": log, "bootstrap": bootstrap, "threads_url": threads_url, "default_agent": default_agent}
@@ -203,10 +203,13 @@ def up(
         f'Try:  agenthub send triage "What is 12 + 30?"\n'
         f"Press Ctrl-C to stop."
     )
-    died = supervisor.wait()
+    died = supervisor.wait(say=typer.echo)
     supervisor.stop()
     if died is not None:
-        fail(ConfigError(f"{died.name} exited unexpectedly; see {died.log_path}:\n{died.tail()}"))
+        fail(ConfigError(
+            f"{died.name} {died.how_it_ended()} (the {RESTART_LIMIT}th time within {RESTART_WINDOW_S:.0f} s):"
+            f" stopping everything; see {died.log_path}:\n{died.tail()}"
+        ))  # fmt: skip
     typer.echo("stopped.")
 
 

@@ -1,7 +1,8 @@
 """`agenthub up`: the offline model, the hub and the reference agents as separate processes.
 
-Starts them in dependency order, waits until each is ready, prints where to connect, and on
-Ctrl-C/SIGTERM stops them in reverse order (SIGTERM, then SIGKILL after a grace period).
+Starts them in dependency order, waits until each is ready, prints where to connect, starts again
+a part that dies, and on Ctrl-C/SIGTERM stops them in reverse order (SIGTERM, then SIGKILL after a
+grace period).
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from agenthub.sdk.errors import ConfigError
 from agenthub.sdk.pb import registry_pb2, registry_pb2_grpc, trust_pb2, trust_pb2_grpc
 
 REFERENCE_AGENTS = ("calculator", "notes", "triage")
+RESTART_LIMIT = 5  # deaths of one part within RESTART_WINDOW_S after which `up` stops everything
+RESTART_WINDOW_S = 60.0
+MAX_RESTART_PAUSE_S = 8.0  # pauses before a restart double from 1 s up to this
 
 
 @dataclass
@@ -35,20 +39,27 @@ class Child:
     log_path: Path
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
+    deaths: list[float] = field(default_factory=list)  # when it died unasked, lately (monotonic)
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            self.argv,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **self.env},
-            start_new_session=True,
-        )
+        with self.log_path.open("ab") as log:  # the child keeps its own copy of the descriptor
+            self.process = subprocess.Popen(
+                self.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **self.env},
+                start_new_session=True,
+            )
 
     def exited(self) -> int | None:
         return self.process.poll() if self.process else None
+
+    def how_it_ended(self) -> str:
+        code = self.exited()
+        if code is not None and code < 0:
+            return f"was killed by {signal.Signals(-code).name}"
+        return f"exited with code {code}"
 
     def stop(self, grace: float = 10.0) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -216,15 +227,35 @@ class Supervisor:
             self.stop()
             raise
 
-    def wait(self) -> Child | None:
-        """Block until SIGINT/SIGTERM (None) or until a child dies (that child)."""
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: self._stop.set())
-        while not self._stop.wait(0.5):
-            for child in self.children():
-                if child.exited() is not None:
-                    return child
-        return None
+    def wait(self, say: Callable[[str], None]) -> Child | None:
+        """Block until SIGINT/SIGTERM (None). A part that dies is started again after a pause, which
+        `say`s why; one that died `RESTART_LIMIT` times within `RESTART_WINDOW_S` would only die
+        again: it is returned, for `up` to stop everything."""
+        signals = (signal.SIGINT, signal.SIGTERM)
+        handlers = {sig: signal.signal(sig, lambda *_: self._stop.set()) for sig in signals}
+        try:
+            while not self._stop.wait(0.5):
+                for child in self.children():
+                    if child.exited() is not None and not self._restart(child, say):
+                        return child
+            return None
+        finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
+
+    def _restart(self, child: Child, say: Callable[[str], None]) -> bool:
+        """Start a dead part again, after a pause that doubles with its recent deaths; False when
+        it died too often lately. A stop asked for during the pause wins."""
+        now = time.monotonic()
+        child.deaths = [t for t in child.deaths if now - t < RESTART_WINDOW_S] + [now]
+        if len(child.deaths) >= RESTART_LIMIT:
+            return False
+        pause = min(2.0 ** (len(child.deaths) - 1), MAX_RESTART_PAUSE_S)
+        ended = f"{child.name} {child.how_it_ended()}"
+        say(f"{ended}; starting it again in {pause:.0f} s (its log: {child.log_path})")
+        if not self._stop.wait(pause):
+            child.start()
+        return True
 
     def stop(self) -> None:
         for child in reversed(self.children()):
