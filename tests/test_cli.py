@@ -20,7 +20,7 @@ from agenthub.hub.config import HubSettings
 from agenthub.hub.server import Hub, free_port
 from agenthub.sdk import HubClient
 from tests.conftest import eventually
-from tests.test_promises_routing import Gate, gated_agent, state_becomes, until
+from tests.test_promises_routing import Gate, gated_agent, state_becomes, submit, until
 
 AGENTHUB = [sys.executable, "-m", "agenthub.hub.cli"]
 
@@ -256,6 +256,35 @@ async def test_serve_runs_on_its_event_loop_logs_client_mistakes_in_a_line_and_s
     assert f"event_loop={module}" in started, started
     assert "Traceback" not in err.decode()  # a client's malformed params are one warning line
     assert "a request's params did not parse" in err.decode()
+
+
+async def test_a_second_ctrl_c_quits_serve_at_once_and_loses_nothing(tmp_path: Path) -> None:
+    """Ctrl-C with an agent call in flight: `serve` says it is stopping; a second Ctrl-C quits at
+    once (exit 130) instead of waiting for the call; the next hub on that data completes the task."""
+    port, http_port = free_port(), free_port()
+    argv = ["serve", "--port", str(port), "--http-port", str(http_port), "--data-dir", str(tmp_path)]
+    process = await asyncio.create_subprocess_exec(
+        *AGENTHUB, *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    assert process.stdout is not None and process.stderr is not None
+    await asyncio.wait_for(process.stdout.readline(), 60)  # the banner: serving
+    address, gate = f"127.0.0.1:{port}", Gate()
+    async with gated_agent("gated", address, gate), HubClient(address) as client:
+        task = await submit(client, "gated", "long")
+        assert await until(lambda: gate.started == ["long"])
+        process.send_signal(signal.SIGINT)
+        said = ""
+        while "stopping: calls in flight" not in said:
+            said = (await asyncio.wait_for(process.stderr.readline(), 30)).decode()
+        assert said.strip().endswith("get a few seconds to end (Ctrl-C again: quit at once)"), said
+        process.send_signal(signal.SIGINT)
+        rest = (await asyncio.wait_for(process.stderr.read(), 30)).decode()
+        assert await process.wait() == 130 and rest.strip().endswith("quitting at once"), rest
+        assert "Traceback" not in rest
+        gate.open()
+        async with Hub(HubSettings(port=port, http_port=http_port, data_dir=tmp_path)):
+            done = await state_becomes(client, "gated", task.id, TaskState.TASK_STATE_COMPLETED)
+    assert done.status.message.parts[0].text == "held: long"
 
 
 async def test_an_unknown_event_loop_is_one_line(tmp_path: Path) -> None:

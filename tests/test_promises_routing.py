@@ -75,13 +75,15 @@ class Gate:
         return f"held: {text}"
 
 
-def gated_agent(name: str, hub: Hub, gate: Gate) -> Agent:
+def gated_agent(name: str, hub: Hub | str, gate: Gate) -> Agent:
+    """An agent of `hub` (or of the hub at that address) whose calls wait for the gate."""
+
     @tool(return_direct=True, timeout=120)
     async def hold(text: str) -> str:
         """Wait until the test lets this text through."""
         return await gate.hold(text)
 
-    return Agent(name, tools=[hold], model=ScriptedModel(), hub=hub.address)
+    return Agent(name, tools=[hold], model=ScriptedModel(), hub=hub if isinstance(hub, str) else hub.address)
 
 
 def request(agent: str, text: str, *, context_id: str = "", later: bool = True) -> SendMessageRequest:

@@ -156,7 +156,9 @@ def serve(
             typer.echo(
                 f"hub serving A2A gRPC{over} on {hub.address}, agent cards on {hub.http_url}/agents/<name>/"
             )
-            await until_stopped()
+            await until_stopped(
+                winding_down="stopping: calls in flight get a few seconds to end (Ctrl-C again: quit at once)"
+            )
 
     run(main(), settings.event_loop)
 

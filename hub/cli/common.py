@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.util
+import os
 import signal
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, NoReturn
@@ -17,6 +18,7 @@ from agenthub.sdk.errors import AgentHubError, status_of
 HubOpt = Annotated[str, typer.Option("--hub", envvar="AGENTHUB_HUB", help="hub gRPC address HOST:PORT")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 DEFAULT_HUB = "127.0.0.1:50051"
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def fail(error: BaseException) -> NoReturn:
@@ -35,12 +37,13 @@ def run(coro: Coroutine[Any, Any, Any], event_loop: str = "asyncio") -> Any:
         fail(exc)
 
 
-async def until_stopped(work: Coroutine[Any, Any, None] | None = None) -> None:
+async def until_stopped(work: Coroutine[Any, Any, None] | None = None, *, winding_down: str = "") -> None:
     """Return on SIGINT or SIGTERM (a clean stop: exit 0), cancelling `work`; or when `work` ends by
-    itself, with its error if it failed. Without `work`, wait for the signal alone."""
+    itself, with its error if it failed. Without `work`, wait for the signal alone. After the
+    signal, `winding_down` is said (if any), and a second signal quits at once (exit 130)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, stop.set)
     stopped: asyncio.Future[Any] = asyncio.ensure_future(stop.wait())
     running = asyncio.ensure_future(work) if work is not None else None
@@ -51,9 +54,21 @@ async def until_stopped(work: Coroutine[Any, Any, None] | None = None) -> None:
         for task in waits:
             task.cancel()
         await asyncio.gather(stopped, return_exceptions=True)
+    if stop.is_set():
+        for sig in STOP_SIGNALS:
+            loop.add_signal_handler(sig, _quit_at_once)
+        if winding_down:
+            typer.echo(winding_down, err=True)
     if running is not None:
         with contextlib.suppress(asyncio.CancelledError):
             await running  # ended by itself: its error says why
+
+
+def _quit_at_once() -> None:
+    """A second Ctrl-C while stopping: end now, without waiting for calls in flight. What the hub
+    acknowledged is in its log, and what it was doing is delivered again."""
+    typer.echo("quitting at once", err=True)
+    os._exit(130)
 
 
 def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:

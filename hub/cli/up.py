@@ -30,6 +30,7 @@ REFERENCE_AGENTS = ("calculator", "notes", "triage")
 RESTART_LIMIT = 5  # deaths of one part within RESTART_WINDOW_S after which `up` stops everything
 RESTART_WINDOW_S = 60.0
 MAX_RESTART_PAUSE_S = 8.0  # pauses before a restart double from 1 s up to this
+HUB_STOP_GRACE_S = 30.0  # the hub's own stop: calls in flight get a few seconds, agent calls its drain
 
 
 @dataclass
@@ -40,6 +41,7 @@ class Child:
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
     deaths: list[float] = field(default_factory=list)  # when it died unasked, lately (monotonic)
+    stop_grace_s: float = 10.0  # how long it may take to stop before it is killed
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -61,15 +63,19 @@ class Child:
             return f"was killed by {signal.Signals(-code).name}"
         return f"exited with code {code}"
 
-    def stop(self, grace: float = 10.0) -> None:
+    def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
             return
         self.process.terminate()
         try:
-            self.process.wait(grace)
+            self.process.wait(self.stop_grace_s)
         except subprocess.TimeoutExpired:
+            self.kill()
+        self.process.wait()
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
             self.process.kill()
-            self.process.wait()
 
     def tail(self, lines: int = 5) -> str:
         try:
@@ -191,6 +197,7 @@ class Supervisor:
                 *hub_args,
             ],
             logs / "hub.log",
+            stop_grace_s=HUB_STOP_GRACE_S,
         )
         # The hub writes its admin key here (the CLI in this folder picks it up); each agent gets a
         # key of its own, made with it and kept in keys/, so a thread's hops are proven, not claimed.
@@ -231,17 +238,21 @@ class Supervisor:
         """Block until SIGINT/SIGTERM (None). A part that dies is started again after a pause, which
         `say`s why; one that died `RESTART_LIMIT` times within `RESTART_WINDOW_S` would only die
         again: it is returned, for `up` to stop everything."""
-        signals = (signal.SIGINT, signal.SIGTERM)
-        handlers = {sig: signal.signal(sig, lambda *_: self._stop.set()) for sig in signals}
-        try:
-            while not self._stop.wait(0.5):
-                for child in self.children():
-                    if child.exited() is not None and not self._restart(child, say):
-                        return child
-            return None
-        finally:
-            for sig, handler in handlers.items():
-                signal.signal(sig, handler)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+        while not self._stop.wait(0.5):
+            for child in self.children():
+                if child.exited() is not None and not self._restart(child, say):
+                    return child
+        return None
+
+    def _on_signal(self, *_: object) -> None:
+        """The first Ctrl-C (or SIGTERM) stops the parts in order; another one while they stop
+        kills what is left at once (the hub's log keeps what it acknowledged)."""
+        if self._stop.is_set():
+            for child in self.children():
+                child.kill()
+        self._stop.set()
 
     def _restart(self, child: Child, say: Callable[[str], None]) -> bool:
         """Start a dead part again, after a pause that doubles with its recent deaths; False when
