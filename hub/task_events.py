@@ -26,6 +26,7 @@ TERMINAL = frozenset(
     }
 )
 INTERRUPTED = frozenset({TaskState.TASK_STATE_INPUT_REQUIRED, TaskState.TASK_STATE_AUTH_REQUIRED})
+AGENT = "agenthub_agent"  # task metadata: the agent the hub routes the task to
 AGENT_TASK_ID = "agenthub_agent_task_id"  # task metadata: the agent's own id for the hub's task
 AGENT_CONTEXT_ID = "agenthub_agent_context_id"  # task metadata: the agent's own context id for it
 
@@ -82,6 +83,12 @@ def keep_agent_ids(task: Task, agent_task_id: str, agent_context_id: str) -> Non
     for key, value in ((AGENT_TASK_ID, agent_task_id), (AGENT_CONTEXT_ID, agent_context_id)):
         if value:
             task.metadata[key] = value
+
+
+def agent_of(task: Task) -> str:
+    """The agent serving a task the hub returned, "" for a task from elsewhere."""
+    fields = task.metadata.fields
+    return fields[AGENT].string_value if AGENT in fields else ""
 
 
 def agent_ids(task: Task) -> tuple[str, str]:

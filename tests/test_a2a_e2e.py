@@ -17,6 +17,7 @@ from a2a.types import (
     TaskState,
 )
 
+from agenthub.hub import task_events
 from tests.conftest import stock_client
 
 pytestmark = pytest.mark.usefixtures("reference_agents")
@@ -59,6 +60,9 @@ async def test_blocking_send_delegates_and_completes(hub, client):
     assert [t.id for t in listed.tasks] == [task.id]  # tenant = triage: the calculator's task is not listed
     everyone = await client.list_tasks("", context_id=task.context_id)
     assert len(everyone.tasks) == 2
+    # each task names its agent in its metadata (A2A's Task has no field for it), the answer too
+    assert sorted(task_events.agent_of(t) for t in everyone.tasks) == ["calculator", "triage"]
+    assert task_events.agent_of(task) == task_events.agent_of(fetched) == "triage"
 
     thread = await client.get_thread(task.context_id)
     hops = [(m.sender, m.recipient, m.text) for m in thread.messages]

@@ -146,9 +146,13 @@ async def test_tasks_list_show_and_cancel(hub: Hub, client: HubClient) -> None:
 
         code, out, err = await agenthub("tasks", "list", "--agent", "gated", "--json", *at)
         assert code == 0, err
-        assert {t["id"] for t in json.loads(out)["tasks"]} == {done.id, running.id}
+        listed = json.loads(out)["tasks"]
+        assert {t["id"] for t in listed} == {done.id, running.id}
+        assert {t["metadata"]["agenthub_agent"] for t in listed} == {"gated"}  # A2A's Task has no agent field
         code, out, _ = await agenthub("tasks", "list", "--state", "working", *at)
         assert code == 0 and running.id in out and done.id not in out
+        (row,) = [line.split() for line in out.splitlines() if running.id in line]
+        assert row[:4] == [running.id, "gated", "working", running.context_id]
         thread = ("--thread", done.context_id)
         code, out, _ = await agenthub("tasks", "list", *thread, "--state", "COMPLETED", *at)
         assert code == 0 and done.id in out and running.id not in out
@@ -156,7 +160,7 @@ async def test_tasks_list_show_and_cancel(hub: Hub, client: HubClient) -> None:
         code, out, _ = await agenthub("tasks", "show", done.id, *at)
         lines = out.splitlines()
         assert code == 0 and lines[0] == f"task {done.id} [completed] · thread {done.context_id}"
-        assert lines[2] == "held: a"
+        assert lines[1].startswith("agent gated · updated ") and lines[2] == "held: a"
 
         code, out, err = await agenthub("tasks", "cancel", running.id, "--agent", "gated", *at)
         assert code == 0, err

@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.tree import Tree
 
+from agenthub.hub import task_events
 from agenthub.hub.recording import content
 from agenthub.sdk.errors import InvalidRequest
 from agenthub.sdk.pb import operator_pb2 as op
@@ -178,8 +179,8 @@ def threads_table(threads: list[thr.ThreadSummary]) -> Table:
 
 def tasks_table(tasks: list[Task]) -> Table:
     return table(
-        ("TASK", "STATE", "THREAD", "UPDATED", "LAST MESSAGE"),
-        ((t.id, short_state(t.status.state), t.context_id, when(t.status.timestamp),
+        ("TASK", "AGENT", "STATE", "THREAD", "UPDATED", "LAST MESSAGE"),
+        ((t.id, task_events.agent_of(t), short_state(t.status.state), t.context_id, when(t.status.timestamp),
           _clip(content.message_text(t.status.message), 60)) for t in tasks),
     )  # fmt: skip
 
@@ -201,7 +202,7 @@ def task_lines(task: Task) -> list[str]:
     """A task for people: its state and thread, when it last changed, its last message, artifacts."""
     lines = [
         f"task {task.id} [{short_state(task.status.state)}] · thread {task.context_id}",
-        f"updated {when(task.status.timestamp)}",
+        f"agent {task_events.agent_of(task) or '-'} · updated {when(task.status.timestamp)}",
     ]
     if task.status.message.parts:
         lines.append(content.message_text(task.status.message))

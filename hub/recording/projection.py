@@ -211,8 +211,11 @@ def _joined(task: Task, artifact: Artifact, append: bool) -> Artifact:
 
 
 def _new_task(envelope: Envelope, at: float, agent: str | None = None) -> TaskRow:
+    """A task's first row; its metadata names its agent, since A2A's Task has no field for it."""
+    serving = agent or envelope.recipient
     task = Task(id=envelope.task_id, context_id=envelope.context_id)
-    return TaskRow(task, agent or envelope.recipient, envelope.parent_task_id, at, at)
+    task.metadata[task_events.AGENT] = serving
+    return TaskRow(task, serving, envelope.parent_task_id, at, at)
 
 
 def _row(envelope: Envelope, record: Record, message: Message, out: Projection) -> MessageRow:
