@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import json
 import os
 import signal
@@ -192,6 +193,11 @@ async def test_user_mistakes_get_one_line_and_an_exit_code(
     assert code == exit_code
     assert err.count("\n") == 1 and err.startswith("error: ") and words in err
     assert "Traceback" not in err + out
+
+
+async def test_version() -> None:
+    code, out, err = await agenthub("--version")
+    assert (code, out, err) == (0, f"agenthub {importlib.metadata.version('agenthub')}\n", "")
 
 
 async def test_unreachable_hub_is_one_line() -> None:

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from agenthub.hub.cli import render
-from agenthub.hub.cli.common import JsonOpt, fail
+from agenthub.hub.cli.common import JsonOpt, VersionOpt, fail
 from agenthub.sdk.errors import AgentHubError
 
 certs_app = typer.Typer(help="Certificates for TLS.", no_args_is_help=True)
@@ -80,9 +80,11 @@ def client_tls(
     client_key: Annotated[
         Path | None, typer.Option(envvar="AGENTHUB_TLS_CLIENT_KEY", help="the client certificate's key")
     ] = None,
+    version: VersionOpt = False,
 ) -> None:
     """The app's own options, before any command (`agenthub --ca ca.pem agents list`): how to reach
-    the hub over TLS. They become the AGENTHUB_TLS_* variables every client of the hub reads."""
+    the hub over TLS, which become the AGENTHUB_TLS_* variables every client of the hub reads; and
+    `--version`."""
     given = {
         "AGENTHUB_TLS": "1" if tls else None, "AGENTHUB_TLS_CA": ca,
         "AGENTHUB_TLS_CLIENT_CERT": client_cert, "AGENTHUB_TLS_CLIENT_KEY": client_key,

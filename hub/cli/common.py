@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import importlib.util
 import os
 import signal
@@ -19,6 +20,18 @@ HubOpt = Annotated[str, typer.Option("--hub", envvar="AGENTHUB_HUB", help="hub g
 JsonOpt = Annotated[bool, typer.Option("--json", help="print JSON instead of a table")]
 DEFAULT_HUB = "127.0.0.1:50051"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def show_version(asked: bool) -> None:
+    """`agenthub --version`: the installed package's version, then exit."""
+    if asked:
+        typer.echo(f"agenthub {importlib.metadata.version('agenthub')}")
+        raise typer.Exit()
+
+
+VersionOpt = Annotated[
+    bool, typer.Option("--version", callback=show_version, is_eager=True, help="print the version and exit")
+]
 
 
 def fail(error: BaseException) -> NoReturn:
