@@ -32,6 +32,8 @@ from agenthub.hub.heads.http import http_app
 from agenthub.hub.heads.services import HubGrpcHandler, RegistryServicer, ThreadServicer
 from agenthub.hub.log._base import Lifecycle, Log
 from agenthub.hub.loops import Readiness, SupervisedLoop
+from agenthub.hub.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from agenthub.hub.metrics import Metrics, MetricsInterceptor
 from agenthub.hub.operators.operator import Operator
 from agenthub.hub.operators.service import OperatorServicer
 from agenthub.hub.outbound import OutboundPolicy
@@ -210,7 +212,8 @@ class Hub(Lifecycle):
             linger_ms=settings.record_linger_ms,
         )
         self.replies = ReplyRouter(self.log, topics.replies(settings.instance_id), readiness=self.readiness)
-        self.dispatcher = Dispatcher(self.log, self.registry, settings, self.readiness)
+        self.metrics = Metrics()
+        self.dispatcher = Dispatcher(self.log, self.registry, settings, self.readiness, self.metrics)
         self.watchdog = Watchdog(
             self.log,
             self.store,
@@ -301,7 +304,7 @@ class Hub(Lifecycle):
         limit = self.settings.max_message_bytes * 4
         receive = self.settings.max_message_bytes * 2  # as the HTTP head's body cap
         server = grpc.aio.server(
-            interceptors=[GuardInterceptor(self.gate)],
+            interceptors=[MetricsInterceptor(self.metrics), GuardInterceptor(self.gate)],
             options=[
                 ("grpc.max_receive_message_length", receive),
                 ("grpc.max_send_message_length", limit),
@@ -366,6 +369,15 @@ class Hub(Lifecycle):
         problems = self.readiness.problems()
         return JSONResponse({"ready": not problems, "down": problems}, status_code=503 if problems else 200)
 
+    async def _metrics(self, request: Request) -> Response:
+        """Prometheus metrics; consumer lag is left out while the log cannot say it."""
+        try:
+            stats = await asyncio.wait_for(self.operator.stats(), self.settings.produce_timeout_s)
+        except (TimeoutError, *self.log.outages):
+            stats = operator_pb2.TopicStatsResponse()
+        body = self.metrics.exposition(self.readiness, stats, self.settings.topic_prefix)
+        return Response(body, media_type=METRICS_CONTENT_TYPE)
+
     async def _probe_log(self) -> None:
         """While the log is reported down, ask it something cheap every second; when it answers,
         it is up again (so an idle hub becomes ready again without waiting for traffic)."""
@@ -398,6 +410,7 @@ class Hub(Lifecycle):
             origins=self.settings.cors_origins,
         )
         app.router.routes.insert(0, Route("/readyz", self._readyz))
+        app.router.routes.insert(0, Route("/metrics", self._metrics))
         tls = self.tls.uvicorn_options() if self.tls else {}
         config = uvicorn.Config(
             app, host=self.settings.host, port=self.http_port, log_level="warning", lifespan="off", **tls

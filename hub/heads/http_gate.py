@@ -13,7 +13,7 @@ from agenthub.hub.trust.gate import Gate
 from agenthub.hub.trust.principal import CURRENT, SOURCE
 from agenthub.sdk.errors import AgentHubError, Unauthenticated, status_of
 
-PUBLIC = re.compile(r"^/(healthz|readyz|agents/?|agents/[^/]+/\.well-known/agent-card\.json)$")
+PUBLIC = re.compile(r"^/(healthz|readyz|metrics|agents/?|agents/[^/]+/\.well-known/agent-card\.json)$")
 JSONRPC = re.compile(r"^/agents/[^/]+/?$")
 
 

@@ -31,6 +31,7 @@ from agenthub.hub import envelopes, task_events
 from agenthub.hub.config import HubSettings
 from agenthub.hub.log._base import Consumer, Lifecycle, Log, Record, TopicPartition
 from agenthub.hub.loops import Backoff, Readiness, SupervisedLoop, describe, retry_until_ok
+from agenthub.hub.metrics import Metrics
 from agenthub.hub.routing.breaker import Breaker
 from agenthub.hub.routing.connections import AgentCallFailed
 from agenthub.hub.routing.offsets import OffsetTracker
@@ -58,9 +59,15 @@ class Dispatcher(Lifecycle):
     """
 
     def __init__(
-        self, log: Log, registry: Registry, settings: HubSettings, readiness: Readiness | None = None
+        self,
+        log: Log,
+        registry: Registry,
+        settings: HubSettings,
+        readiness: Readiness | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._log = log
+        self._metrics = metrics or Metrics()
         self._registry = registry
         self._settings = settings
         self._readiness = readiness or Readiness()
@@ -252,6 +259,7 @@ class Dispatcher(Lifecycle):
             return
         call = asyncio.create_task(self._attempts(lane, envelope, request, emitter))
         self._running[envelope.task_id] = (call, lane.agent)
+        started = time.monotonic()
         try:
             await call
         except asyncio.CancelledError:
@@ -271,6 +279,8 @@ class Dispatcher(Lifecycle):
             self._running.pop(envelope.task_id, None)
             self._agent_tasks.pop(envelope.task_id, None)
             self._placed.pop(envelope.task_id, None)
+            if emitter.state:  # not when the hub stopped mid-call: the request is delivered again
+                self._metrics.delivered(lane.agent, emitter.state, time.monotonic() - started)
 
     async def fail(
         self, agent: str, envelope: Envelope, reason: str, emitter: _Emitter | None = None
@@ -439,6 +449,7 @@ class Dispatcher(Lifecycle):
             envelope.context_id.encode(),
             envelopes.headers(dead),
         )
+        self._metrics.dead_lettered(agent)
         log.error("request dead-lettered", agent=agent, task=envelope.task_id, reason=reason)
 
     async def park(self, agent: str, record: Record, reason: str) -> None:
@@ -446,6 +457,7 @@ class Dispatcher(Lifecycle):
         source = f"{record.topic}/{record.partition}/{record.offset}"
         extra = (("agenthub-error", reason.encode()), ("agenthub-source", source.encode()))
         await self.produce(self._topics.dlq(agent), record.value, record.key, record.headers + extra)
+        self._metrics.dead_lettered(agent)
         log.error("unreadable inbox record dead-lettered", agent=agent, source=source, reason=reason)
 
 
@@ -493,6 +505,7 @@ class _Emitter:
         self._agent = agent
         self._attempt = 1
         self._seq = 0
+        self.state = ""  # the last task state produced for the request (its outcome, once it ends)
 
     def begin_attempt(self, attempt: int) -> None:
         """Events from now on belong to delivery attempt `attempt` (1-based)."""
@@ -531,6 +544,8 @@ class _Emitter:
             request.context_id.encode(),
             envelopes.headers(envelope),
         )
+        if (state := task_events.state_of(event)) is not None:
+            self.state = TaskState.Name(state)
 
 
 class Lane:
