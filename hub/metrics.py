@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
@@ -20,6 +20,7 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from agenthub.hub.heads.interceptors import Behavior, MethodInterceptor
 from agenthub.hub.loops import Readiness
 from agenthub.sdk.pb import operator_pb2 as op
 
@@ -95,49 +96,20 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-class MetricsInterceptor(grpc.aio.ServerInterceptor):
+class MetricsInterceptor(MethodInterceptor):
     """Counts and times every unary-request gRPC call by method and status code (outermost, so a
-    refusal by the guard counts too)."""
+    refusal by the guard counts too). Streams written with `context.write` (health Watch) pass."""
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.request_streaming:
-            return handler
-        method, metrics = str(handler_call_details.method), self._metrics
-        if handler.response_streaming and inspect.isasyncgenfunction(handler.unary_stream):
-            streamed = handler.unary_stream
-
-            async def metered_stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-                started, code = time.perf_counter(), grpc.StatusCode.UNKNOWN
-                try:
-                    async with aclosing(streamed(request, context)) as items:
-                        async for item in items:
-                            yield item
-                    code = grpc.StatusCode.OK
-                except (asyncio.CancelledError, GeneratorExit):  # the caller went away
-                    code = grpc.StatusCode.CANCELLED
-                    raise
-                finally:
-                    metrics.answered(method, _code(context, code), time.perf_counter() - started)
-
-            return grpc.unary_stream_rpc_method_handler(
-                metered_stream, handler.request_deserializer, handler.response_serializer
-            )
-        if handler.response_streaming:  # a stream written with context.write (health Watch): as it is
-            return handler
-        unary = handler.unary_unary
+    def wrap_unary(self, behavior: Behavior, method: str) -> Behavior:
+        metrics = self._metrics
 
         async def metered(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started, code = time.perf_counter(), grpc.StatusCode.UNKNOWN
             try:
-                reply = await unary(request, context)
+                reply = await behavior(request, context)
                 code = grpc.StatusCode.OK
                 return reply
             except asyncio.CancelledError:
@@ -146,9 +118,27 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
             finally:
                 metrics.answered(method, _code(context, code), time.perf_counter() - started)
 
-        return grpc.unary_unary_rpc_method_handler(
-            metered, handler.request_deserializer, handler.response_serializer
-        )
+        return metered
+
+    def wrap_stream(self, behavior: Behavior, method: str) -> Behavior:
+        if not inspect.isasyncgenfunction(behavior):
+            return behavior
+        metrics = self._metrics
+
+        async def metered(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            started, code = time.perf_counter(), grpc.StatusCode.UNKNOWN
+            try:
+                async with aclosing(behavior(request, context)) as items:
+                    async for item in items:
+                        yield item
+                code = grpc.StatusCode.OK
+            except (asyncio.CancelledError, GeneratorExit):  # the caller went away
+                code = grpc.StatusCode.CANCELLED
+                raise
+            finally:
+                metrics.answered(method, _code(context, code), time.perf_counter() - started)
+
+        return metered
 
 
 def _code(context: grpc.aio.ServicerContext, otherwise: grpc.StatusCode) -> grpc.StatusCode:

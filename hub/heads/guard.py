@@ -49,6 +49,7 @@ from a2a.utils.grpc_status import status_to_grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
+from agenthub.hub.heads.interceptors import Behavior, MethodInterceptor
 from agenthub.hub.recording.recorder import CALLER_DEADLINE
 from agenthub.hub.tls import client_cn
 from agenthub.hub.trust import scope
@@ -217,7 +218,7 @@ class _Undecodable:
 UNDECODABLE = _Undecodable()
 
 
-class GuardInterceptor(grpc.aio.ServerInterceptor):
+class GuardInterceptor(MethodInterceptor):
     """Wraps every unary-request gRPC method: the gate admits the caller, undecodable requests get
     INVALID_ARGUMENT, deliberate errors their table status, unexpected failures a logged, generic
     INTERNAL."""
@@ -225,28 +226,14 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, gate: Gate) -> None:
         self._gate = gate
 
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.request_streaming:
-            return handler  # unknown methods (UNIMPLEMENTED) and server reflection pass as they are
-        method = str(handler_call_details.method)
-        decode = _tolerant(handler.request_deserializer)
-        admit = _admission(self._gate, method)
-        if handler.response_streaming:
-            return grpc.unary_stream_rpc_method_handler(
-                _guard_stream(handler.unary_stream, method, admit),
-                request_deserializer=decode,
-                response_serializer=handler.response_serializer,
-            )
-        return grpc.unary_unary_rpc_method_handler(
-            _guard_unary(handler.unary_unary, method, admit),
-            request_deserializer=decode,
-            response_serializer=handler.response_serializer,
-        )
+    def deserializer(self, decode: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+        return _tolerant(decode)
+
+    def wrap_unary(self, behavior: Behavior, method: str) -> Behavior:
+        return _guard_unary(behavior, method, _admission(self._gate, method))
+
+    def wrap_stream(self, behavior: Behavior, method: str) -> Behavior:
+        return _guard_stream(behavior, method, _admission(self._gate, method))
 
 
 Admit = Callable[[Any, grpc.aio.ServicerContext], Awaitable[None]]
