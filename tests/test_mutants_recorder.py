@@ -359,9 +359,11 @@ async def test_a_batch_lingers_unless_a_read_waits_for_it(
     tmp_path: Path, hub_settings: Callable[..., HubSettings]
 ) -> None:
     """With a minute's linger, sends that nothing reads (the agent keeps no memory of the thread)
-    are recorded together, in one or two store transactions instead of one per record; a read that
-    waits for recording (a thread read right after a send) cuts the linger short and sees the whole
-    turn, not the store of a minute ago."""
+    are not recorded one by one as they come: their records wait in the batch until a read waits for
+    recording. That read (here a wait for everything, then a thread read right after a send) cuts
+    the linger short and sees the whole turn, not the store of a minute ago. How many transactions
+    the cut batch then takes depends on how the log hands the records over (on Kafka, the fetches
+    still in flight come as batches of their own), so it is not counted."""
     async with (
         Hub(hub_settings(tmp_path, record_linger_ms=60_000)) as hub,
         Agent("echoer", tools=[echo], model=ScriptedModel(), hub=hub.address, memory=None),  # reads nothing
@@ -377,8 +379,9 @@ async def test_a_batch_lingers_unless_a_read_waits_for_it(
         hub.store.apply = counted  # type: ignore[method-assign]
         for n in range(3):
             await client.send("echoer", f"unread {n}")
-        await hub.recorder.settle_all()
-        assert 1 <= len(applied) <= 2, f"{len(applied)} transactions for 3 sends: the batch did not linger"
+        assert applied == [], f"{applied}: records of sends nobody read were recorded before the linger ended"
+        assert await hub.recorder.settle_all()
+        assert applied, "the wait for recording did not cut the linger short"
 
         read = await client.send("echoer", "read at once")
         thread = await client.get_thread(read.context_id)
