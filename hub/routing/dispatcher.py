@@ -259,7 +259,6 @@ class Dispatcher(Lifecycle):
             return
         call = asyncio.create_task(self._attempts(lane, envelope, request, emitter))
         self._running[envelope.task_id] = (call, lane.agent)
-        started = time.monotonic()
         try:
             await call
         except asyncio.CancelledError:
@@ -279,8 +278,6 @@ class Dispatcher(Lifecycle):
             self._running.pop(envelope.task_id, None)
             self._agent_tasks.pop(envelope.task_id, None)
             self._placed.pop(envelope.task_id, None)
-            if emitter.state:  # not when the hub stopped mid-call: the request is delivered again
-                self._metrics.delivered(lane.agent, emitter.state, time.monotonic() - started)
 
     async def fail(
         self, agent: str, envelope: Envelope, reason: str, emitter: _Emitter | None = None
@@ -435,6 +432,11 @@ class Dispatcher(Lifecycle):
             retry_on=(TimeoutError, *self._log.outages),
         )
 
+    def delivered(self, agent: str, state: str, seconds: float) -> None:
+        """A request's outcome is in the log (a hub stopped mid-call never gets here: the request
+        is delivered again)."""
+        self._metrics.delivered(agent, state, seconds)
+
     async def _dead_letter(self, agent: str, envelope: Envelope, reason: str) -> None:
         dead = Envelope()
         dead.CopyFrom(envelope)
@@ -505,7 +507,7 @@ class _Emitter:
         self._agent = agent
         self._attempt = 1
         self._seq = 0
-        self.state = ""  # the last task state produced for the request (its outcome, once it ends)
+        self._taken = time.monotonic()  # when the request was taken off the inbox
 
     def begin_attempt(self, attempt: int) -> None:
         """Events from now on belong to delivery attempt `attempt` (1-based)."""
@@ -544,8 +546,9 @@ class _Emitter:
             request.context_id.encode(),
             envelopes.headers(envelope),
         )
-        if (state := task_events.state_of(event)) is not None:
-            self.state = TaskState.Name(state)
+        if task_events.ends_call(event):  # the delivery's outcome, whoever produced it: count it
+            state = TaskState.Name(task_events.state_of(event) or TaskState.TASK_STATE_UNSPECIFIED)
+            self._dispatcher.delivered(self._agent, state, time.monotonic() - self._taken)
 
 
 class Lane:
